@@ -1,0 +1,124 @@
+"""Atomic writes and strict readers for the JSON, JSON-lines and image files mmstudy reads and writes.
+
+Every writer goes through a temp file in the destination folder and an `os.replace`, so a crash never leaves a
+half-written file behind. Every reader raises `DataError` naming the file, the record (line number or index) and
+the field when its input is malformed.
+
+    >>> write_json(path, {"a": 1}); read_jsonl(path_jsonl, required=("question_id", "text"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Malformed input. The message names the file, the record and the field."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success rename it onto `path`, on failure delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys) so that the same content gives byte-identical files."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, dumps_json(obj))
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
+    lines = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in records]
+    write_text(path, "".join(line + "\n" for line in lines))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+
+
+def check_fields(record: Any, required: Sequence[str], where: str) -> dict:
+    """Raise DataError unless `record` is a dict holding every field in `required`."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [f for f in required if f not in record]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(repr(m) for m in missing)}")
+    return record
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
+    """Read a JSON-lines file; blank lines are skipped, anything else malformed raises DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {lineno}: malformed JSON: {e.msg}") from e
+            records.append(check_fields(record, required, f"{path}, line {lineno}"))
+    return records
+
+
+def load_image(path: str | os.PathLike, where: str = "") -> Image.Image:
+    """Open an image fully (so corrupt files fail here, not later) and convert it to RGB."""
+    path = Path(path)
+    prefix = f"{where}: " if where else ""
+    if not path.is_file():
+        raise DataError(f"{prefix}image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{prefix}corrupt or unreadable image {path}: {e}") from e
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
