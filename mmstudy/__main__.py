@@ -1,0 +1,5 @@
+import sys
+
+from mmstudy.cli import main
+
+sys.exit(main())

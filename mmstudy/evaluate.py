@@ -1,0 +1,204 @@
+"""Run hallucination benchmarks on a model: generation here, scoring in `mmstudy.benchmarks` (pure functions).
+
+Benchmarks on a world directory (or any data laid out the same way):
+    pope     POPE random / popular / adversarial (pope/world_pope_<split>.json): accuracy, precision, recall, F1,
+             true yes-ratio per split, and their macro average
+    chair    CHAIR_s, CHAIR_i and object recall of detailed descriptions (caption_eval.jsonl); with a world, also
+             the share of hallucinated objects that co-occur frequently with an object that is present
+    masked   descriptions with 99 % of the image tokens hidden (BDHS's setting): do they stay fluent and plausible?
+
+Every metric comes back under a stable namespaced key (`pope/adversarial/accuracy`, `chair/chair_i`, ...), and
+every generated answer comes back as a sample record, so each number can be recomputed from samples.jsonl.
+
+    >>> metrics, samples = evaluate(model, processor, "world", benchmarks=("pope", "chair"))
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mmstudy import io
+from mmstudy.benchmarks import chair as chair_lib
+from mmstudy.benchmarks import pope as pope_lib
+from mmstudy.generation import chat_prompt, generate, sample_image_keep
+from mmstudy.runs import derive_seed
+from mmstudy.world import CONTEXTS
+from mmstudy.world_text import is_well_formed, split_sentences
+
+logger = logging.getLogger(__name__)
+
+BENCHMARK_NAMES = ("pope", "chair", "masked")
+POPE_SPLITS = ("random", "popular", "adversarial")
+COOCCUR_THRESHOLD = 0.3   # "co-occurs frequently": P(hallucinated | present object) >= this, over training scenes
+
+
+class ImageCache:
+    """Images loaded once per file name, with errors naming the file that referred to them."""
+
+    def __init__(self, image_dir: Path):
+        self.image_dir = Path(image_dir)
+        self._cache: dict = {}
+
+    def get(self, name: str, where: str):
+        if name not in self._cache:
+            self._cache[name] = io.load_image(self.image_dir / name, where=where)
+        return self._cache[name]
+
+
+def _answer(model, processor, images, questions: Sequence[str], max_new_tokens: int, batch_size: int,
+            progress: bool, image_keep=None) -> list[str]:
+    prompts = [chat_prompt(processor, q) for q in questions]
+    return generate(model, processor, images, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    image_keep=image_keep, progress=progress)
+
+
+def run_pope(model, processor, pope_dir: Path, images: ImageCache, limit: int | None = None,
+             batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
+    """POPE on the three splits (reference answer parsing); metrics keyed pope/<split>/<metric>."""
+    metrics, samples, per_split = {}, [], {}
+    for split in POPE_SPLITS:
+        path = pope_dir / f"world_pope_{split}.json"
+        questions = pope_lib.load_pope_questions(path)[:limit]
+        pics = [images.get(q["image"], f"{path}, question_id {q['question_id']}") for q in questions]
+        logger.info("POPE %s: %d questions", split, len(questions))
+        answers = _answer(model, processor, pics, [q["text"] for q in questions], 16, batch_size, progress)
+        per_split[split] = pope_lib.score_pope(answers, questions)
+        for q, a in zip(questions, answers):
+            samples.append({"benchmark": "pope", "split": split, "question_id": q["question_id"],
+                            "image": q["image"], "question": q["text"], "label": q["label"], "answer": a,
+                            "pred": pope_lib.parse_yes_no(a)})
+    for split, m in {**per_split, "macro": pope_lib.macro_average(per_split)}.items():
+        metrics.update({f"pope/{split}/{k}": v for k, v in m.items()})
+    metrics["pope/version"] = pope_lib.POPE_VERSION
+    return metrics, samples
+
+
+def reference_objects(captions_json: Path, synonyms) -> dict[str, set[str]]:
+    """Objects named in each image's COCO reference captions, keyed by file name (CHAIR's second GT source)."""
+    coco = io.read_json(captions_json)
+    io.check_fields(coco, ("images", "annotations"), str(captions_json))
+    name_of = {im["id"]: im["file_name"] for im in coco["images"]}
+    refs: dict[str, list[str]] = {}
+    for i, a in enumerate(coco["annotations"]):
+        io.check_fields(a, ("image_id", "caption"), f"{captions_json}, annotations[{i}]")
+        refs.setdefault(name_of[a["image_id"]], []).append(a["caption"])
+    return {name: chair_lib.caption_gt_objects(caps, synonyms) for name, caps in refs.items()}
+
+
+def run_chair(model, processor, world_dir: Path, images: ImageCache, limit: int | None = None,
+              batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
+    """CHAIR and recall of detailed descriptions; GT = instance categories + objects of the reference captions."""
+    path = world_dir / "caption_eval.jsonl"
+    prompts = io.read_jsonl(path, required=("image_id", "image", "prompt", "gt_objects"))[:limit]
+    synonyms = chair_lib.load_synonyms(world_dir / "synonyms.txt")
+    refs = reference_objects(world_dir / "annotations" / "captions_val.json", synonyms)
+    gts = [set(p["gt_objects"]) | refs.get(p["image"], set()) for p in prompts]
+    pics = [images.get(p["image"], f"{path}, image_id {p['image_id']}") for p in prompts]
+    logger.info("CHAIR: %d descriptions", len(prompts))
+    answers = _answer(model, processor, pics, [p["prompt"] for p in prompts], 96, batch_size, progress)
+    details = chair_lib.chair_per_caption(answers, gts, synonyms)
+    metrics = {f"chair/{k}": v for k, v in chair_lib.chair_metrics(answers, gts, synonyms).items()}
+    metrics["chair/version"] = chair_lib.CHAIR_VERSION
+    samples = [{"benchmark": "chair", "image_id": p["image_id"], "image": p["image"], "prompt": p["prompt"],
+                "answer": a, **{k: sorted(v) if isinstance(v, set) else v for k, v in d.items()}}
+               for p, a, d in zip(prompts, answers, details)]
+    cooc = world_cooccurrence(world_dir)
+    if cooc is not None:
+        metrics.update(cooccurrence_shares(samples, cooc))
+    return metrics, samples
+
+
+def world_cooccurrence(world_dir: Path) -> dict | None:
+    path = world_dir / "world.json"
+    return io.read_json(path)["cooccurrence"]["p_given"] if path.is_file() else None
+
+
+def cooccurrence_shares(samples: list[dict], p_given: dict, threshold: float = COOCCUR_THRESHOLD) -> dict:
+    """Share of hallucinated mentions that co-occur frequently with a present object, against chance.
+
+    chance = the same share for every absent class of every image (what uniform guessing would give).
+    """
+    def linked(obj: str, present) -> bool:
+        return any(p_given.get(p, {}).get(obj, 0.0) >= threshold for p in present)
+
+    hallucinated = [(cls, s["gt"]) for s in samples for _, cls in s["hallucinated"]]
+    vocab = sorted(p_given)
+    absent = [(c, s["gt"]) for s in samples for c in vocab if c not in s["gt"]]
+    share = lambda pairs: float(np.mean([linked(o, gt) for o, gt in pairs])) if pairs else 0.0  # noqa: E731
+    return {"chair/hallucinated_cooccurring_share": share(hallucinated),
+            "chair/absent_cooccurring_share_chance": share(absent),
+            "chair/cooccur_threshold": threshold}
+
+
+_CONTEXT_RE = re.compile(r"\b(" + "|".join(c.name for c in CONTEXTS) + r")\b")
+
+
+def run_masked(model, processor, world_dir: Path, images: ImageCache, rho_th: float = 0.99, limit: int = 200,
+               seed: int = 0, batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Descriptions with image tokens kept iff u >= rho_th (BDHS Eq. 6): fluency and plausibility of the prior."""
+    path = world_dir / "caption_eval.jsonl"
+    prompts = io.read_jsonl(path, required=("image_id", "image", "prompt", "gt_objects"))[:limit]
+    synonyms = chair_lib.load_synonyms(world_dir / "synonyms.txt")
+    pics = [images.get(p["image"], f"{path}, image_id {p['image_id']}") for p in prompts]
+    n_tokens = model.config.image_seq_length
+    keep = [sample_image_keep(n_tokens, rho_th, derive_seed(seed, "masked", p["image_id"])) for p in prompts]
+    logger.info("masked descriptions: %d images, rho_th=%.2f", len(prompts), rho_th)
+    answers = _answer(model, processor, pics, [p["prompt"] for p in prompts], 96, batch_size, progress, keep)
+    scenes = {s["image_id"]: s for s in io.read_jsonl(world_dir / "scenes.jsonl", required=("image_id", "context"))}
+    context_objects = {c.name: {n for a, b, _ in c.pairs for n in (a, b)} for c in CONTEXTS}
+    samples, well, n_sent, in_ctx, n_mentions, hall, degenerate = [], 0, 0, 0, 0, 0, 0
+    for p, a, k in zip(prompts, answers, keep):
+        sentences = split_sentences(a)
+        ok = [is_well_formed(s) for s in sentences]
+        mentions = [c for _, c in chair_lib.extract_objects(a, synonyms)]
+        said = _CONTEXT_RE.search(a.lower())
+        ctx = said.group(1) if said else scenes[p["image_id"]]["context"]
+        words = a.lower().split()
+        trigrams = list(zip(words, words[1:], words[2:]))
+        degenerate += len(set(trigrams)) < len(trigrams) or not a.strip().endswith(".")
+        well, n_sent = well + sum(ok), n_sent + len(sentences)
+        in_ctx += sum(m in context_objects[ctx] for m in mentions)
+        n_mentions += len(mentions)
+        hall += sum(m not in p["gt_objects"] for m in mentions)
+        samples.append({"benchmark": "masked", "image_id": p["image_id"], "image": p["image"], "answer": a,
+                        "kept_image_tokens": int(k.sum()), "well_formed": ok, "mentions": mentions, "context": ctx})
+    n = max(1, len(prompts))
+    metrics = {
+        "masked/rho_th": rho_th, "masked/n": len(prompts),
+        "masked/well_formed_sentence_share": well / max(1, n_sent),
+        "masked/mentions_per_description": n_mentions / n,
+        "masked/context_consistent_mention_share": in_ctx / max(1, n_mentions),
+        "masked/chair_i": hall / max(1, n_mentions),
+        "masked/degenerate_share": degenerate / n,
+        "masked/kept_image_tokens_mean": float(np.mean([int(k.sum()) for k in keep])) if keep else 0.0,
+    }
+    return metrics, samples
+
+
+def evaluate(model, processor, world_dir: str | Path, benchmarks: Sequence[str] = ("pope", "chair"),
+             limit: int | None = None, batch_size: int = 64, seed: int = 0,
+             progress: bool = True) -> tuple[dict, list[dict]]:
+    """Run the named benchmarks; returns (flat namespaced metrics, per-sample records)."""
+    unknown = [b for b in benchmarks if b not in BENCHMARK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARK_NAMES)}")
+    world_dir = Path(world_dir)
+    images = ImageCache(world_dir / "images")
+    model.eval()
+    metrics, samples = {}, []
+    for name in benchmarks:
+        if name == "pope":
+            m, s = run_pope(model, processor, world_dir / "pope", images, limit, batch_size, progress)
+        elif name == "chair":
+            m, s = run_chair(model, processor, world_dir, images, limit, batch_size, progress)
+        else:
+            m, s = run_masked(model, processor, world_dir, images, limit=min(limit or 200, 200), seed=seed,
+                              batch_size=batch_size, progress=progress)
+        metrics.update(m)
+        samples.extend(s)
+    return metrics, samples

@@ -1,0 +1,202 @@
+"""Write a world to disk in the formats real data comes in, and read it back.
+
+Layout of a world directory (every file deterministic for a seed, byte for byte):
+
+    world.json                    spec, seed, classes, contexts, co-occurrence statistics, file index
+    synonyms.txt                  CHAIR synonym list, same format as the COCO one
+    scenes.jsonl                  full ground truth of every image (objects, boxes, sizes, visibility, context)
+    images/<split>_NNNNNN.png     the images (POPE / LLaVA `image` fields are relative to images/)
+    llava_instruct_<split>.json   LLaVA-Instruct-150K format conversations
+    text_only.json                LLaVA-format text-only conversations (no image): the language-model corpus
+    annotations/instances_<split>.json, annotations/captions_<split>.json   COCO format
+    pope/world_pope_{random,popular,adversarial}.json                       POPE JSON lines (val images)
+    caption_eval.jsonl            caption-evaluation prompts with ground-truth objects (val images)
+
+    >>> summary = write_world("world", WorldSpec.for_profile("smoke"), seed=0)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmstudy import io
+from mmstudy.benchmarks.pope import build_pope_questions
+from mmstudy.world import (
+    CLASS_INDEX, CLASSES, CONTEXTS, WORLD_VERSION, Scene, SceneObject, WorldSpec, render_scene, sample_scene,
+    scene_rng,
+)
+from mmstudy.world_text import (
+    CAPTION_EVAL_PROMPT, reference_caption, sample_conversation,
+)
+
+logger = logging.getLogger(__name__)
+
+POPE_SPLITS = ("random", "popular", "adversarial")
+CONVERSATION_MIX = {"describe": 0.35, "exist": 0.35, "qa": 0.30}   # SFT records
+TEXT_ONLY_MIX = {"describe": 0.7, "exist": 0.1, "qa": 0.2}        # language-model corpus
+RECORDS_PER_IMAGE = 2
+COCO_ID_OFFSET = {"train": 0, "val": 5_000_000, "text": 9_000_000}
+
+
+def synonyms_text() -> str:
+    """The world's CHAIR synonym list, in the exact format of the COCO list (`canonical, syn, syn`)."""
+    lines = []
+    for c in CLASSES:
+        words = [c.name, *c.synonyms]
+        lines.append(", ".join(dict.fromkeys(words)))
+    return "\n".join(lines) + "\n"
+
+
+def cooccurrence(scenes: list[Scene]) -> dict:
+    """P(b present | a present) over `scenes`, for every ordered class pair, and class frequencies."""
+    n_with = Counter()
+    n_pair = Counter()
+    for s in scenes:
+        classes = set(s.classes())
+        n_with.update(classes)
+        n_pair.update(permutations(sorted(classes), 2))
+    cond = {a: {b: round(n_pair[(a, b)] / n_with[a], 4) for b in sorted(n_with) if b != a and n_pair[(a, b)]}
+            for a in sorted(n_with)}
+    return {"n_scenes": len(scenes), "frequency": {a: round(n_with[a] / len(scenes), 4) for a in sorted(n_with)},
+            "p_given": cond}
+
+
+def _pick(mix: dict, rng: np.random.Generator) -> str:
+    kinds = list(mix)
+    return kinds[int(rng.choice(len(kinds), p=np.array(list(mix.values()))))]
+
+
+def _coco_image(scene: Scene, spec: WorldSpec, index: int) -> dict:
+    return {"id": COCO_ID_OFFSET[scene.split] + index + 1, "file_name": f"{scene.image_id}.png",
+            "width": spec.image_size, "height": spec.image_size}
+
+
+def _coco_files(scenes: list[Scene], spec: WorldSpec, seed: int) -> tuple[dict, dict]:
+    categories = [{"id": i + 1, "name": c.name, "supercategory": next(
+        (ctx.name for ctx in CONTEXTS if any(c.name in p[:2] for p in ctx.pairs)), "object")}
+        for i, c in enumerate(CLASSES)]
+    images, anns, caps = [], [], []
+    for i, s in enumerate(scenes):
+        img = _coco_image(s, spec, i)
+        images.append(img)
+        for o in s.objects:
+            x, y, w, h = o.bbox
+            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": CLASS_INDEX[o.name] + 1,
+                         "bbox": [x, y, w, h], "area": round(w * h, 2), "iscrowd": 0,
+                         "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+        rng = scene_rng(seed, s.split, i, "captions")
+        for _ in range(spec.references_per_image):
+            caps.append({"id": len(caps) + 1, "image_id": img["id"], "caption": reference_caption(s, rng)})
+    info = {"description": "mmstudy synthetic world", "version": str(WORLD_VERSION)}
+    instances = {"info": info, "licenses": [], "images": images, "annotations": anns, "categories": categories}
+    captions = {"info": info, "licenses": [], "images": images, "annotations": caps}
+    return instances, captions
+
+
+def _conversations(scenes: list[Scene], seed: int, mix: dict, per_scene: int, with_image: bool) -> list[dict]:
+    records = []
+    for i, s in enumerate(scenes):
+        rng = scene_rng(seed, s.split, i, "conversations")
+        for k in range(per_scene):
+            conv = sample_conversation(s, rng, _pick(mix, rng))
+            record = {"id": f"{s.image_id}_{k}", "conversations": conv}
+            if with_image:
+                record["image"] = f"{s.image_id}.png"
+            else:
+                conv[0]["value"] = conv[0]["value"].replace("<image>\n", "")
+            records.append(record)
+    return records
+
+
+def _write_images(root: Path, scenes: list[Scene], spec: WorldSpec, seed: int, progress: bool) -> None:
+    for s in tqdm(scenes, desc=f"render {scenes[0].split}", disable=not progress, unit="img"):
+        io.write_bytes(root / "images" / f"{s.image_id}.png", io.png_bytes(render_scene(spec, s, seed)))
+
+
+def write_world(out_dir: str | Path, spec: WorldSpec, seed: int, overwrite: bool = False,
+                progress: bool = True) -> dict:
+    """Generate the world into `out_dir` (built in a temp dir, renamed when complete). Returns world.json."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        summary = _write_world(tmp, spec, seed, progress)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _write_world(root: Path, spec: WorldSpec, seed: int, progress: bool) -> dict:
+    logger.info("sampling scenes: %d train, %d val (seed %d)", spec.n_train, spec.n_val, seed)
+    splits = {split: [sample_scene(spec, seed, split, i) for i in range(n)]
+              for split, n in (("train", spec.n_train), ("val", spec.n_val))}
+    text_scenes = [sample_scene(spec, seed, "text", i) for i in range(RECORDS_PER_IMAGE * spec.n_train)]
+    io.write_text(root / "synonyms.txt", synonyms_text())
+    io.write_jsonl(root / "scenes.jsonl", [s.to_record() for ss in splits.values() for s in ss])
+    for split, scenes in splits.items():
+        _write_images(root, scenes, spec, seed, progress)
+        io.write_json(root / f"llava_instruct_{split}.json",
+                      _conversations(scenes, seed, CONVERSATION_MIX, RECORDS_PER_IMAGE, with_image=True))
+        instances, captions = _coco_files(scenes, spec, seed)
+        io.write_json(root / "annotations" / f"instances_{split}.json", instances)
+        io.write_json(root / "annotations" / f"captions_{split}.json", captions)
+    io.write_json(root / "text_only.json", _conversations(text_scenes, seed, TEXT_ONLY_MIX, 1, with_image=False))
+    logger.info("building POPE splits from %d val images", spec.pope_images)
+    val = splits["val"]
+    pope = build_pope_questions({f"{s.image_id}.png": s.classes() for s in val}, img_num=spec.pope_images,
+                                sample_num=3, seed=seed)
+    for name in POPE_SPLITS:
+        io.write_jsonl(root / "pope" / f"world_pope_{name}.json", pope[name])
+    io.write_jsonl(root / "caption_eval.jsonl", [
+        {"image_id": s.image_id, "image": f"{s.image_id}.png", "prompt": CAPTION_EVAL_PROMPT,
+         "gt_objects": sorted(s.classes())} for s in val[:spec.caption_images]])
+    summary = {
+        "version": WORLD_VERSION, "seed": seed, "spec": {k: v for k, v in vars(spec).items()},
+        "classes": [c.name for c in CLASSES], "contexts": {c.name: [list(p) for p in c.pairs] for c in CONTEXTS},
+        "cooccurrence": cooccurrence(splits["train"]),
+        "counts": {"train_images": spec.n_train, "val_images": spec.n_val,
+                   "pope_questions": {k: len(v) for k, v in pope.items()}, "caption_eval": spec.caption_images},
+    }
+    io.write_json(root / "world.json", summary)
+    return summary
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+def load_world_info(world_dir: str | Path) -> dict:
+    world_dir = Path(world_dir)
+    info = io.read_json(world_dir / "world.json")
+    io.check_fields(info, ("version", "seed", "spec", "classes", "cooccurrence"), str(world_dir / "world.json"))
+    return info
+
+
+def load_scenes(world_dir: str | Path, split: str | None = None) -> list[Scene]:
+    """scenes.jsonl as Scene objects, optionally one split; malformed records raise DataError."""
+    path = Path(world_dir) / "scenes.jsonl"
+    scenes = []
+    for i, r in enumerate(io.read_jsonl(path, required=("image_id", "split", "context", "objects", "clutter"))):
+        if split is not None and r["split"] != split:
+            continue
+        try:
+            objects = [SceneObject(**o) for o in r["objects"]]
+        except TypeError as e:
+            raise io.DataError(f"{path}, record {i + 1} ({r['image_id']}): bad field 'objects': {e}") from e
+        for o in objects:
+            if o.name not in CLASS_INDEX:
+                raise io.DataError(f"{path}, record {i + 1} ({r['image_id']}): unknown object class {o.name!r}")
+        scenes.append(Scene(r["image_id"], r["split"], r["context"], objects, r["clutter"]))
+    return scenes
