@@ -62,7 +62,7 @@ class BaseTrainConfig:
 
     seed: int = 0                                                     # one seed reproduces the run
     model: TinyLlavaConfig = dataclasses.field(default_factory=TinyLlavaConfig)
-    language: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(800, 64, 1e-3))
+    language: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(1200, 32, 1e-3))
     vision: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(600, 64, 1e-3))
     projector: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 64, 1e-3))
     instruct: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(2500, 16, 1e-3))
@@ -101,14 +101,15 @@ class BaseTrainConfig:
 def tokenize_turns(tokenizer, turns: list[tuple[str, str]], n_image_tokens: int) -> tuple[list[int], list[int]]:
     """Token ids and labels of a conversation rendered exactly as the chat template renders it.
 
-    `<s>USER: <image>*n q ASSISTANT: a </s>USER: q2 ASSISTANT: a2 </s>`; labels cover the answers and their `</s>`.
+    `<s>USER: q <image>*n ASSISTANT: a </s>USER: q2 ASSISTANT: a2 </s>` (the question before the image, as the tiny
+    model's template renders it); labels cover the answers and their `</s>`.
     """
     ids_of = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     user, assistant = tokenizer.convert_tokens_to_ids([USER_TOKEN, ASSISTANT_TOKEN])
     image = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
     ids, labels = [tokenizer.bos_token_id], [IGNORE_INDEX]
     for k, (q, a) in enumerate(turns):
-        prompt = [user] + ([image] * n_image_tokens if k == 0 else []) + ids_of(q) + [assistant]
+        prompt = [user] + ids_of(q) + ([image] * n_image_tokens if k == 0 else []) + [assistant]
         answer = ids_of(a) + [tokenizer.eos_token_id]
         ids += prompt + answer
         labels += [IGNORE_INDEX] * len(prompt) + answer
@@ -192,12 +193,12 @@ def _run_stage(name: str, params: list, stage: StageConfig, cfg: BaseTrainConfig
 def _set_trainable(model, *modules) -> list:
     for p in model.parameters():
         p.requires_grad_(False)
-    params = []
+    params = {}
     for m in modules:
-        for p in m.parameters():
+        for p in m.parameters():  # tied weights (embeddings = lm_head) are listed once
             p.requires_grad_(True)
-            params.append(p)
-    return params
+            params[id(p)] = p
+    return list(params.values())
 
 
 # --- the four stages ---------------------------------------------------------------------------------------------
@@ -261,9 +262,10 @@ def stage_projector(model, tokenizer, images, scenes, cfg: BaseTrainConfig, prog
     cls_words = _word_ids(tokenizer, ["nothing"] + [c.name for c in CLASSES])
     size_words = _word_ids(tokenizer, ["small", "large"])
     size_target = torch.where(size_labels > 0, size_labels - 1, IGNORE_INDEX)
-    emb = F.normalize(model.get_input_embeddings().weight.detach(), dim=-1)
-    pos_head = torch.nn.Linear(model.config.text_config.hidden_size, grid * grid)
-    params = _set_trainable(model, model.model.multi_modal_projector) + list(pos_head.parameters())
+    emb_raw = model.get_input_embeddings().weight.detach()
+    emb = F.normalize(emb_raw, dim=-1)
+    scale = emb_raw[cls_words].pow(2).mean()
+    params = _set_trainable(model, model.model.multi_modal_projector)
     t = cfg.align_temperature
 
     def step(idx):
@@ -275,7 +277,7 @@ def stage_projector(model, tokenizer, images, scenes, cfg: BaseTrainConfig, prog
         loss = F.cross_entropy(cls_logits.flatten(0, 1), cls_labels[idx].flatten()) + \
             F.cross_entropy((zn @ emb[size_words].T / t).flatten(0, 1), size_target[idx].flatten(),
                             ignore_index=IGNORE_INDEX) + \
-            F.cross_entropy(pos_head(z).flatten(0, 1), torch.arange(grid * grid).repeat(len(idx)))
+            F.mse_loss(z, emb_raw[cls_words][cls_labels[idx]]) / scale  # land on the word, norm included
         acc = (cls_logits.argmax(-1) == cls_labels[idx]).float().mean().item()
         return loss, {"word_accuracy": acc}
 

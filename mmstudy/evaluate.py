@@ -28,7 +28,7 @@ from mmstudy.benchmarks import pope as pope_lib
 from mmstudy.generation import chat_prompt, generate, sample_image_keep
 from mmstudy.runs import derive_seed
 from mmstudy.world import CONTEXTS
-from mmstudy.world_text import is_well_formed, split_sentences
+from mmstudy.world_text import CONTEXT_OBJECTS, is_well_formed, split_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -90,26 +90,40 @@ def reference_objects(captions_json: Path, synonyms) -> dict[str, set[str]]:
     return {name: chair_lib.caption_gt_objects(caps, synonyms) for name, caps in refs.items()}
 
 
+CHAIR_MODES = {
+    # name: (metric prefix, load_synonyms options). The reference singularizer turns "bus" into "bu" (pattern.en),
+    # so the faithful scorer never counts a singular bus; "fixed" keeps vocabulary words as they are.
+    "reference": ("chair", {}),
+    "fixed": ("chair_fixed", {"protect_vocabulary": True}),
+}
+
+
 def run_chair(model, processor, world_dir: Path, images: ImageCache, limit: int | None = None,
               batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
-    """CHAIR and recall of detailed descriptions; GT = instance categories + objects of the reference captions."""
+    """CHAIR and recall of detailed descriptions; GT = instance categories + objects of the reference captions.
+
+    Scored twice from the same answers: faithfully to Rohrbach et al. (`chair/...`) and with the singularizer
+    fixed for vocabulary words (`chair_fixed/...`); each sample keeps both sets of mentions.
+    """
     path = world_dir / "caption_eval.jsonl"
     prompts = io.read_jsonl(path, required=("image_id", "image", "prompt", "gt_objects"))[:limit]
-    synonyms = chair_lib.load_synonyms(world_dir / "synonyms.txt")
-    refs = reference_objects(world_dir / "annotations" / "captions_val.json", synonyms)
-    gts = [set(p["gt_objects"]) | refs.get(p["image"], set()) for p in prompts]
     pics = [images.get(p["image"], f"{path}, image_id {p['image_id']}") for p in prompts]
     logger.info("CHAIR: %d descriptions", len(prompts))
     answers = _answer(model, processor, pics, [p["prompt"] for p in prompts], 96, batch_size, progress)
-    details = chair_lib.chair_per_caption(answers, gts, synonyms)
-    metrics = {f"chair/{k}": v for k, v in chair_lib.chair_metrics(answers, gts, synonyms).items()}
-    metrics["chair/version"] = chair_lib.CHAIR_VERSION
     samples = [{"benchmark": "chair", "image_id": p["image_id"], "image": p["image"], "prompt": p["prompt"],
-                "answer": a, **{k: sorted(v) if isinstance(v, set) else v for k, v in d.items()}}
-               for p, a, d in zip(prompts, answers, details)]
-    cooc = world_cooccurrence(world_dir)
-    if cooc is not None:
-        metrics.update(cooccurrence_shares(samples, cooc))
+                "answer": a} for p, a in zip(prompts, answers)]
+    metrics = {}
+    for mode, (prefix, options) in CHAIR_MODES.items():
+        synonyms = chair_lib.load_synonyms(world_dir / "synonyms.txt", **options)
+        refs = reference_objects(world_dir / "annotations" / "captions_val.json", synonyms)
+        gts = [set(p["gt_objects"]) | refs.get(p["image"], set()) for p in prompts]
+        for sample, d in zip(samples, chair_lib.chair_per_caption(answers, gts, synonyms)):
+            sample[mode] = {k: d[k] for k in ("mentioned", "hallucinated", "gt", "covered")}
+        metrics.update({f"{prefix}/{k}": v for k, v in chair_lib.chair_metrics(answers, gts, synonyms).items()})
+        cooc = world_cooccurrence(world_dir)
+        if cooc is not None:
+            metrics.update({f"{prefix}/{k}": v for k, v in cooccurrence_shares([s[mode] for s in samples],
+                                                                                 cooc).items()})
     return metrics, samples
 
 
@@ -130,9 +144,8 @@ def cooccurrence_shares(samples: list[dict], p_given: dict, threshold: float = C
     vocab = sorted(p_given)
     absent = [(c, s["gt"]) for s in samples for c in vocab if c not in s["gt"]]
     share = lambda pairs: float(np.mean([linked(o, gt) for o, gt in pairs])) if pairs else 0.0  # noqa: E731
-    return {"chair/hallucinated_cooccurring_share": share(hallucinated),
-            "chair/absent_cooccurring_share_chance": share(absent),
-            "chair/cooccur_threshold": threshold}
+    return {"hallucinated_cooccurring_share": share(hallucinated), "absent_cooccurring_share_chance": share(absent),
+            "cooccur_threshold": threshold}
 
 
 _CONTEXT_RE = re.compile(r"\b(" + "|".join(c.name for c in CONTEXTS) + r")\b")
@@ -143,14 +156,13 @@ def run_masked(model, processor, world_dir: Path, images: ImageCache, rho_th: fl
     """Descriptions with image tokens kept iff u >= rho_th (BDHS Eq. 6): fluency and plausibility of the prior."""
     path = world_dir / "caption_eval.jsonl"
     prompts = io.read_jsonl(path, required=("image_id", "image", "prompt", "gt_objects"))[:limit]
-    synonyms = chair_lib.load_synonyms(world_dir / "synonyms.txt")
+    synonyms = chair_lib.load_synonyms(world_dir / "synonyms.txt", **CHAIR_MODES["fixed"][1])
     pics = [images.get(p["image"], f"{path}, image_id {p['image_id']}") for p in prompts]
     n_tokens = model.config.image_seq_length
     keep = [sample_image_keep(n_tokens, rho_th, derive_seed(seed, "masked", p["image_id"])) for p in prompts]
     logger.info("masked descriptions: %d images, rho_th=%.2f", len(prompts), rho_th)
     answers = _answer(model, processor, pics, [p["prompt"] for p in prompts], 96, batch_size, progress, keep)
     scenes = {s["image_id"]: s for s in io.read_jsonl(world_dir / "scenes.jsonl", required=("image_id", "context"))}
-    context_objects = {c.name: {n for a, b, _ in c.pairs for n in (a, b)} for c in CONTEXTS}
     samples, well, n_sent, in_ctx, n_mentions, hall, degenerate = [], 0, 0, 0, 0, 0, 0
     for p, a, k in zip(prompts, answers, keep):
         sentences = split_sentences(a)
@@ -158,11 +170,10 @@ def run_masked(model, processor, world_dir: Path, images: ImageCache, rho_th: fl
         mentions = [c for _, c in chair_lib.extract_objects(a, synonyms)]
         said = _CONTEXT_RE.search(a.lower())
         ctx = said.group(1) if said else scenes[p["image_id"]]["context"]
-        words = a.lower().split()
-        trigrams = list(zip(words, words[1:], words[2:]))
-        degenerate += len(set(trigrams)) < len(trigrams) or not a.strip().endswith(".")
+        # degenerate: a sentence repeated verbatim, or text cut off by the token limit
+        degenerate += len(set(sentences)) < len(sentences) or not a.strip().endswith(".")
         well, n_sent = well + sum(ok), n_sent + len(sentences)
-        in_ctx += sum(m in context_objects[ctx] for m in mentions)
+        in_ctx += sum(m in CONTEXT_OBJECTS[ctx] for m in mentions)
         n_mentions += len(mentions)
         hall += sum(m not in p["gt_objects"] for m in mentions)
         samples.append({"benchmark": "masked", "image_id": p["image_id"], "image": p["image"], "answer": a,
@@ -175,6 +186,8 @@ def run_masked(model, processor, world_dir: Path, images: ImageCache, rho_th: fl
         "masked/context_consistent_mention_share": in_ctx / max(1, n_mentions),
         "masked/chair_i": hall / max(1, n_mentions),
         "masked/degenerate_share": degenerate / n,
+        # with (almost) no image left, greedy decoding tends to the prior's mode: the same text for many images
+        "masked/distinct_answer_share": len(set(answers)) / n,
         "masked/kept_image_tokens_mean": float(np.mean([int(k.sum()) for k in keep])) if keep else 0.0,
     }
     return metrics, samples

@@ -117,13 +117,15 @@ class WorldSpec:
     p_small: float = 0.35           # share of small objects
     large_radius: tuple = (0.36, 0.46)   # glyph radius as a fraction of the cell, uniform range
     small_radius: tuple = (0.18, 0.26)
-    p_faint: float = 0.15           # share of faint objects (blended into the background)
+    p_faint: float = 0.2            # share of faint objects (blended into the background)
     faint_alpha: tuple = (0.2, 0.55)     # opacity range of faint objects
     p_occluded: float = 0.15        # share of objects partly covered by an occluder
     occlusion: tuple = (0.3, 0.7)   # covered share of the glyph's box, uniform range
-    max_clutter: int = 3            # look-alike distractor marks per scene, uniform 0..max_clutter
+    max_clutter: int = 4            # look-alike distractor marks per scene, uniform 0..max_clutter
     noise_std: float = 10.0         # Gaussian pixel noise, in 0..255 units
     jitter: float = 0.12            # glyph centre jitter as a fraction of the cell
+    p_symbolic: float = 0.7         # share of text-only records that state their scene as words (see world_files)
+    symbolic_grid: int = 6          # side of the symbolic scene grid: match the model's image_size / patch_size
     pope_images: int = 500          # images per POPE split (POPE's img_num)
     caption_images: int = 500       # images in the caption-evaluation prompt set
     references_per_image: int = 5   # COCO-style reference captions per image
@@ -137,7 +139,7 @@ class WorldSpec:
             raise ValueError("need 1 <= min_groups <= max_groups <= 3 (three pairs per context)")
         if self.p_both + self.p_anchor_only > 1:
             raise ValueError("p_both + p_anchor_only must be <= 1")
-        for name in ("p_outlier", "p_duplicate", "p_small", "p_faint", "p_occluded"):
+        for name in ("p_outlier", "p_duplicate", "p_small", "p_faint", "p_occluded", "p_symbolic"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1]")
         if self.pope_images > self.n_val or self.caption_images > self.n_val:

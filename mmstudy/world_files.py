@@ -34,14 +34,15 @@ from mmstudy.world import (
     scene_rng,
 )
 from mmstudy.world_text import (
-    CAPTION_EVAL_PROMPT, reference_caption, sample_conversation,
+    CAPTION_EVAL_PROMPT, reference_caption, sample_conversation, symbolic_scene,
 )
 
 logger = logging.getLogger(__name__)
 
 POPE_SPLITS = ("random", "popular", "adversarial")
 CONVERSATION_MIX = {"describe": 0.35, "exist": 0.35, "qa": 0.30}   # SFT records
-TEXT_ONLY_MIX = {"describe": 0.7, "exist": 0.1, "qa": 0.2}        # language-model corpus
+TEXT_ONLY_MIX = {"describe": 0.7, "exist": 0.1, "qa": 0.2}        # language-model corpus, plain
+SYMBOLIC_MIX = {"describe": 0.2, "exist": 0.6, "qa": 0.2}         # language-model corpus, symbolic scenes
 RECORDS_PER_IMAGE = 2
 COCO_ID_OFFSET = {"train": 0, "val": 5_000_000, "text": 9_000_000}
 
@@ -101,18 +102,29 @@ def _coco_files(scenes: list[Scene], spec: WorldSpec, seed: int) -> tuple[dict, 
     return instances, captions
 
 
-def _conversations(scenes: list[Scene], seed: int, mix: dict, per_scene: int, with_image: bool) -> list[dict]:
+def _conversations(scenes: list[Scene], seed: int, per_scene: int) -> list[dict]:
+    """LLaVA-Instruct records about rendered scenes (the image is the scene's PNG)."""
     records = []
     for i, s in enumerate(scenes):
         rng = scene_rng(seed, s.split, i, "conversations")
         for k in range(per_scene):
-            conv = sample_conversation(s, rng, _pick(mix, rng))
-            record = {"id": f"{s.image_id}_{k}", "conversations": conv}
-            if with_image:
-                record["image"] = f"{s.image_id}.png"
-            else:
-                conv[0]["value"] = conv[0]["value"].replace("<image>\n", "")
-            records.append(record)
+            conv = sample_conversation(s, rng, _pick(CONVERSATION_MIX, rng))
+            records.append({"id": f"{s.image_id}_{k}", "image": f"{s.image_id}.png", "conversations": conv})
+    return records
+
+
+def _text_conversations(scenes: list[Scene], seed: int, spec: WorldSpec) -> list[dict]:
+    """Text-only records (no image). A share `spec.p_symbolic` states the scene as words where the image would
+    be (`symbolic_scene`): text in which the LM learns to look things up, as an LLM does before it meets images."""
+    records = []
+    for i, s in enumerate(scenes):
+        rng = scene_rng(seed, s.split, i, "conversations")
+        symbolic = rng.random() < spec.p_symbolic
+        conv = sample_conversation(s, rng, _pick(SYMBOLIC_MIX if symbolic else TEXT_ONLY_MIX, rng))
+        question = conv[0]["value"].replace("<image>\n", "")
+        # the scene's words stand where the tiny model's template puts the image: after the question
+        conv[0]["value"] = f"{question}\n{symbolic_scene(s, spec.symbolic_grid)}" if symbolic else question
+        records.append({"id": s.image_id, "conversations": conv})
     return records
 
 
@@ -149,12 +161,11 @@ def _write_world(root: Path, spec: WorldSpec, seed: int, progress: bool) -> dict
     io.write_jsonl(root / "scenes.jsonl", [s.to_record() for ss in splits.values() for s in ss])
     for split, scenes in splits.items():
         _write_images(root, scenes, spec, seed, progress)
-        io.write_json(root / f"llava_instruct_{split}.json",
-                      _conversations(scenes, seed, CONVERSATION_MIX, RECORDS_PER_IMAGE, with_image=True))
+        io.write_json(root / f"llava_instruct_{split}.json", _conversations(scenes, seed, RECORDS_PER_IMAGE))
         instances, captions = _coco_files(scenes, spec, seed)
         io.write_json(root / "annotations" / f"instances_{split}.json", instances)
         io.write_json(root / "annotations" / f"captions_{split}.json", captions)
-    io.write_json(root / "text_only.json", _conversations(text_scenes, seed, TEXT_ONLY_MIX, 1, with_image=False))
+    io.write_json(root / "text_only.json", _text_conversations(text_scenes, seed, spec))
     logger.info("building POPE splits from %d val images", spec.pope_images)
     val = splits["val"]
     pope = build_pope_questions({f"{s.image_id}.png": s.classes() for s in val}, img_num=spec.pope_images,

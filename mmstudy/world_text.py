@@ -164,8 +164,11 @@ def _random_question(scene: Scene, rng: np.random.Generator, kind: str) -> tuple
     if kind == "exist":
         if rng.random() < 0.5:
             return existence_qa(scene, str(rng.choice(present)), rng)
+        # Half the negatives are absent objects of the scene's own context, so that "is it in context?" is not
+        # a shortcut for "is it in the image?"; the other half are uniform over absent classes.
         absent = [c.name for c in CLASSES if c.name not in present]
-        return existence_qa(scene, str(rng.choice(absent)), rng)
+        local = [n for n in absent if n in CONTEXT_OBJECTS[scene.context]]
+        return existence_qa(scene, str(rng.choice(local if local and rng.random() < 0.5 else absent)), rng)
     if kind == "count":
         name = str(rng.choice(present)) if rng.random() < 0.85 else str(rng.choice([c.name for c in CLASSES]))
         return count_qa(scene, name)
@@ -178,6 +181,7 @@ def _random_question(scene: Scene, rng: np.random.Generator, kind: str) -> tuple
     return context_qa(scene)
 
 
+CONTEXT_OBJECTS = {c.name: {n for a, b, _ in c.pairs for n in (a, b)} for c in CONTEXTS}
 QA_KINDS = ("count", "where", "size", "what_at", "context")
 
 
@@ -197,6 +201,15 @@ def sample_conversation(scene: Scene, rng: np.random.Generator, kind: str) -> li
         conv.append({"from": "human", "value": f"<image>\n{q}" if i == 0 else q})
         conv.append({"from": "gpt", "value": a})
     return conv
+
+
+def symbolic_scene(scene: Scene, grid: int) -> str:
+    """The scene as words laid out like a grid x grid patch image, row-major: each position holds the first word
+    of the class in its cell ("traffic" for a traffic light) or "nothing"."""
+    words = ["nothing"] * 9
+    for o in scene.objects:
+        words[o.cell] = o.name.split()[0]
+    return " ".join(words[(r * 3 // grid) * 3 + c * 3 // grid] for r in range(grid) for c in range(grid))
 
 
 def vocabulary_text() -> str:

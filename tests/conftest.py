@@ -1,0 +1,28 @@
+"""Shared fixtures: a smoke world and a smoke-trained tiny model, built once per test session."""
+
+import logging
+
+import pytest
+import torch
+
+from mmstudy.world import WorldSpec
+from mmstudy.world_files import write_world
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def smoke_world(tmp_path_factory):
+    """A smoke-profile world (300 train / 60 val images), generated once."""
+    out = tmp_path_factory.mktemp("world") / "world"
+    write_world(out, WorldSpec.for_profile("smoke"), seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_model(smoke_world):
+    """(model, processor, report) of a smoke-profile base training on the smoke world (seconds, no quality)."""
+    from mmstudy.base import BaseTrainConfig, train_base
+
+    logging.getLogger("mmstudy").setLevel(logging.WARNING)
+    return train_base(smoke_world, BaseTrainConfig.for_profile("smoke"), progress=False)

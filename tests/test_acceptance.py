@@ -1,0 +1,33 @@
+"""The foundation's quality bar, on the default profile, end to end through the CLI (about 15-20 minutes).
+
+Run: python -m pytest -q -m slow tests/test_acceptance.py
+
+A base model that grounds (recall, POPE), yet hallucinates (CHAIR_i in range) in a prior-driven way (POPE
+adversarial below random, hallucinations co-occur with present objects), and whose masked descriptions stay fluent.
+"""
+
+import json
+
+import pytest
+
+from mmstudy.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_profile_meets_the_acceptance_bar(tmp_path):
+    world, model, results = tmp_path / "world", tmp_path / "model", tmp_path / "run" / "results.json"
+    assert main(["-q", "world", "--out", str(world), "--profile", "default", "--seed", "0"]) == 0
+    assert main(["-q", "train-base", "--world", str(world), "--out", str(model), "--profile", "default"]) == 0
+    assert main(["-q", "eval", "--model", str(model), "--world", str(world), "--benchmarks", "pope,chair,masked",
+                 "--out", str(results)]) == 0
+    m = json.loads(results.read_text())["metrics"]
+    assert m["chair/n_captions"] >= 500 and m["pope/random/n"] == 3000
+    assert m["chair_fixed/recall"] >= 0.70
+    assert 0.05 <= m["chair_fixed/chair_i"] <= 0.35
+    assert m["pope/random/accuracy"] >= 0.85
+    assert m["pope/adversarial/accuracy"] <= m["pope/random/accuracy"] - 0.03
+    assert m["chair_fixed/hallucinated_cooccurring_share"] > 2 * m["chair_fixed/absent_cooccurring_share_chance"]
+    assert m["masked/well_formed_sentence_share"] >= 0.9
+    assert m["masked/context_consistent_mention_share"] >= 0.8
+    assert m["masked/mentions_per_description"] >= 1.0

@@ -1,0 +1,144 @@
+"""Staged base training: tokenisation matches the chat template, each stage trains only what it should,
+image-attention dropout hides image tokens, runs are deterministic and resumable.
+
+Run: pytest tests/test_base.py
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mmstudy import base
+from mmstudy.base import BaseTrainConfig, StageConfig, normalise, tokenize_turns, train_base
+from mmstudy.world_files import load_scenes
+
+
+@pytest.fixture()
+def fresh(smoke_world):
+    cfg = BaseTrainConfig.for_profile("smoke")
+    model, processor = base.build_world_model(smoke_world, cfg)
+    return model, processor, cfg
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module):
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def test_tokenize_turns_matches_the_processor_rendering(fresh):
+    model, processor, _ = fresh
+    turns = [("Is there a fork in the image?", "Yes, there is a fork in the image."),
+             ("How many forks are there in the image?", "There are two forks in the image.")]
+    ids, labels = tokenize_turns(processor.tokenizer, turns, model.config.image_seq_length)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": turns[0][0]}]},
+        {"role": "assistant", "content": [{"type": "text", "text": turns[0][1]}]},
+        {"role": "user", "content": [{"type": "text", "text": turns[1][0]}]},
+        {"role": "assistant", "content": [{"type": "text", "text": turns[1][1]}]},
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False)
+    image = np.zeros((48, 48, 3), dtype=np.uint8)
+    expected = processor(images=[image], text=[text], return_tensors="pt")["input_ids"][0].tolist()
+    assert ids == expected
+    answer_ids = [i for i, lab in zip(ids, labels) if lab != base.IGNORE_INDEX]
+    assert processor.tokenizer.decode(answer_ids, skip_special_tokens=False) == \
+        "yes, there is a fork in the image. </s> there are two forks in the image. </s>"
+
+
+def test_normalise_equals_the_image_processor(fresh, smoke_world):
+    _, processor, _ = fresh
+    images = base.load_images_uint8(smoke_world, ["train_000000.png", "train_000001.png"], progress=False)
+    from mmstudy.io import load_image
+
+    pils = [load_image(smoke_world / "images" / n) for n in ("train_000000.png", "train_000001.png")]
+    expected = processor.image_processor(pils, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(normalise(images), expected, atol=1e-6, rtol=0)
+
+
+def test_token_cell_labels_follow_the_grid(smoke_world):
+    scene = load_scenes(smoke_world, "train")[0]
+    cls, size = base._token_cell_labels([scene], grid=6)
+    assert cls.shape == (1, 36)
+    for o in scene.objects:
+        r, c = divmod(o.cell, 3)
+        tokens = [(2 * r + dr) * 6 + 2 * c + dc for dr in (0, 1) for dc in (0, 1)]
+        assert all(cls[0, t].item() > 0 for t in tokens)
+        assert all(size[0, t].item() == (1 if o.size == "small" else 2) for t in tokens)
+
+
+@pytest.mark.parametrize("stage", ["language", "vision", "projector", "instruct"])
+def test_each_stage_trains_only_its_modules(fresh, smoke_world, stage):
+    model, processor, cfg = fresh
+    cfg = dataclasses.replace(cfg, **{stage: StageConfig(2, 4, 1e-3)})
+    scenes = load_scenes(smoke_world, "train")
+    names = [f"{s.image_id}.png" for s in scenes]
+    images = base.load_images_uint8(smoke_world, names, progress=False)
+    parts = {"vision": model.model.vision_tower, "projector": model.model.multi_modal_projector,
+             "lm": model.model.language_model}
+    before = {k: _snapshot(m) for k, m in parts.items()}
+    run = {
+        "language": lambda: base.stage_language(model, processor.tokenizer, smoke_world, cfg, False),
+        "vision": lambda: base.stage_vision(model, images, scenes, cfg, False),
+        "projector": lambda: base.stage_projector(model, processor.tokenizer, images, scenes, cfg, False),
+        "instruct": lambda: base.stage_instruct(model, processor.tokenizer, smoke_world, images,
+                                                {n: i for i, n in enumerate(names)}, cfg, False),
+    }[stage]
+    report = run()
+    assert report["steps"] == 2 and np.isfinite(report["final_loss"])
+    trained = {"language": {"lm"}, "vision": {"vision"}, "projector": {"projector"}, "instruct": {"lm"}}[stage]
+    for name, module in parts.items():
+        changed = _changed(before[name], module)
+        if name in trained:
+            assert changed, f"stage {stage} left {name} untouched"
+        else:
+            assert not changed, f"stage {stage} changed frozen {name}: {sorted(changed)[:3]}"
+
+
+def test_image_attention_dropout_hides_image_tokens(fresh, smoke_world, monkeypatch):
+    model, processor, cfg = fresh
+    cfg = dataclasses.replace(cfg, instruct=StageConfig(1, 8, 1e-3), p_blind=1.0, blind_keep_max=0.0)
+    names = [f"{s.image_id}.png" for s in load_scenes(smoke_world, "train")]
+    images = base.load_images_uint8(smoke_world, names, progress=False)
+    seen = {}
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    base.stage_instruct(model, processor.tokenizer, smoke_world, images, {n: i for i, n in enumerate(names)}, cfg,
+                        False)
+    is_image = seen["input_ids"] == model.config.image_token_id
+    assert is_image.any() and (seen["attention_mask"][is_image] == 0).all()
+    assert (seen["attention_mask"][~is_image & (seen["input_ids"] != 0)] == 1).all()
+    assert torch.equal(seen["position_ids"][0], torch.arange(seen["input_ids"].shape[1]))
+
+
+def test_training_is_deterministic_and_resumable(smoke_world, tmp_path):
+    cfg = BaseTrainConfig.for_profile("smoke")
+    m1, _, r1 = train_base(smoke_world, cfg, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "stage0_language.pt", "stage1_vision.pt", "stage2_projector.pt", "stage3_instruct.pt"]
+    m2, _, _ = train_base(smoke_world, cfg, progress=False)
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    (tmp_path / "ckpt" / "stage3_instruct.pt").unlink()
+    m3, _, r3 = train_base(smoke_world, cfg, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert [r.get("resumed", False) for r in r3["stages"]] == [True, True, True, False]
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m3.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="steps >= 0"):
+        StageConfig(-1, 4, 1e-3)
+    with pytest.raises(ValueError, match="probabilities"):
+        BaseTrainConfig(p_blind=1.5)
+    with pytest.raises(ValueError, match="unknown base-training profile"):
+        BaseTrainConfig.for_profile("xl")
