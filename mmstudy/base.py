@@ -32,7 +32,12 @@ from tqdm.auto import tqdm
 from mmstudy import io
 from mmstudy.data import conversation_turns, load_llava_instruct
 from mmstudy.model import (
-    ASSISTANT_TOKEN, USER_TOKEN, TinyLlavaConfig, build_processor, build_tiny_llava, build_tokenizer,
+    ASSISTANT_TOKEN,
+    USER_TOKEN,
+    TinyLlavaConfig,
+    build_processor,
+    build_tiny_llava,
+    build_tokenizer,
 )
 from mmstudy.runs import derive_seed, set_seed
 from mmstudy.world import CLASSES, cell_labels
@@ -101,15 +106,14 @@ class BaseTrainConfig:
 def tokenize_turns(tokenizer, turns: list[tuple[str, str]], n_image_tokens: int) -> tuple[list[int], list[int]]:
     """Token ids and labels of a conversation rendered exactly as the chat template renders it.
 
-    `<s>USER: q <image>*n ASSISTANT: a </s>USER: q2 ASSISTANT: a2 </s>` (the question before the image, as the tiny
-    model's template renders it); labels cover the answers and their `</s>`.
+    `<s>USER: <image>*n q ASSISTANT: a </s>USER: q2 ASSISTANT: a2 </s>`; labels cover the answers and their `</s>`.
     """
     ids_of = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     user, assistant = tokenizer.convert_tokens_to_ids([USER_TOKEN, ASSISTANT_TOKEN])
     image = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
     ids, labels = [tokenizer.bos_token_id], [IGNORE_INDEX]
     for k, (q, a) in enumerate(turns):
-        prompt = [user] + ids_of(q) + ([image] * n_image_tokens if k == 0 else []) + [assistant]
+        prompt = [user] + ([image] * n_image_tokens if k == 0 else []) + ids_of(q) + [assistant]
         answer = ids_of(a) + [tokenizer.eos_token_id]
         ids += prompt + answer
         labels += [IGNORE_INDEX] * len(prompt) + answer
@@ -134,8 +138,8 @@ def pad_batch(seqs: list[list[int]], labels: list[list[int]], pad_id: int) -> di
     ids = torch.full((len(seqs), width), pad_id)
     lab = torch.full((len(seqs), width), IGNORE_INDEX)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labels)):
-        ids[i, :len(s)], lab[i, :len(l)], mask[i, :len(s)] = torch.tensor(s), torch.tensor(l), 1
+    for i, (seq, target) in enumerate(zip(seqs, labels)):
+        ids[i, :len(seq)], lab[i, :len(target)], mask[i, :len(seq)] = torch.tensor(seq), torch.tensor(target), 1
     positions = torch.arange(width).expand(len(seqs), -1).clone()
     return {"input_ids": ids, "labels": lab, "attention_mask": mask, "position_ids": positions}
 

@@ -49,16 +49,12 @@ USER_TOKEN, ASSISTANT_TOKEN = "USER:", "ASSISTANT:"
 # Order fixes the ids: <pad>=0, <s>=1, </s>=2, <unk>=3, <image>=4, USER:=5, ASSISTANT:=6.
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, IMAGE_TOKEN, USER_TOKEN, ASSISTANT_TOKEN)
 
-# One user turn renders as '<s>USER: is there a fork ? <image> ASSISTANT:': the tiny world model reads the question
-# BEFORE the image (text items first, then image items, whatever their order in the message). From-scratch probes
-# showed why: with the image first, a 4-layer LM did not learn to answer "is there an X?" (POPE stayed at chance);
-# with the question first, each image token can check itself against the asked object, and it learns within about
-# a thousand steps (README, "The base model"). Real checkpoints keep their own templates. TRL's DPO collator relies
-# on prompt+answer rendering starting with the prompt rendering, which this template guarantees.
+# One user turn renders as '<s>USER: <image> is there a fork ? ASSISTANT:' (LLaVA's order: image, then text; NOTES
+# §2). TRL's DPO collator relies on prompt+answer rendering starting with the prompt rendering, which this
+# template guarantees.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}USER: "
-    "{% for c in m['content'] %}{% if c['type'] != 'image' %}{{ c['text'] }} {% endif %}{% endfor %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> {% endif %}{% endfor %}"
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}"
     "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }} {% endfor %}{{ eos_token }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )

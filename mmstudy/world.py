@@ -210,7 +210,10 @@ def _sample_classes(spec: WorldSpec, context: Context, rng: np.random.Generator)
     for i in sorted(chosen):
         anchor, partner, _ = pairs[i]
         u = rng.random()
-        names += [anchor, partner] if u < spec.p_both else [anchor] if u < spec.p_both + spec.p_anchor_only else [partner]
+        if u < spec.p_both:
+            names += [anchor, partner]
+        else:
+            names.append(anchor if u < spec.p_both + spec.p_anchor_only else partner)
     if rng.random() < spec.p_outlier:
         others = [c.name for c in CLASSES if c.name not in {n for a, b, _ in pairs for n in (a, b)}]
         names.append(str(rng.choice(others)))

@@ -30,11 +30,22 @@ from tqdm.auto import tqdm
 from mmstudy import io
 from mmstudy.benchmarks.pope import build_pope_questions
 from mmstudy.world import (
-    CLASS_INDEX, CLASSES, CONTEXTS, WORLD_VERSION, Scene, SceneObject, WorldSpec, render_scene, sample_scene,
+    CLASS_INDEX,
+    CLASSES,
+    CONTEXTS,
+    WORLD_VERSION,
+    Scene,
+    SceneObject,
+    WorldSpec,
+    render_scene,
+    sample_scene,
     scene_rng,
 )
 from mmstudy.world_text import (
-    CAPTION_EVAL_PROMPT, reference_caption, sample_conversation, symbolic_scene,
+    CAPTION_EVAL_PROMPT,
+    reference_caption,
+    sample_conversation,
+    symbolic_scene,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,8 +133,8 @@ def _text_conversations(scenes: list[Scene], seed: int, spec: WorldSpec) -> list
         symbolic = rng.random() < spec.p_symbolic
         conv = sample_conversation(s, rng, _pick(SYMBOLIC_MIX if symbolic else TEXT_ONLY_MIX, rng))
         question = conv[0]["value"].replace("<image>\n", "")
-        # the scene's words stand where the tiny model's template puts the image: after the question
-        conv[0]["value"] = f"{question}\n{symbolic_scene(s, spec.symbolic_grid)}" if symbolic else question
+        # the scene's words stand where the image stands in LLaVA's template: before the question
+        conv[0]["value"] = f"{symbolic_scene(s, spec.symbolic_grid)}\n{question}" if symbolic else question
         records.append({"id": s.image_id, "conversations": conv})
     return records
 

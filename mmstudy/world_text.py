@@ -84,7 +84,8 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
             sized = f"{o.size} {noun}" if rng.random() < 0.5 else noun
             a = f"{article(sized)} {sized}"
             t = str(rng.choice(SINGLE))
-            sentences.append(_cap(t.format(a=a, A=_cap(a), pos=POS_PHRASE[o.position], Pos=_cap(POS_PHRASE[o.position]))))
+            pos = POS_PHRASE[o.position]
+            sentences.append(_cap(t.format(a=a, A=_cap(a), pos=pos, Pos=_cap(pos))))
         else:
             t = str(rng.choice(MULTI if len(objs) == 2 else MULTI[1:]))
             sentences.append(t.format(n=NUMBERS[len(objs)], nouns=plural_of(noun), pos=POS_PHRASE[objs[0].position],
@@ -159,16 +160,21 @@ def context_qa(scene: Scene) -> tuple[str, str]:
     return "Where was this picture taken?", f"This picture was taken in {article(scene.context)} {scene.context}."
 
 
+def sample_existence_qa(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
+    """An existence question, half about a present object. Half the negatives are absent objects of the scene's
+    own context, so that "is it in context?" is no shortcut for "is it in the image?"; the rest are uniform."""
+    present = scene.classes()
+    if rng.random() < 0.5:
+        return existence_qa(scene, str(rng.choice(present)), rng)
+    absent = [c.name for c in CLASSES if c.name not in present]
+    local = [n for n in absent if n in CONTEXT_OBJECTS[scene.context]]
+    return existence_qa(scene, str(rng.choice(local if local and rng.random() < 0.5 else absent)), rng)
+
+
 def _random_question(scene: Scene, rng: np.random.Generator, kind: str) -> tuple[str, str]:
     present = scene.classes()
     if kind == "exist":
-        if rng.random() < 0.5:
-            return existence_qa(scene, str(rng.choice(present)), rng)
-        # Half the negatives are absent objects of the scene's own context, so that "is it in context?" is not
-        # a shortcut for "is it in the image?"; the other half are uniform over absent classes.
-        absent = [c.name for c in CLASSES if c.name not in present]
-        local = [n for n in absent if n in CONTEXT_OBJECTS[scene.context]]
-        return existence_qa(scene, str(rng.choice(local if local and rng.random() < 0.5 else absent)), rng)
+        return sample_existence_qa(scene, rng)
     if kind == "count":
         name = str(rng.choice(present)) if rng.random() < 0.85 else str(rng.choice([c.name for c in CLASSES]))
         return count_qa(scene, name)
@@ -238,7 +244,8 @@ def _sentence_patterns() -> list[re.Pattern]:
     sized = [f"{size} {n}" for size in ("small", "large") for n in singular] + singular
     slots = {
         "a": _alt(f"{article(s)} {s}" for s in sized), "pos": _alt(POS_PHRASE.values()),
-        "n": _alt([*NUMBERS.values(), "several"]), "nouns": _alt(plural), "ctx": _alt(f"{article(c.name)} {c.name}" for c in CONTEXTS),
+        "n": _alt([*NUMBERS.values(), "several"]), "nouns": _alt(plural),
+        "ctx": _alt(f"{article(c.name)} {c.name}" for c in CONTEXTS),
         "pos2": _alt(POS_PHRASE.values()),
     }
     patterns = []

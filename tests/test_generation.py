@@ -104,7 +104,7 @@ def test_sample_image_keep_rejects_bad_threshold(rho):
 
 
 def test_chat_prompt(processor):
-    assert chat_prompt(processor, "describe the image .") == "<s>USER: describe the image . <image> ASSISTANT:"
+    assert chat_prompt(processor, "describe the image .") == "<s>USER: <image> describe the image . ASSISTANT:"
 
 
 def test_prepare_inputs_masks_only_dropped_image_tokens(processor, images, prompts):

@@ -117,7 +117,7 @@ def test_left_padding_survives_save_and_reload(tokenizer, tmp_path):
 
 def test_processor_expands_image_token_and_renders_chat(processor):
     prompt = chat_prompt(processor, "is there a fork ?")
-    assert prompt == "<s>USER: is there a fork ? <image> ASSISTANT:", "the question comes before the image"
+    assert prompt == "<s>USER: <image> is there a fork ? ASSISTANT:"
     enc = processor(images=_images(1), text=[prompt], return_tensors="pt")
     assert (enc["input_ids"] == processor.image_token_id).sum() == (16 // 8) ** 2
     assert enc["pixel_values"].shape == (1, 3, 16, 16)

@@ -17,7 +17,15 @@ from mmstudy import io
 from mmstudy.benchmarks import chair, pope
 from mmstudy.data import load_llava_instruct
 from mmstudy.world import (
-    CLASSES, CONTEXTS, POSITIONS, Scene, SceneObject, WorldSpec, pair_partners, render_scene, sample_scene,
+    CLASSES,
+    CONTEXTS,
+    POSITIONS,
+    Scene,
+    SceneObject,
+    WorldSpec,
+    pair_partners,
+    render_scene,
+    sample_scene,
 )
 from mmstudy.world_files import load_scenes, synonyms_text, write_world
 from mmstudy.world_text import describe, is_well_formed, sample_conversation, split_sentences, symbolic_scene
@@ -130,9 +138,9 @@ def test_world_files_are_in_the_real_formats(smoke_world):
     text_only = load_llava_instruct(smoke_world / "text_only.json")
     assert all("image" not in r for r in text_only)
     words = {"nothing"} | {c.name.split()[0] for c in CLASSES}
-    symbolic = [r["conversations"][0]["value"].split("\n")[-1].split() for r in text_only
+    symbolic = [r["conversations"][0]["value"].split("\n")[0].split() for r in text_only
                 if "\n" in r["conversations"][0]["value"]]
-    assert all(len(s) == 36 and set(s) <= words for s in symbolic), "scene words after the question, 6x6"
+    assert all(len(s) == 36 and set(s) <= words for s in symbolic), "scene words before the question, 6x6"
     assert 0.6 < len(symbolic) / len(text_only) < 0.8, "about p_symbolic = 0.7 of the text states its scene"
     for split in ("random", "popular", "adversarial"):
         qs = pope.load_pope_questions(smoke_world / "pope" / f"world_pope_{split}.json")
@@ -159,7 +167,8 @@ def test_synonym_file_has_the_coco_format_and_chair_reads_it(smoke_world):
     world_lines = (smoke_world / "synonyms.txt").read_text().splitlines()
     assert len(world_lines) == len(CLASSES)
     shape = lambda line: all(w and w == w.strip() for w in line.split(", "))  # noqa: E731
-    assert all(shape(line) for line in world_lines) and sum(shape(line) for line in coco_lines) >= 75  # 4 COCO lines carry stray spaces
+    assert all(shape(line) for line in world_lines)
+    assert sum(shape(line) for line in coco_lines) >= 75  # 4 COCO lines carry stray spaces
     syn = chair.load_synonyms(smoke_world / "synonyms.txt", protect_vocabulary=True)
     text = ("There are two buses. I can see a puppy, an automobile and two mice. "
             "A traffic light is near the stop sign. There are two knives.")
