@@ -293,6 +293,10 @@ def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cf
     records = load_llava_instruct(world_dir / "llava_instruct_train.json", image_dir=world_dir / "images")
     n_img = model.config.image_seq_length
     encoded = [tokenize_turns(tokenizer, conversation_turns(r), n_img) for r in records]
+    unknown = next((r for r in records if r["image"] not in index_of), None)
+    if unknown is not None:
+        raise io.DataError(f"{world_dir / 'llava_instruct_train.json'}, id {unknown['id']}: field 'image' "
+                           f"{unknown['image']!r} is not a training scene of scenes.jsonl")
     image_idx = torch.tensor([index_of[r["image"]] for r in records])
     image_id = model.config.image_token_id
     params = _set_trainable(model, model.model.language_model, model.lm_head)

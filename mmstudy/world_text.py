@@ -29,6 +29,8 @@ DESCRIBE_PROMPTS = (
     "What is in this image?",
 )
 CAPTION_EVAL_PROMPT = "Describe the image in detail."
+CONTEXT_OBJECTS = {c.name: {n for a, b, _ in c.pairs for n in (a, b)} for c in CONTEXTS}
+QA_KINDS = ("count", "where", "size", "what_at", "context")
 EXISTENCE_PROMPTS = (
     "Is there a {noun} in the image?",
     "Is there a {noun} in the image?",
@@ -185,10 +187,6 @@ def _random_question(scene: Scene, rng: np.random.Generator, kind: str) -> tuple
     if kind == "what_at":
         return what_at_qa(scene, int(rng.integers(9)))
     return context_qa(scene)
-
-
-CONTEXT_OBJECTS = {c.name: {n for a, b, _ in c.pairs for n in (a, b)} for c in CONTEXTS}
-QA_KINDS = ("count", "where", "size", "what_at", "context")
 
 
 def sample_conversation(scene: Scene, rng: np.random.Generator, kind: str) -> list[dict]:
