@@ -112,7 +112,7 @@ def run_chair(model, processor, world_dir: Path, images: ImageCache, limit: int 
     answers = _answer(model, processor, pics, [p["prompt"] for p in prompts], 96, batch_size, progress)
     samples = [{"benchmark": "chair", "image_id": p["image_id"], "image": p["image"], "prompt": p["prompt"],
                 "answer": a} for p, a in zip(prompts, answers)]
-    metrics = {}
+    metrics, cooc = {}, world_cooccurrence(world_dir)
     for mode, (prefix, options) in CHAIR_MODES.items():
         synonyms = chair_lib.load_synonyms(world_dir / "synonyms.txt", **options)
         refs = reference_objects(world_dir / "annotations" / "captions_val.json", synonyms)
@@ -120,7 +120,6 @@ def run_chair(model, processor, world_dir: Path, images: ImageCache, limit: int 
         for sample, d in zip(samples, chair_lib.chair_per_caption(answers, gts, synonyms)):
             sample[mode] = {k: d[k] for k in ("mentioned", "hallucinated", "gt", "covered")}
         metrics.update({f"{prefix}/{k}": v for k, v in chair_lib.chair_metrics(answers, gts, synonyms).items()})
-        cooc = world_cooccurrence(world_dir)
         if cooc is not None:
             metrics.update({f"{prefix}/{k}": v for k, v in cooccurrence_shares([s[mode] for s in samples],
                                                                                  cooc).items()})
