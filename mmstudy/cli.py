@@ -3,6 +3,8 @@
     mmstudy world --out world --profile default --seed 0
     mmstudy train-base --world world --out models/base --profile default
     mmstudy eval --model models/base --world world --benchmarks pope,chair,masked --out runs/base/results.json
+    mmstudy score pope --questions world/pope/world_pope_random.json --answers answers.jsonl
+    mmstudy score chair --captions captions.json --coco-annotations world/annotations --synonyms world/synonyms.txt
 """
 
 from __future__ import annotations
@@ -67,6 +69,22 @@ def _eval(args) -> None:
     logger.info("wrote %s and %s", out, out.with_name("samples.jsonl"))
 
 
+def _score(args) -> None:
+    import json
+
+    from mmstudy.evaluate import score_chair_file, score_pope_file
+
+    if args.benchmark == "pope":
+        metrics = score_pope_file(args.questions, args.answers, parser=args.parser)
+    else:
+        metrics = score_chair_file(args.captions, args.coco_annotations, args.synonyms, fixed=args.fixed)
+    if args.out is not None:
+        io.write_json(args.out, metrics)
+        logger.info("wrote %s", args.out)
+    else:
+        print(json.dumps(metrics, indent=1, sort_keys=True))  # noqa: T201 (the command's output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmstudy", description=__doc__.split("\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
@@ -95,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("score", help="score an existing answers file (any system's), without a model")
+    bench = p.add_subparsers(dest="benchmark", required=True)
+    b = bench.add_parser("pope", help="POPE: a question file and LLaVA-style answers (question_id, text)")
+    b.add_argument("--questions", required=True, type=Path, help="POPE JSON-lines question file")
+    b.add_argument("--answers", required=True, type=Path, help="JSON lines with question_id and text")
+    b.add_argument("--parser", default="reference", choices=["reference", "strict"])
+    b.add_argument("--out", type=Path, default=None, help="write the metrics here instead of stdout")
+    b = bench.add_parser("chair", help="CHAIR: captions [{image_id, caption}] and COCO annotations")
+    b.add_argument("--captions", required=True, type=Path, help="JSON list of {image_id, caption}")
+    b.add_argument("--coco-annotations", required=True, type=Path, help="dir with instances_*.json, captions_*.json")
+    b.add_argument("--synonyms", type=Path, default=None, help="synonym list (default: COCO's, as CHAIR ships it)")
+    b.add_argument("--fixed", action="store_true", help="fixed synonym handling instead of the reference's")
+    b.add_argument("--out", type=Path, default=None, help="write the metrics here instead of stdout")
+    p.set_defaults(func=_score)
     return parser
 
 

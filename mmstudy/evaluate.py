@@ -25,6 +25,7 @@ import numpy as np
 from mmstudy import io
 from mmstudy.benchmarks import chair as chair_lib
 from mmstudy.benchmarks import pope as pope_lib
+from mmstudy.benchmarks.stats import bootstrap_ci
 from mmstudy.generation import chat_prompt, generate, sample_image_keep
 from mmstudy.runs import derive_seed
 from mmstudy.world import CONTEXTS
@@ -214,3 +215,82 @@ def evaluate(model, processor, world_dir: str | Path, benchmarks: Sequence[str] 
         metrics.update(m)
         samples.extend(s)
     return metrics, samples
+
+
+# --- scoring answers that already exist (from any system) -------------------------------------------------------
+
+def _ratio_of_sums(rows: np.ndarray) -> float:
+    den = rows[:, 1].sum()
+    return float(rows[:, 0].sum() / den) if den else 0.0
+
+
+def score_pope_file(questions_path: str | Path, answers_path: str | Path, parser: str = "reference") -> dict:
+    """POPE metrics of an answers file as LLaVA's evaluation writes it (JSON lines with `question_id`, `text`),
+    against a POPE question file, with a 95 % bootstrap interval for the accuracy (`accuracy_ci`)."""
+    questions = pope_lib.load_pope_questions(questions_path)
+    answers = {}
+    for i, a in enumerate(io.read_jsonl(answers_path, required=("question_id", "text"))):
+        if not isinstance(a["text"], str):
+            raise io.DataError(f"{answers_path}, record {i + 1}: field 'text' must be a string")
+        answers[a["question_id"]] = a["text"]
+    missing = [q["question_id"] for q in questions if q["question_id"] not in answers]
+    if missing:
+        raise io.DataError(f"{answers_path}: no answer for {len(missing)} question_id(s) of {questions_path}, "
+                           f"e.g. {missing[:5]}")
+    texts = [answers[q["question_id"]] for q in questions]
+    metrics = pope_lib.score_pope(texts, questions, parser=parser)
+    parse = pope_lib.PARSERS[parser]
+    rows = np.array([[parse(t) == q["label"]] for t, q in zip(texts, questions)], dtype=float)
+    metrics["accuracy_ci"] = bootstrap_ci(rows[:, 0])
+    return metrics
+
+
+def coco_ground_truth(coco_dir: str | Path, synonyms) -> dict[int, set[str]]:
+    """CHAIR's ground truth per COCO image id: instance categories plus objects of the reference captions, from
+    every `instances_*.json` and `captions_*.json` in `coco_dir` (mapped through `synonyms`)."""
+    coco_dir = Path(coco_dir)
+    instance_files = sorted(coco_dir.glob("instances_*.json"))
+    if not instance_files:
+        raise io.DataError(f"{coco_dir}: no instances_*.json (COCO instance annotations) found")
+    gt: dict[int, set[str]] = {}
+    for path in instance_files:
+        coco = io.check_fields(io.read_json(path), ("images", "annotations", "categories"), str(path))
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        for im in coco["images"]:
+            gt.setdefault(im["id"], set())
+        for i, a in enumerate(coco["annotations"]):
+            io.check_fields(a, ("image_id", "category_id"), f"{path}, annotations[{i}]")
+            mapped = synonyms.to_class.get(names[a["category_id"]], names[a["category_id"]])
+            gt.setdefault(a["image_id"], set()).add(mapped)
+    for path in sorted(coco_dir.glob("captions_*.json")):
+        coco = io.check_fields(io.read_json(path), ("annotations",), str(path))
+        for i, a in enumerate(coco["annotations"]):
+            io.check_fields(a, ("image_id", "caption"), f"{path}, annotations[{i}]")
+            gt.setdefault(a["image_id"], set()).update(chair_lib.caption_gt_objects([a["caption"]], synonyms))
+    return gt
+
+
+def score_chair_file(captions_path: str | Path, coco_dir: str | Path, synonyms_path: str | Path | None = None,
+                     fixed: bool = False) -> dict:
+    """CHAIR of a captions file as the reference reads it (a JSON list of `{"image_id", "caption"}`), with COCO
+    annotations from `coco_dir`; `fixed` selects the fixed synonym handling (strip + protect_vocabulary).
+    Adds 95 % bootstrap intervals over captions for CHAIR_i and recall."""
+    captions = io.read_json(captions_path)
+    if not isinstance(captions, list):
+        raise io.DataError(f"{captions_path}: expected a JSON list of {{'image_id', 'caption'}} records")
+    for i, c in enumerate(captions):
+        io.check_fields(c, ("image_id", "caption"), f"{captions_path}, record {i}")
+    options = {"strip": True, "protect_vocabulary": True} if fixed else {}
+    synonyms = chair_lib.load_synonyms(synonyms_path or chair_lib.COCO_SYNONYMS_PATH, **options)
+    gt = coco_ground_truth(coco_dir, synonyms)
+    unknown = [c["image_id"] for c in captions if c["image_id"] not in gt]
+    if unknown:
+        raise io.DataError(f"{captions_path}: image_id(s) not in the annotations of {coco_dir}, e.g. {unknown[:5]}")
+    texts, gts = [c["caption"] for c in captions], [gt[c["image_id"]] for c in captions]
+    metrics = chair_lib.chair_metrics(texts, gts, synonyms)
+    details = chair_lib.chair_per_caption(texts, gts, synonyms)
+    metrics["mode"] = "fixed" if fixed else "reference"
+    metrics["chair_i_ci"] = bootstrap_ci([[len(d["hallucinated"]), len(d["mentioned"])] for d in details],
+                                         _ratio_of_sums)
+    metrics["recall_ci"] = bootstrap_ci([[len(d["covered"]), len(d["gt"])] for d in details], _ratio_of_sums)
+    return metrics

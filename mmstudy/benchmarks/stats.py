@@ -1,0 +1,64 @@
+"""Uncertainty for benchmark numbers: percentile-bootstrap confidence intervals and paired run comparisons.
+
+Every headline metric is a statistic of per-item values (a 0/1 correctness per POPE question, a per-caption
+hallucination count, ...). Resampling items with replacement gives a 95 % interval; resampling the same items for
+two runs of the same benchmark gives an interval for their difference.
+
+    >>> bootstrap_ci([1, 0, 1, 1], np.mean)        # {"value": 0.75, "low": ..., "high": ..., "n": 4, ...}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Statistic = Callable[[np.ndarray], float]
+
+
+def _resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_ci(values: Sequence, statistic: Statistic = np.mean, *, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> dict:
+    """Percentile bootstrap of `statistic` over items: {"value", "low", "high", "level", "n", "n_boot"}.
+
+    `values` is (N,) or (N, k) (one row per item, e.g. prediction and label); the statistic receives rows.
+    Empty input gives NaNs rather than an error, so a report can still be written.
+    """
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got level={level}, n_boot={n_boot}")
+    arr = np.asarray(values)
+    n = len(arr)
+    if n == 0:
+        return {"value": float("nan"), "low": float("nan"), "high": float("nan"), "level": level, "n": 0,
+                "n_boot": n_boot}
+    boots = np.array([statistic(arr[idx]) for idx in _resample_indices(n, n_boot, seed)])
+    alpha = (1 - level) / 2
+    return {"value": float(statistic(arr)), "low": float(np.quantile(boots, alpha)),
+            "high": float(np.quantile(boots, 1 - alpha)), "level": level, "n": n, "n_boot": n_boot}
+
+
+def paired_difference(a: Sequence, b: Sequence, statistic: Statistic = np.mean, *, n_boot: int = 1000,
+                      level: float = 0.95, seed: int = 0) -> dict:
+    """statistic(b) - statistic(a) on the same items, with a paired percentile-bootstrap interval.
+
+    a[i] and b[i] must describe the same item in both runs. Adds "p_le_zero": the share of bootstrap differences
+    <= 0 (small when b is reliably better than a).
+    """
+    a_arr, b_arr = np.asarray(a), np.asarray(b)
+    if len(a_arr) != len(b_arr):
+        raise ValueError(f"paired comparison needs the same items: got {len(a_arr)} and {len(b_arr)}")
+    if len(a_arr) == 0:
+        return {"value": float("nan"), "low": float("nan"), "high": float("nan"), "p_le_zero": float("nan"),
+                "level": level, "n": 0, "n_boot": n_boot}
+    diffs = np.array([statistic(b_arr[idx]) - statistic(a_arr[idx])
+                      for idx in _resample_indices(len(a_arr), n_boot, seed)])
+    alpha = (1 - level) / 2
+    return {"value": float(statistic(b_arr) - statistic(a_arr)), "low": float(np.quantile(diffs, alpha)),
+            "high": float(np.quantile(diffs, 1 - alpha)), "p_le_zero": float(np.mean(diffs <= 0)),
+            "level": level, "n": len(a_arr), "n_boot": n_boot}

@@ -1,0 +1,46 @@
+"""Bootstrap intervals and paired comparisons.  Run: pytest tests/test_stats.py"""
+
+import numpy as np
+import pytest
+
+from mmstudy.benchmarks.stats import bootstrap_ci, paired_difference
+
+
+def test_constant_values_give_a_degenerate_interval():
+    ci = bootstrap_ci([1.0] * 50)
+    assert ci["value"] == ci["low"] == ci["high"] == 1.0 and ci["n"] == 50
+
+
+def test_interval_covers_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    small = bootstrap_ci(rng.integers(0, 2, 100), seed=1)
+    large = bootstrap_ci(rng.integers(0, 2, 10_000), seed=1)
+    assert small["low"] <= small["value"] <= small["high"]
+    assert (large["high"] - large["low"]) < (small["high"] - small["low"]) / 5
+    # binomial standard error at p=0.5, n=100 is 0.05: a 95 % interval is about 0.2 wide
+    assert 0.14 < small["high"] - small["low"] < 0.26
+
+
+def test_deterministic_for_a_seed_and_rows_reach_the_statistic():
+    rows = [[1, 1], [0, 1], [1, 0], [0, 0]]
+    accuracy = lambda r: float(np.mean(r[:, 0] == r[:, 1]))  # noqa: E731
+    assert bootstrap_ci(rows, accuracy, seed=3) == bootstrap_ci(rows, accuracy, seed=3)
+    assert bootstrap_ci(rows, accuracy)["value"] == 0.5
+
+
+def test_paired_difference_detects_a_real_gain_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2, 2000)
+    better = np.where(rng.random(2000) < 0.2, 1, a)        # flips about 10 % of items to correct
+    gain = paired_difference(a, better)
+    assert gain["value"] > 0 and gain["low"] > 0 and gain["p_le_zero"] < 0.01
+    same = paired_difference(a, a)
+    assert same["value"] == same["low"] == same["high"] == 0.0
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="same items"):
+        paired_difference([1, 0], [1])
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci([1, 0], level=1.5)
+    assert np.isnan(bootstrap_ci([])["value"])
