@@ -38,6 +38,11 @@ POPE_SPLITS = ("random", "popular", "adversarial")
 COOCCUR_THRESHOLD = 0.3   # "co-occurs frequently": P(hallucinated | present object) >= this, over training scenes
 
 
+def _ci_keys(metric: str, ci: dict) -> dict:
+    """A bootstrap interval as flat metric keys: <metric>_ci95_low / _ci95_high."""
+    return {f"{metric}_ci95_low": ci["low"], f"{metric}_ci95_high": ci["high"]}
+
+
 class ImageCache:
     """Images loaded once per file name, with errors naming the file that referred to them."""
 
@@ -69,6 +74,8 @@ def run_pope(model, processor, pope_dir: Path, images: ImageCache, limit: int | 
         logger.info("POPE %s: %d questions", split, len(questions))
         answers = _answer(model, processor, pics, [q["text"] for q in questions], 16, batch_size, progress)
         per_split[split] = pope_lib.score_pope(answers, questions)
+        correct = [float(pope_lib.parse_yes_no(a) == q["label"]) for q, a in zip(questions, answers)]
+        per_split[split].update(_ci_keys("accuracy", bootstrap_ci(correct)))
         for q, a in zip(questions, answers):
             samples.append({"benchmark": "pope", "split": split, "question_id": q["question_id"],
                             "image": q["image"], "question": q["text"], "label": q["label"], "answer": a,
@@ -121,6 +128,9 @@ def run_chair(model, processor, world_dir: Path, images: ImageCache, limit: int 
         for sample, d in zip(samples, chair_lib.chair_per_caption(answers, gts, synonyms)):
             sample[mode] = {k: d[k] for k in ("mentioned", "hallucinated", "gt", "covered")}
         metrics.update({f"{prefix}/{k}": v for k, v in chair_lib.chair_metrics(answers, gts, synonyms).items()})
+        for name, (num, den) in {"chair_i": ("hallucinated", "mentioned"), "recall": ("covered", "gt")}.items():
+            rows = [[len(smp[mode][num]), len(smp[mode][den])] for smp in samples]
+            metrics.update({f"{prefix}/{k}": v for k, v in _ci_keys(name, bootstrap_ci(rows, _ratio_of_sums)).items()})
         if cooc is not None:
             metrics.update({f"{prefix}/{k}": v for k, v in cooccurrence_shares([s[mode] for s in samples],
                                                                                  cooc).items()})

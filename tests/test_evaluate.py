@@ -26,6 +26,8 @@ def test_metrics_are_namespaced_and_complete(evaluated):
     for prefix in ("chair", "chair_fixed"):
         for key in ("chair_s", "chair_i", "recall", "hallucinated_cooccurring_share"):
             assert 0.0 <= metrics[f"{prefix}/{key}"] <= 1.0
+    for key in ("pope/random/accuracy", "pope/adversarial/accuracy", "chair/chair_i", "chair_fixed/recall"):
+        assert metrics[f"{key}_ci95_low"] <= metrics[key] <= metrics[f"{key}_ci95_high"], key
     assert metrics["masked/rho_th"] == 0.99 and metrics["masked/n"] == 12
     assert [s["benchmark"] for s in samples].count("pope") == 3 * 12
     assert [s["benchmark"] for s in samples].count("chair") == 12
