@@ -43,6 +43,24 @@ def _ci_keys(metric: str, ci: dict) -> dict:
     return {f"{metric}_ci95_low": ci["low"], f"{metric}_ci95_high": ci["high"]}
 
 
+def _ratio_of_sums(rows: np.ndarray) -> float:
+    den = rows[:, 1].sum()
+    return float(rows[:, 0].sum() / den) if den else 0.0
+
+
+def pope_accuracy_ci(preds: list, questions: list[dict]) -> dict:
+    """95 % bootstrap interval of POPE accuracy over questions, from parsed predictions."""
+    return bootstrap_ci([float(p == q["label"]) for p, q in zip(preds, questions)])
+
+
+def chair_intervals(rows: list[dict]) -> dict:
+    """95 % bootstrap intervals over captions of CHAIR_i and recall (ratios of sums), from per-caption records
+    holding "hallucinated", "mentioned", "covered" and "gt"."""
+    parts = {"chair_i": ("hallucinated", "mentioned"), "recall": ("covered", "gt")}
+    return {name: bootstrap_ci([[len(r[num]), len(r[den])] for r in rows], _ratio_of_sums)
+            for name, (num, den) in parts.items()}
+
+
 class ImageCache:
     """Images loaded once per file name, with errors naming the file that referred to them."""
 
@@ -74,16 +92,23 @@ def run_pope(model, processor, pope_dir: Path, images: ImageCache, limit: int | 
         logger.info("POPE %s: %d questions", split, len(questions))
         answers = _answer(model, processor, pics, [q["text"] for q in questions], 16, batch_size, progress)
         per_split[split] = pope_lib.score_pope(answers, questions)
-        correct = [float(pope_lib.parse_yes_no(a) == q["label"]) for q, a in zip(questions, answers)]
-        per_split[split].update(_ci_keys("accuracy", bootstrap_ci(correct)))
-        for q, a in zip(questions, answers):
+        preds = [pope_lib.parse_yes_no(a) for a in answers]
+        per_split[split].update(_ci_keys("accuracy", pope_accuracy_ci(preds, questions)))
+        for q, a, pred in zip(questions, answers, preds):
             samples.append({"benchmark": "pope", "split": split, "question_id": q["question_id"],
                             "image": q["image"], "question": q["text"], "label": q["label"], "answer": a,
-                            "pred": pope_lib.parse_yes_no(a)})
+                            "pred": pred})
     for split, m in {**per_split, "macro": pope_lib.macro_average(per_split)}.items():
         metrics.update({f"pope/{split}/{k}": v for k, v in m.items()})
     metrics["pope/version"] = pope_lib.POPE_VERSION
     return metrics, samples
+
+
+def _caption_prompts(world_dir: Path, images: ImageCache, limit: int | None) -> tuple[list[dict], list]:
+    """The caption-evaluation prompts (first `limit`) and their images."""
+    path = world_dir / "caption_eval.jsonl"
+    prompts = io.read_jsonl(path, required=("image_id", "image", "prompt", "gt_objects"))[:limit]
+    return prompts, [images.get(p["image"], f"{path}, image_id {p['image_id']}") for p in prompts]
 
 
 def reference_objects(captions_json: Path, synonyms) -> dict[str, set[str]]:
@@ -113,9 +138,7 @@ def run_chair(model, processor, world_dir: Path, images: ImageCache, limit: int 
     Scored twice from the same answers: faithfully to Rohrbach et al. (`chair/...`) and with the singularizer
     fixed for vocabulary words (`chair_fixed/...`); each sample keeps both sets of mentions.
     """
-    path = world_dir / "caption_eval.jsonl"
-    prompts = io.read_jsonl(path, required=("image_id", "image", "prompt", "gt_objects"))[:limit]
-    pics = [images.get(p["image"], f"{path}, image_id {p['image_id']}") for p in prompts]
+    prompts, pics = _caption_prompts(world_dir, images, limit)
     logger.info("CHAIR: %d descriptions", len(prompts))
     answers = _answer(model, processor, pics, [p["prompt"] for p in prompts], 96, batch_size, progress)
     samples = [{"benchmark": "chair", "image_id": p["image_id"], "image": p["image"], "prompt": p["prompt"],
@@ -128,9 +151,8 @@ def run_chair(model, processor, world_dir: Path, images: ImageCache, limit: int 
         for sample, d in zip(samples, chair_lib.chair_per_caption(answers, gts, synonyms)):
             sample[mode] = {k: d[k] for k in ("mentioned", "hallucinated", "gt", "covered")}
         metrics.update({f"{prefix}/{k}": v for k, v in chair_lib.chair_metrics(answers, gts, synonyms).items()})
-        for name, (num, den) in {"chair_i": ("hallucinated", "mentioned"), "recall": ("covered", "gt")}.items():
-            rows = [[len(smp[mode][num]), len(smp[mode][den])] for smp in samples]
-            metrics.update({f"{prefix}/{k}": v for k, v in _ci_keys(name, bootstrap_ci(rows, _ratio_of_sums)).items()})
+        for name, ci in chair_intervals([smp[mode] for smp in samples]).items():
+            metrics.update({f"{prefix}/{k}": v for k, v in _ci_keys(name, ci).items()})
         if cooc is not None:
             metrics.update({f"{prefix}/{k}": v for k, v in cooccurrence_shares([s[mode] for s in samples],
                                                                                  cooc).items()})
@@ -164,10 +186,8 @@ _CONTEXT_RE = re.compile(r"\b(" + "|".join(c.name for c in CONTEXTS) + r")\b")
 def run_masked(model, processor, world_dir: Path, images: ImageCache, rho_th: float = 0.99, limit: int = 200,
                seed: int = 0, batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
     """Descriptions with image tokens kept iff u >= rho_th (BDHS Eq. 6): fluency and plausibility of the prior."""
-    path = world_dir / "caption_eval.jsonl"
-    prompts = io.read_jsonl(path, required=("image_id", "image", "prompt", "gt_objects"))[:limit]
+    prompts, pics = _caption_prompts(world_dir, images, limit)
     synonyms = chair_lib.load_synonyms(world_dir / "synonyms.txt", **CHAIR_MODES["fixed"][1])
-    pics = [images.get(p["image"], f"{path}, image_id {p['image_id']}") for p in prompts]
     n_tokens = model.config.image_seq_length
     keep = [sample_image_keep(n_tokens, rho_th, derive_seed(seed, "masked", p["image_id"])) for p in prompts]
     logger.info("masked descriptions: %d images, rho_th=%.2f", len(prompts), rho_th)
@@ -229,10 +249,6 @@ def evaluate(model, processor, world_dir: str | Path, benchmarks: Sequence[str] 
 
 # --- scoring answers that already exist (from any system) -------------------------------------------------------
 
-def _ratio_of_sums(rows: np.ndarray) -> float:
-    den = rows[:, 1].sum()
-    return float(rows[:, 0].sum() / den) if den else 0.0
-
 
 def score_pope_file(questions_path: str | Path, answers_path: str | Path, parser: str = "reference") -> dict:
     """POPE metrics of an answers file as LLaVA's evaluation writes it (JSON lines with `question_id`, `text`),
@@ -249,9 +265,7 @@ def score_pope_file(questions_path: str | Path, answers_path: str | Path, parser
                            f"e.g. {missing[:5]}")
     texts = [answers[q["question_id"]] for q in questions]
     metrics = pope_lib.score_pope(texts, questions, parser=parser)
-    parse = pope_lib.PARSERS[parser]
-    rows = np.array([[parse(t) == q["label"]] for t, q in zip(texts, questions)], dtype=float)
-    metrics["accuracy_ci"] = bootstrap_ci(rows[:, 0])
+    metrics["accuracy_ci"] = pope_accuracy_ci([pope_lib.PARSERS[parser](t) for t in texts], questions)
     return metrics
 
 
@@ -300,7 +314,5 @@ def score_chair_file(captions_path: str | Path, coco_dir: str | Path, synonyms_p
     metrics = chair_lib.chair_metrics(texts, gts, synonyms)
     details = chair_lib.chair_per_caption(texts, gts, synonyms)
     metrics["mode"] = "fixed" if fixed else "reference"
-    metrics["chair_i_ci"] = bootstrap_ci([[len(d["hallucinated"]), len(d["mentioned"])] for d in details],
-                                         _ratio_of_sums)
-    metrics["recall_ci"] = bootstrap_ci([[len(d["covered"]), len(d["gt"])] for d in details], _ratio_of_sums)
+    metrics.update({f"{name}_ci": ci for name, ci in chair_intervals(details).items()})
     return metrics
