@@ -2,9 +2,11 @@
 
     mmstudy world --out world --profile default --seed 0
     mmstudy train-base --world world --out models/base --profile default
-    mmstudy eval --model models/base --world world --benchmarks pope,chair,masked --out runs/base/results.json
+    mmstudy eval --model models/base --data world --benchmarks pope,chair,objhal,amber,mmhal,mmhal_v,llava_w \
+        --judge oracle --out runs/base/results.json
     mmstudy score pope --questions world/pope/world_pope_random.json --answers answers.jsonl
     mmstudy score chair --captions captions.json --coco-annotations world/annotations --synonyms world/synonyms.txt
+    mmstudy compare runs/base/samples.jsonl runs/aligned/samples.jsonl
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ def _world(args) -> None:
     from mmstudy.world import WorldSpec
     from mmstudy.world_files import write_world
 
+    if args.benchmarks_only:
+        from mmstudy.world_benchmarks import write_benchmark_editions
+
+        counts = write_benchmark_editions(args.out)
+        logger.info("wrote benchmark editions into %s: %s", args.out, counts)
+        return
     spec = WorldSpec.for_profile(args.profile)
     summary = write_world(args.out, spec, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
     logger.info("wrote world to %s: %s", args.out, summary["counts"])
@@ -51,21 +59,23 @@ def _train_base(args) -> None:
 
 
 def _eval(args) -> None:
-    from mmstudy.evaluate import evaluate
+    from mmstudy.evaluate import evaluate, summary_table
+    from mmstudy.judges import make_judge
     from mmstudy.model import load_llava
     from mmstudy.runs import build_manifest
 
-    model, processor = load_llava(args.model)
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    metrics, samples = evaluate(model, processor, args.world, benchmarks, limit=args.limit,
-                                batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+    judge = make_judge(args.judge, seed=args.seed, cache_dir=args.judge_cache) if args.judge else None
+    model, processor = load_llava(args.model)
+    metrics, samples = evaluate(model, processor, args.data, benchmarks, judge=judge, limit=args.limit,
+                                batch_size=args.batch_size, seed=args.seed, objhal_extractor=args.objhal_extractor,
+                                progress=not args.quiet)
     out = Path(args.out)
-    params = {"model": str(args.model), "world": str(args.world), "benchmarks": benchmarks, "limit": args.limit}
+    params = {"model": str(args.model), "data": str(args.data), "benchmarks": benchmarks, "limit": args.limit,
+              "judge": args.judge, "batch_size": args.batch_size, "objhal_extractor": args.objhal_extractor}
     io.write_jsonl(out.with_name("samples.jsonl"), samples)
     io.write_json(out, {"metrics": metrics, "manifest": build_manifest(args.seed, " ".join(sys.argv), params)})
-    for key in sorted(metrics):
-        if key.endswith(("accuracy", "f1", "yes_ratio", "chair_i", "chair_s", "recall", "share")):
-            logger.info("%-50s %s", key, round(metrics[key], 4) if isinstance(metrics[key], float) else metrics[key])
+    print(summary_table(metrics))  # noqa: T201 (the command's output)
     logger.info("wrote %s and %s", out, out.with_name("samples.jsonl"))
 
 
@@ -76,13 +86,54 @@ def _score(args) -> None:
 
     if args.benchmark == "pope":
         metrics = score_pope_file(args.questions, args.answers, parser=args.parser)
-    else:
+    elif args.benchmark == "chair":
         metrics = score_chair_file(args.captions, args.coco_annotations, args.synonyms, fixed=args.fixed)
+    elif args.benchmark == "objhal":
+        from mmstudy.evaluate_suite import score_objhal_file
+
+        metrics = score_objhal_file(args.answers, args.coco_annotations, args.questions, args.synonyms)
+    elif args.benchmark == "amber":
+        from mmstudy.benchmarks.amber import score_amber_files
+
+        metrics, _ = score_amber_files(args.responses, args.data, parser=args.parser)
+    elif args.benchmark == "mmhal":
+        from mmstudy.evaluate_suite import score_mmhal_file
+        from mmstudy.judges import make_judge
+
+        judge = make_judge(args.judge, cache_dir=args.judge_cache)
+        metrics = score_mmhal_file(args.responses, judge, args.images, args.world, with_image=args.with_image)
+    else:
+        from mmstudy.benchmarks.llava_bench import load_reviews, score_reviews
+
+        metrics = score_reviews(load_reviews(args.reviews), mode=args.mode)
     if args.out is not None:
         io.write_json(args.out, metrics)
         logger.info("wrote %s", args.out)
     else:
         print(json.dumps(metrics, indent=1, sort_keys=True))  # noqa: T201 (the command's output)
+
+
+def _pope_build(args) -> None:
+    from mmstudy.benchmarks.pope import SPLITS, build_pope_questions, load_coco_objects
+
+    objects = load_coco_objects(args.coco_annotations)
+    splits = build_pope_questions(objects, img_num=args.img_num, sample_num=args.sample_num, seed=args.seed,
+                                  first_question_id=args.first_id)
+    for split in SPLITS:
+        io.write_jsonl(Path(args.out) / f"{args.prefix}_pope_{split}.json", splits[split])
+    logger.info("wrote POPE splits (%s) to %s", ", ".join(f"{k}: {len(v)}" for k, v in splits.items()), args.out)
+
+
+def _compare(args) -> None:
+    from mmstudy.compare import compare_runs, comparison_table
+
+    a, b = (io.read_jsonl(path, required=("benchmark",)) for path in (args.a, args.b))
+    result = compare_runs(a, b, n_boot=args.n_boot, seed=args.seed)
+    if not result:
+        raise ValueError(f"{args.a} and {args.b} share no benchmark that can be compared item by item")
+    if args.out is not None:
+        io.write_json(args.out, result)
+    print(comparison_table(result))  # noqa: T201 (the command's output)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="default", choices=["smoke", "default"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    p.add_argument("--benchmarks-only", action="store_true",
+                   help="(re)write only the benchmark editions (mmhal/, llava_bench/, amber/, objhal/) of the "
+                        "existing world in --out")
     p.set_defaults(func=_world)
 
     p = sub.add_parser("train-base", help="staged training of the tiny world LLaVA from scratch")
@@ -106,8 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="run hallucination benchmarks on a LLaVA model")
     p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint directory")
-    p.add_argument("--world", required=True, type=Path, help="world (or benchmark data) directory")
-    p.add_argument("--benchmarks", default="pope,chair", help="comma list of: pope, chair, masked")
+    p.add_argument("--data", "--world", dest="data", required=True, type=Path,
+                   help="data directory: a world, or real releases in the same layout (see README)")
+    p.add_argument("--benchmarks", default="pope,chair",
+                   help="comma list of: pope, chair, objhal, amber, mmhal, mmhal_v, llava_w, masked")
+    p.add_argument("--judge", default=None,
+                   help="for mmhal, mmhal_v, llava_w: oracle[:ERROR_RATE], local:MODEL_DIR or http:URL#MODEL")
+    p.add_argument("--judge-cache", type=Path, default=None, help="on-disk cache of an http judge's replies")
+    p.add_argument("--objhal-extractor", default="rule", choices=["rule", "judge"],
+                   help="Object HalBench object extraction: CHAIR's rules, or the judge with RLAIF-V's prompt")
     p.add_argument("--out", required=True, type=Path, help="results.json path; samples.jsonl goes beside it")
     p.add_argument("--limit", type=int, default=None, help="first N items of each benchmark (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -120,14 +181,51 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--questions", required=True, type=Path, help="POPE JSON-lines question file")
     b.add_argument("--answers", required=True, type=Path, help="JSON lines with question_id and text")
     b.add_argument("--parser", default="reference", choices=["reference", "strict"])
-    b.add_argument("--out", type=Path, default=None, help="write the metrics here instead of stdout")
     b = bench.add_parser("chair", help="CHAIR: captions [{image_id, caption}] and COCO annotations")
     b.add_argument("--captions", required=True, type=Path, help="JSON list of {image_id, caption}")
     b.add_argument("--coco-annotations", required=True, type=Path, help="dir with instances_*.json, captions_*.json")
     b.add_argument("--synonyms", type=Path, default=None, help="synonym list (default: COCO's, as CHAIR ships it)")
     b.add_argument("--fixed", action="store_true", help="fixed synonym handling instead of the reference's")
-    b.add_argument("--out", type=Path, default=None, help="write the metrics here instead of stdout")
+    b = bench.add_parser("objhal", help="Object HalBench: RLAIF-V answers (JSON lines) and COCO annotations")
+    b.add_argument("--answers", required=True, type=Path, help="JSON lines with image_id (or --questions), text")
+    b.add_argument("--coco-annotations", required=True, type=Path, help="dir with instances_*.json, captions_*.json")
+    b.add_argument("--questions", type=Path, default=None, help="obj_halbench_300_with_image.jsonl (for image_id)")
+    b.add_argument("--synonyms", type=Path, default=None, help="synonym list (default: RLAIF-V's refined COCO list)")
+    b = bench.add_parser("amber", help="AMBER: responses [{id, response}] against the released data directory")
+    b.add_argument("--responses", required=True, type=Path, help="JSON list of {id, response}")
+    b.add_argument("--data", required=True, type=Path, help="dir with annotations.json, relation.json, safe_words.txt")
+    b.add_argument("--parser", default="reference", choices=["reference", "first_word"])
+    b = bench.add_parser("mmhal", help="MMHal(-V): a filled-in response_template.json, rated by a judge")
+    b.add_argument("--responses", required=True, type=Path, help="MMHal items with model_answer")
+    b.add_argument("--judge", required=True, help="oracle[:ERROR_RATE] (needs --world), local:DIR, http:URL#MODEL")
+    b.add_argument("--judge-cache", type=Path, default=None)
+    b.add_argument("--images", type=Path, default=None, help="image directory (needed for --with-image)")
+    b.add_argument("--with-image", action="store_true", help="MMHal-V: attach the image for the judge")
+    b.add_argument("--world", type=Path, default=None, help="world directory: ground truth for the oracle judge")
+    b = bench.add_parser("llava_w", help="LLaVA-Bench: re-score a review file written by LLaVA's GPT-4 review")
+    b.add_argument("--reviews", required=True, type=Path, help="JSON lines with category, content, ...")
+    b.add_argument("--mode", default="strict", choices=["strict", "reference"])
+    for b in bench.choices.values():
+        b.add_argument("--out", type=Path, default=None, help="write the metrics here instead of stdout")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("pope-build", help="build POPE's three splits from COCO instance annotations")
+    p.add_argument("--coco-annotations", required=True, type=Path, help="e.g. instances_val2014.json")
+    p.add_argument("--out", required=True, type=Path, help="output directory for <prefix>_pope_<split>.json")
+    p.add_argument("--prefix", default="coco")
+    p.add_argument("--img-num", type=int, default=500)
+    p.add_argument("--sample-num", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-id", type=int, default=1, help="first question_id (the released files start at 0)")
+    p.set_defaults(func=_pope_build)
+
+    p = sub.add_parser("compare", help="paired comparison of two runs' samples.jsonl on the same items (B - A)")
+    p.add_argument("a", type=Path, help="samples.jsonl of run A (e.g. the base model)")
+    p.add_argument("b", type=Path, help="samples.jsonl of run B (e.g. the aligned model)")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="also write the comparison as JSON")
+    p.set_defaults(func=_compare)
     return parser
 
 

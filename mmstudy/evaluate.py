@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,15 +26,17 @@ import numpy as np
 from mmstudy import io
 from mmstudy.benchmarks import chair as chair_lib
 from mmstudy.benchmarks import pope as pope_lib
+from mmstudy.benchmarks.registry import REGISTRY
 from mmstudy.benchmarks.stats import bootstrap_ci
 from mmstudy.generation import chat_prompt, generate, sample_image_keep
+from mmstudy.judges import Judge
 from mmstudy.runs import derive_seed
 from mmstudy.world import CONTEXTS
 from mmstudy.world_text import CONTEXT_OBJECTS, is_well_formed, split_sentences
 
 logger = logging.getLogger(__name__)
 
-BENCHMARK_NAMES = ("pope", "chair", "masked")
+MASKED_IMAGES = 200
 POPE_SPLITS = ("random", "popular", "adversarial")
 COOCCUR_THRESHOLD = 0.3   # "co-occurs frequently": P(hallucinated | present object) >= this, over training scenes
 
@@ -48,17 +51,35 @@ def _ratio_of_sums(rows: np.ndarray) -> float:
     return float(rows[:, 0].sum() / den) if den else 0.0
 
 
-def pope_accuracy_ci(preds: list, questions: list[dict]) -> dict:
-    """95 % bootstrap interval of POPE accuracy over questions, from parsed predictions."""
-    return bootstrap_ci([float(p == q["label"]) for p, q in zip(preds, questions)])
+def _pope_f1(rows: np.ndarray) -> float:
+    tp = np.sum(rows[:, 0] & rows[:, 1])
+    return float(2 * tp / (rows[:, 0].sum() + rows[:, 1].sum())) if rows.any() else 0.0
+
+
+_POPE_STATISTICS = {  # over rows (predicted yes, label yes)
+    "accuracy": lambda rows: float(np.mean(rows[:, 0] == rows[:, 1])),
+    "f1": _pope_f1,
+    "yes_ratio": lambda rows: float(np.mean(rows[:, 0])),
+}
+
+
+def pope_intervals(preds: list, questions: list[dict]) -> dict:
+    """95 % bootstrap intervals over questions of POPE accuracy, F1 and yes-ratio, from parsed predictions (an
+    unparseable None counts as a wrong "no", as in `pope_metrics`)."""
+    rows = np.array([[p == "yes", q["label"] == "yes"] for p, q in zip(preds, questions)], dtype=bool)
+    rows = rows.reshape(-1, 2)
+    correct = np.array([p == q["label"] for p, q in zip(preds, questions)], dtype=float)
+    out = {name: bootstrap_ci(rows, stat) for name, stat in _POPE_STATISTICS.items() if name != "accuracy"}
+    return {"accuracy": bootstrap_ci(correct), **out}
 
 
 def chair_intervals(rows: list[dict]) -> dict:
-    """95 % bootstrap intervals over captions of CHAIR_i and recall (ratios of sums), from per-caption records
+    """95 % bootstrap intervals over captions of CHAIR_s, CHAIR_i and recall (ratios of sums), from per-caption records
     holding "hallucinated", "mentioned", "covered" and "gt"."""
     parts = {"chair_i": ("hallucinated", "mentioned"), "recall": ("covered", "gt")}
-    return {name: bootstrap_ci([[len(r[num]), len(r[den])] for r in rows], _ratio_of_sums)
-            for name, (num, den) in parts.items()}
+    out = {name: bootstrap_ci([[len(r[num]), len(r[den])] for r in rows], _ratio_of_sums)
+           for name, (num, den) in parts.items()}
+    return {"chair_s": bootstrap_ci([float(bool(r["hallucinated"])) for r in rows]), **out}
 
 
 class ImageCache:
@@ -73,42 +94,95 @@ class ImageCache:
             self._cache[name] = io.load_image(self.image_dir / name, where=where)
         return self._cache[name]
 
+    def path(self, name: str) -> str:
+        return str(self.image_dir / name)
 
-def _answer(model, processor, images, questions: Sequence[str], max_new_tokens: int, batch_size: int,
-            progress: bool, image_keep=None) -> list[str]:
+
+@dataclass
+class EvalContext:
+    """What every benchmark runner gets besides the model: where the data is, the judge, and run settings."""
+
+    data_dir: Path
+    images: ImageCache
+    judge: Judge | None = None
+    limit: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    progress: bool = True
+    objhal_extractor: str = "rule"  # "judge": RLAIF-V's LLM extraction through `judge`
+    _scenes: dict | None = field(default=None, repr=False)
+
+    def scenes(self) -> dict[str, dict]:
+        """World ground truth by image file name ({} for data that is not a world)."""
+        if self._scenes is None:
+            path = self.data_dir / "scenes.jsonl"
+            self._scenes = ({f"{r['image_id']}.png": r for r in io.read_jsonl(path, required=("image_id",))}
+                            if path.is_file() else {})
+        return self._scenes
+
+    def require_judge(self, benchmark: str) -> Judge:
+        if self.judge is None:
+            raise ValueError(f"{benchmark} needs a judge: pass judge=make_judge(...) (CLI: --judge oracle, "
+                             f"local:MODEL_DIR or http:URL#MODEL)")
+        return self.judge
+
+
+def answer_questions(model, processor, ctx: EvalContext, images, questions: Sequence[str], benchmark: str,
+                     image_keep=None, short: bool = False) -> list[str]:
+    """Greedy answers with the benchmark's registered generation settings (token budget, early stop); `short`
+    selects its yes/no settings (`short_answer_tokens`, stop after the first period)."""
+    spec = REGISTRY[benchmark]
     prompts = [chat_prompt(processor, q) for q in questions]
-    return generate(model, processor, images, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    image_keep=image_keep, progress=progress)
+    budget, stop = (spec.short_answer_tokens, ".") if short else (spec.max_new_tokens, spec.stop_after)
+    return generate(model, processor, images, prompts, max_new_tokens=budget, batch_size=ctx.batch_size,
+                    image_keep=image_keep, stop_after=stop, progress=ctx.progress)
 
 
-def run_pope(model, processor, pope_dir: Path, images: ImageCache, limit: int | None = None,
-             batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
+def run_pope(model, processor, ctx: EvalContext) -> tuple[dict, list[dict]]:
     """POPE on the three splits (reference answer parsing); metrics keyed pope/<split>/<metric>."""
     metrics, samples, per_split = {}, [], {}
     for split in POPE_SPLITS:
-        path = pope_dir / f"world_pope_{split}.json"
-        questions = pope_lib.load_pope_questions(path)[:limit]
-        pics = [images.get(q["image"], f"{path}, question_id {q['question_id']}") for q in questions]
+        path = ctx.data_dir / "pope" / f"world_pope_{split}.json"
+        questions = pope_lib.load_pope_questions(path)[:ctx.limit]
+        pics = [ctx.images.get(q["image"], f"{path}, question_id {q['question_id']}") for q in questions]
         logger.info("POPE %s: %d questions", split, len(questions))
-        answers = _answer(model, processor, pics, [q["text"] for q in questions], 16, batch_size, progress)
+        answers = answer_questions(model, processor, ctx, pics, [q["text"] for q in questions], "pope")
         per_split[split] = pope_lib.score_pope(answers, questions)
         preds = [pope_lib.parse_yes_no(a) for a in answers]
-        per_split[split].update(_ci_keys("accuracy", pope_accuracy_ci(preds, questions)))
+        for name, ci in pope_intervals(preds, questions).items():
+            per_split[split].update(_ci_keys(name, ci))
         for q, a, pred in zip(questions, answers, preds):
             samples.append({"benchmark": "pope", "split": split, "question_id": q["question_id"],
                             "image": q["image"], "question": q["text"], "label": q["label"], "answer": a,
                             "pred": pred})
     for split, m in {**per_split, "macro": pope_lib.macro_average(per_split)}.items():
         metrics.update({f"pope/{split}/{k}": v for k, v in m.items()})
-    metrics["pope/version"] = pope_lib.POPE_VERSION
+    rows = np.array([[s["pred"] == "yes", s["label"] == "yes", POPE_SPLITS.index(s["split"])] for s in samples])
+    for name, stat in _POPE_STATISTICS.items():  # macro: the mean over splits, resampling the pooled questions
+        macro = lambda r, stat=stat: float(np.mean([stat(r[r[:, 2] == k][:, :2].astype(bool))  # noqa: E731
+                                                    for k in np.unique(r[:, 2])]))
+        metrics.update(_ci_keys(f"pope/macro/{name}", bootstrap_ci(rows.reshape(-1, 3), macro)))
     return metrics, samples
 
 
-def _caption_prompts(world_dir: Path, images: ImageCache, limit: int | None) -> tuple[list[dict], list]:
+def summary_table(metrics: dict) -> str:
+    """The registry's headline metrics present in `metrics`, each with its 95 % interval where one exists."""
+    lines = [f"{'metric':<42} {'value':>9}  95% CI"]
+    for spec in REGISTRY.values():
+        for key in spec.headline:
+            if key not in metrics:
+                continue
+            low, high = metrics.get(f"{key}_ci95_low"), metrics.get(f"{key}_ci95_high")
+            ci = f"[{low:.4f}, {high:.4f}]" if low is not None else "-"
+            lines.append(f"{key:<42} {metrics[key]:>9.4f}  {ci}")
+    return "\n".join(lines)
+
+
+def _caption_prompts(ctx: EvalContext, limit: int | None) -> tuple[list[dict], list]:
     """The caption-evaluation prompts (first `limit`) and their images."""
-    path = world_dir / "caption_eval.jsonl"
+    path = ctx.data_dir / "caption_eval.jsonl"
     prompts = io.read_jsonl(path, required=("image_id", "image", "prompt", "gt_objects"))[:limit]
-    return prompts, [images.get(p["image"], f"{path}, image_id {p['image_id']}") for p in prompts]
+    return prompts, [ctx.images.get(p["image"], f"{path}, image_id {p['image_id']}") for p in prompts]
 
 
 def reference_objects(captions_json: Path, synonyms) -> dict[str, set[str]]:
@@ -131,16 +205,16 @@ CHAIR_MODES = {
 }
 
 
-def run_chair(model, processor, world_dir: Path, images: ImageCache, limit: int | None = None,
-              batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
+def run_chair(model, processor, ctx: EvalContext) -> tuple[dict, list[dict]]:
     """CHAIR and recall of detailed descriptions; GT = instance categories + objects of the reference captions.
 
     Scored twice from the same answers: faithfully to Rohrbach et al. (`chair/...`) and with the singularizer
     fixed for vocabulary words (`chair_fixed/...`); each sample keeps both sets of mentions.
     """
-    prompts, pics = _caption_prompts(world_dir, images, limit)
+    world_dir = ctx.data_dir
+    prompts, pics = _caption_prompts(ctx, ctx.limit)
     logger.info("CHAIR: %d descriptions", len(prompts))
-    answers = _answer(model, processor, pics, [p["prompt"] for p in prompts], 96, batch_size, progress)
+    answers = answer_questions(model, processor, ctx, pics, [p["prompt"] for p in prompts], "chair")
     samples = [{"benchmark": "chair", "image_id": p["image_id"], "image": p["image"], "prompt": p["prompt"],
                 "answer": a} for p, a in zip(prompts, answers)]
     metrics, cooc = {}, world_cooccurrence(world_dir)
@@ -183,15 +257,16 @@ def cooccurrence_shares(samples: list[dict], p_given: dict, threshold: float = C
 _CONTEXT_RE = re.compile(r"\b(" + "|".join(c.name for c in CONTEXTS) + r")\b")
 
 
-def run_masked(model, processor, world_dir: Path, images: ImageCache, rho_th: float = 0.99, limit: int = 200,
-               seed: int = 0, batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
-    """Descriptions with image tokens kept iff u >= rho_th (BDHS Eq. 6): fluency and plausibility of the prior."""
-    prompts, pics = _caption_prompts(world_dir, images, limit)
+def run_masked(model, processor, ctx: EvalContext, rho_th: float = 0.99) -> tuple[dict, list[dict]]:
+    """Descriptions with image tokens kept iff u >= rho_th (BDHS Eq. 6): fluency and plausibility of the prior.
+    At most MASKED_IMAGES images (the first `limit` when smaller)."""
+    world_dir, seed = ctx.data_dir, ctx.seed
+    prompts, pics = _caption_prompts(ctx, min(ctx.limit or MASKED_IMAGES, MASKED_IMAGES))
     synonyms = chair_lib.load_synonyms(world_dir / "synonyms.txt", **CHAIR_MODES["fixed"][1])
     n_tokens = model.config.image_seq_length
     keep = [sample_image_keep(n_tokens, rho_th, derive_seed(seed, "masked", p["image_id"])) for p in prompts]
     logger.info("masked descriptions: %d images, rho_th=%.2f", len(prompts), rho_th)
-    answers = _answer(model, processor, pics, [p["prompt"] for p in prompts], 96, batch_size, progress, keep)
+    answers = answer_questions(model, processor, ctx, pics, [p["prompt"] for p in prompts], "masked", keep)
     scenes = {s["image_id"]: s for s in io.read_jsonl(world_dir / "scenes.jsonl", required=("image_id", "context"))}
     samples, well, n_sent, in_ctx, n_mentions, hall, degenerate = [], 0, 0, 0, 0, 0, 0
     for p, a, k in zip(prompts, answers, keep):
@@ -209,6 +284,12 @@ def run_masked(model, processor, world_dir: Path, images: ImageCache, rho_th: fl
         samples.append({"benchmark": "masked", "image_id": p["image_id"], "image": p["image"], "answer": a,
                         "kept_image_tokens": int(k.sum()), "well_formed": ok, "mentions": mentions, "context": ctx})
     n = max(1, len(prompts))
+    rows = {"well_formed_sentence_share": [[sum(s["well_formed"]), len(s["well_formed"])] for s in samples],
+            "context_consistent_mention_share": [[sum(m in CONTEXT_OBJECTS[s["context"]] for m in s["mentions"]),
+                                                  len(s["mentions"])] for s in samples],
+            "chair_i": [[sum(m not in p["gt_objects"] for m in s["mentions"]), len(s["mentions"])]
+                        for s, p in zip(samples, prompts)]}
+    intervals = {f"masked/{k}": bootstrap_ci(np.array(v).reshape(-1, 2), _ratio_of_sums) for k, v in rows.items()}
     metrics = {
         "masked/rho_th": rho_th, "masked/n": len(prompts),
         "masked/well_formed_sentence_share": well / max(1, n_sent),
@@ -220,29 +301,34 @@ def run_masked(model, processor, world_dir: Path, images: ImageCache, rho_th: fl
         "masked/distinct_answer_share": len(set(answers)) / n,
         "masked/kept_image_tokens_mean": float(np.mean([int(k.sum()) for k in keep])) if keep else 0.0,
     }
+    for key, ci in intervals.items():
+        metrics.update(_ci_keys(key, ci))
     return metrics, samples
 
 
-def evaluate(model, processor, world_dir: str | Path, benchmarks: Sequence[str] = ("pope", "chair"),
-             limit: int | None = None, batch_size: int = 64, seed: int = 0,
-             progress: bool = True) -> tuple[dict, list[dict]]:
-    """Run the named benchmarks; returns (flat namespaced metrics, per-sample records)."""
-    unknown = [b for b in benchmarks if b not in BENCHMARK_NAMES]
+def evaluate(model, processor, data_dir: str | Path, benchmarks: Sequence[str] = ("pope", "chair"), *,
+             judge: Judge | None = None, limit: int | None = None, batch_size: int = 64, seed: int = 0,
+             objhal_extractor: str = "rule", progress: bool = True) -> tuple[dict, list[dict]]:
+    """Run the named benchmarks (see `mmstudy.benchmarks.registry`) on the data in `data_dir` (a world, or real
+    releases laid out the same way); returns (flat namespaced metrics, per-sample records). Judged benchmarks
+    (mmhal, mmhal_v, llava_w) need `judge`. Each benchmark's registry version is recorded as <name>/version."""
+    from mmstudy.evaluate_suite import RUNNERS
+
+    unknown = [b for b in benchmarks if b not in REGISTRY]
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARK_NAMES)}")
-    world_dir = Path(world_dir)
-    images = ImageCache(world_dir / "images")
+        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(REGISTRY)}")
+    data_dir = Path(data_dir)
+    ctx = EvalContext(data_dir, ImageCache(data_dir / "images"), judge=judge, limit=limit, batch_size=batch_size,
+                      seed=seed, progress=progress, objhal_extractor=objhal_extractor)
+    for name in benchmarks:  # fail before any generation when a judged benchmark has no judge
+        if REGISTRY[name].judged or (name == "objhal" and objhal_extractor == "judge"):
+            ctx.require_judge(name)
     model.eval()
     metrics, samples = {}, []
     for name in benchmarks:
-        if name == "pope":
-            m, s = run_pope(model, processor, world_dir / "pope", images, limit, batch_size, progress)
-        elif name == "chair":
-            m, s = run_chair(model, processor, world_dir, images, limit, batch_size, progress)
-        else:
-            m, s = run_masked(model, processor, world_dir, images, limit=min(limit or 200, 200), seed=seed,
-                              batch_size=batch_size, progress=progress)
+        m, s = RUNNERS[name](model, processor, ctx)
         metrics.update(m)
+        metrics[f"{name}/version"] = REGISTRY[name].version
         samples.extend(s)
     return metrics, samples
 
@@ -265,7 +351,8 @@ def score_pope_file(questions_path: str | Path, answers_path: str | Path, parser
                            f"e.g. {missing[:5]}")
     texts = [answers[q["question_id"]] for q in questions]
     metrics = pope_lib.score_pope(texts, questions, parser=parser)
-    metrics["accuracy_ci"] = pope_accuracy_ci([pope_lib.PARSERS[parser](t) for t in texts], questions)
+    intervals = pope_intervals([pope_lib.PARSERS[parser](t) for t in texts], questions)
+    metrics.update({f"{name}_ci": ci for name, ci in intervals.items()})
     return metrics
 
 

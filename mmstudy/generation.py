@@ -20,9 +20,10 @@ from typing import Sequence
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 from transformers.processing_utils import ProcessorMixin
 
+from mmstudy.io import load_image
 from mmstudy.model import image_token_id
 from mmstudy.runs import derive_seed
 
@@ -121,6 +122,7 @@ def generate(
     temperature: float = 1.0,
     seed: int = 0,
     use_cache: bool = True,
+    stop_after: str | None = None,
     progress: bool = True,
 ) -> list[str]:
     """Answer each (image, prompt) pair; returns the decoded answers (special tokens stripped), in input order.
@@ -128,6 +130,8 @@ def generate(
     Batches of `batch_size` are left-padded and decoded with the KV cache (`use_cache=False` is for checks only).
     `image_keep[i]` (a bool vector over the image tokens of example i, e.g. from `sample_image_keep`) hides the
     image tokens marked False from the LM.
+    `stop_after` ends each answer at the first token whose text contains it (e.g. "." for POPE, whose parser reads
+    only the text before the first period), so no answer is longer than the protocol needs.
     With `do_sample`, batch j is sampled with the torch seed `derive_seed(seed, j)`: an answer is reproducible
     for a fixed seed and a fixed batch composition (same examples, same order, same batch_size), not across them.
     """
@@ -140,11 +144,37 @@ def generate(
         keep = None if image_keep is None else image_keep[start:stop]
         inputs = prepare_inputs(processor, images[start:stop], prompts[start:stop], keep, image_token=token)
         gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "use_cache": use_cache}
+        if stop_after is not None:
+            gen_kwargs["stopping_criteria"] = StoppingCriteriaList([StopAfterTokens(processor.tokenizer, stop_after)])
         if do_sample:
             gen_kwargs["temperature"] = temperature
         new_tokens = _generate_batch(model, inputs, derive_seed(seed, j), **gen_kwargs)
         answers.extend(text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True))
     return answers
+
+
+class StopAfterTokens(StoppingCriteria):
+    """Marks a sequence done once its last token's text contains `text` (per row; finished rows are padded)."""
+
+    def __init__(self, tokenizer, text: str):
+        self.ids = _tokens_containing(tokenizer, text)
+        if not len(self.ids):
+            raise ValueError(f"no token of the tokenizer contains {text!r}: cannot stop on it")
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.isin(input_ids[:, -1], self.ids.to(input_ids.device))
+
+
+_STOP_IDS: dict = {}
+
+
+def _tokens_containing(tokenizer, text: str) -> torch.Tensor:
+    key = (id(tokenizer), text)
+    if key not in _STOP_IDS:
+        vocab = tokenizer.get_vocab()
+        _STOP_IDS[key] = torch.tensor(sorted(i for tok, i in vocab.items()
+                                             if text in tokenizer.convert_tokens_to_string([tok])), dtype=torch.long)
+    return _STOP_IDS[key]
 
 
 def _check_generate_args(images, prompts, image_keep, batch_size, max_new_tokens, temperature) -> None:
@@ -169,3 +199,28 @@ def _generate_batch(model: PreTrainedModel, inputs: dict, seed: int, **gen_kwarg
         torch.manual_seed(seed)
         out = model.generate(**inputs, **gen_kwargs)
     return out[:, inputs["input_ids"].shape[1]:]
+
+
+def generate_texts(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    prompts: Sequence[str],
+    images: Sequence[str | Image.Image] | None = None,
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers to already-rendered chat prompts: with `images` (paths or PIL images, one per prompt, the
+    prompt holding the image token) or, with `images=None`, text only. Used by local judges."""
+    if images is not None:
+        pics = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        return generate(model, processor, pics, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        progress=progress)
+    _check_generate_args(prompts, prompts, None, batch_size, max_new_tokens, 1.0)
+    answers: list[str] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=not progress):
+        inputs = dict(processor(text=list(prompts[start:start + batch_size]), return_tensors="pt", padding=True))
+        new_tokens = _generate_batch(model, inputs, 0, max_new_tokens=max_new_tokens, do_sample=False)
+        answers.extend(text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True))
+    return answers

@@ -129,6 +129,9 @@ class WorldSpec:
     pope_images: int = 500          # images per POPE split (POPE's img_num)
     caption_images: int = 500       # images in the caption-evaluation prompt set
     references_per_image: int = 5   # COCO-style reference captions per image
+    judged_images: int = 24         # LLaVA-Bench images (MMHal gets 4x as many items: 96, 8 types x 12)
+    amber_images: int = 300         # AMBER world edition: images (generative + yes/no questions)
+    objhal_images: int = 300        # Object HalBench world edition: images, one description prompt each
 
     def __post_init__(self):
         if self.image_size % 3 or self.image_size < 24:
@@ -142,8 +145,11 @@ class WorldSpec:
         for name in ("p_outlier", "p_duplicate", "p_small", "p_faint", "p_occluded", "p_symbolic"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1]")
-        if self.pope_images > self.n_val or self.caption_images > self.n_val:
-            raise ValueError("pope_images and caption_images cannot exceed n_val")
+        for name in ("pope_images", "caption_images", "amber_images", "objhal_images"):
+            if not 1 <= getattr(self, name) <= self.n_val:
+                raise ValueError(f"{name} must be in [1, n_val={self.n_val}], got {getattr(self, name)}")
+        if self.judged_images < 2 or 4 * self.judged_images > self.n_val:
+            raise ValueError(f"judged_images must be >= 2 with 4 x judged_images <= n_val, got {self.judged_images}")
 
     @classmethod
     def for_profile(cls, profile: str, **overrides) -> "WorldSpec":
@@ -158,7 +164,8 @@ class WorldSpec:
 
 PROFILES = {
     "default": {},
-    "smoke": {"n_train": 300, "n_val": 60, "pope_images": 20, "caption_images": 30},
+    "smoke": {"n_train": 300, "n_val": 60, "pope_images": 20, "caption_images": 30, "judged_images": 8,
+              "amber_images": 20, "objhal_images": 20},
 }
 
 
@@ -187,6 +194,12 @@ class Scene:
     def classes(self) -> list[str]:
         """Distinct classes present, in reading order of their first instance."""
         return list(dict.fromkeys(o.name for o in self.objects))
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Scene":
+        """Inverse of `to_record` (TypeError on unknown or missing object fields)."""
+        objects = [SceneObject(**o) for o in record["objects"]]
+        return cls(record["image_id"], record["split"], record["context"], objects, record["clutter"])
 
     def to_record(self) -> dict:
         return {"image_id": self.image_id, "split": self.split, "context": self.context, "clutter": self.clutter,

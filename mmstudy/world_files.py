@@ -11,6 +11,7 @@ Layout of a world directory (every file deterministic for a seed, byte for byte)
     annotations/instances_<split>.json, annotations/captions_<split>.json   COCO format
     pope/world_pope_{random,popular,adversarial}.json                       POPE JSON lines (val images)
     caption_eval.jsonl            caption-evaluation prompts with ground-truth objects (val images)
+    mmhal/, llava_bench/, amber/, objhal/   world editions of those benchmarks (`mmstudy.world_benchmarks`)
 
     >>> summary = write_world("world", WorldSpec.for_profile("smoke"), seed=0)
 """
@@ -35,7 +36,6 @@ from mmstudy.world import (
     CONTEXTS,
     WORLD_VERSION,
     Scene,
-    SceneObject,
     WorldSpec,
     render_scene,
     sample_scene,
@@ -194,6 +194,10 @@ def _write_world(root: Path, spec: WorldSpec, seed: int, progress: bool) -> dict
                    "pope_questions": {k: len(v) for k, v in pope.items()}, "caption_eval": spec.caption_images},
     }
     io.write_json(root / "world.json", summary)
+    from mmstudy.world_benchmarks import write_benchmark_editions  # it reads the world back: no import cycle
+
+    summary["counts"].update(write_benchmark_editions(root, spec, seed))
+    io.write_json(root / "world.json", summary)
     return summary
 
 
@@ -214,11 +218,11 @@ def load_scenes(world_dir: str | Path, split: str | None = None) -> list[Scene]:
         if split is not None and r["split"] != split:
             continue
         try:
-            objects = [SceneObject(**o) for o in r["objects"]]
+            scene = Scene.from_record(r)
         except TypeError as e:
             raise io.DataError(f"{path}, record {i + 1} ({r['image_id']}): bad field 'objects': {e}") from e
-        for o in objects:
+        for o in scene.objects:
             if o.name not in CLASS_INDEX:
                 raise io.DataError(f"{path}, record {i + 1} ({r['image_id']}): unknown object class {o.name!r}")
-        scenes.append(Scene(r["image_id"], r["split"], r["context"], objects, r["clutter"]))
+        scenes.append(scene)
     return scenes

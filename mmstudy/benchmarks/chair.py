@@ -276,13 +276,13 @@ def _split_line(line: str, strip: bool) -> list[str]:
     return line.strip().split(", ")  # the reference: "scooter,  motor bike" keeps " motor bike", never matched
 
 
-def _parse_synonym_lines(path: Path, strip: bool) -> list[list[str]]:
+def _parse_synonym_lines(text: str, source: str, strip: bool) -> list[list[str]]:
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         entries = _split_line(line, strip)
-        where = f"{path}, line {lineno}"
+        where = f"{source}, line {lineno}"
         if not entries[0]:
             raise DataError(f"{where}: empty canonical class (expected 'canonical, synonym, ...')")
         for entry in entries:
@@ -290,7 +290,7 @@ def _parse_synonym_lines(path: Path, strip: bool) -> list[list[str]]:
                 raise DataError(f"{where}: malformed entry {entry!r} (entries are separated by ', ')")
         rows.append(entries)
     if not rows:
-        raise DataError(f"{path}: no synonym lines")
+        raise DataError(f"{source}: no synonym lines")
     return rows
 
 
@@ -332,14 +332,21 @@ def load_synonyms(path: str | Path, *, strip: bool = False, protect_vocabulary: 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    rows = _parse_synonym_lines(path, strip)
+    return parse_synonyms(path.read_text(encoding="utf-8"), str(path), strip=strip,
+                          protect_vocabulary=protect_vocabulary)
+
+
+def parse_synonyms(text: str, source: str = "<synonyms>", *, strip: bool = False,
+                   protect_vocabulary: bool = False) -> Synonyms:
+    """`load_synonyms` on the text of a synonym file; `source` names it in errors and logs."""
+    rows = _parse_synonym_lines(text, source, strip)
     to_class = {entry: row[0] for row in rows for entry in row}
     classes = tuple(dict.fromkeys(row[0] for row in rows))
     unreachable = _unreachable_entries(to_class, protect_vocabulary)
     if unreachable:
         logger.info(
             "%s: %d synonym entries can never match a caption word: %s",
-            path,
+            source,
             len(unreachable),
             ", ".join(repr(w) for w in unreachable),
         )
@@ -349,7 +356,7 @@ def load_synonyms(path: str | Path, *, strip: bool = False, protect_vocabulary: 
         double_words=MappingProxyType(_double_word_map(to_class)),
         strip=strip,
         protect_vocabulary=protect_vocabulary,
-        source=str(path),
+        source=source,
     )
 
 

@@ -339,3 +339,26 @@ def build_pope_questions(
     return {
         strategy: _build_split(strategy, images, sample_num, template, first_question_id, ctx) for strategy in SPLITS
     }
+
+
+def load_coco_objects(instances_path: str | Path) -> dict[str, list[str]]:
+    """image file name -> its object categories, from COCO instance annotations read with pycocotools, for
+    `build_pope_questions`. Categories are listed once per image, in the order of their first annotation (by
+    annotation id), as POPE's ground-truth segmentation file lists them; images without annotations are kept
+    (empty lists) so the caller sees the whole set. Malformed files raise DataError naming the file."""
+    from pycocotools.coco import COCO
+
+    path = Path(instances_path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        coco = COCO(str(path))
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        raise DataError(f"{path}: not a COCO instance annotation file: {e!r}") from e
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    objects = {}
+    for image_id in sorted(coco.getImgIds()):
+        info = coco.loadImgs(image_id)[0]
+        anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=image_id)), key=lambda a: a["id"])
+        objects[info["file_name"]] = list(dict.fromkeys(names[a["category_id"]] for a in anns))
+    return objects

@@ -1,0 +1,218 @@
+"""Judges: one interface for everything that reads a prompt (and maybe an image) and writes a verdict as text.
+
+Benchmarks (MMHal, MMHal-V, LLaVA-Bench, Object HalBench's extractor) and, later, online DPO talk to a judge
+only through `Judge.complete(requests) -> replies`. The benchmark renders its reference prompt, the judge answers
+in text, and the benchmark's own parser reads that text: a model judge and the world's oracle go through the
+same parser, so an oracle verdict is scored exactly like a GPT-4 verdict would be.
+
+    oracle            the world's ground truth decides (`JudgeRequest.context`), optionally with an error rate
+                      that emulates a weaker annotator (the paper's LLaVA 1.6-7B vs 34B, Tables 10-11)
+    local:MODEL_DIR   any local LLaVA / LLaVA-NeXT checkpoint, greedy, the image attached when the request has one
+    http:URL          any OpenAI-compatible /chat/completions endpoint (`mmstudy.http_judge.HttpJudge`)
+
+A reply with `text=None` is a judge failure (after retries): callers count and report failures, they never
+turn one into a score or a preference.
+
+    >>> judge = make_judge("oracle", seed=0); judge.complete([JudgeRequest(prompt, task="mmhal", context=item)])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence
+
+from mmstudy import oracle
+from mmstudy.runs import derive_seed
+from mmstudy.world import CLASSES, Scene
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One question to a judge.
+
+    prompt: the full user message. image: path of an image the judge should see (None: text only).
+    system: optional system message. task: what is being judged ("mmhal", "llava_w", "objects", "pairwise", ...);
+    oracle judges dispatch on it. context: ground truth for oracle judges, never shown to model judges.
+    key: a stable identifier of the item (used to derive per-request seeds and in error messages).
+    """
+
+    prompt: str
+    image: str | None = None
+    system: str | None = None
+    task: str = ""
+    context: Mapping = field(default_factory=dict)
+    key: str = ""
+    max_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class JudgeReply:
+    """A judge's answer: text, or None with an error message when the judge failed after its retries."""
+
+    text: str | None
+    error: str | None = None
+    cached: bool = False
+    attempts: int = 1
+
+
+class Judge(Protocol):
+    """Anything with a name and `complete`; `stats` counts requests, failures, retries and cache hits."""
+
+    name: str
+    stats: dict
+
+    def complete(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply]: ...
+
+
+def new_stats() -> dict:
+    return {"requests": 0, "failures": 0, "retries": 0, "cache_hits": 0}
+
+
+# ---------------------------------------------------------------- the world's oracle
+
+
+def _scene(request: JudgeRequest) -> Scene:
+    record = request.context.get("scene")
+    if record is None:
+        raise ValueError(f"the oracle judge needs world ground truth, but request {request.key!r} has no scene "
+                         f"(is the data a world directory with scenes.jsonl?); use a model judge for real data")
+    return Scene.from_record(record)
+
+
+def _oracle_mmhal(request: JudgeRequest, rng: random.Random, error_rate: float) -> str:
+    ctx = request.context
+    check = oracle.check_answer(ctx["answer"], _scene(request), ctx["gt_answer"])
+    rating = oracle.mmhal_rating(check)
+    if rng.random() < error_rate:
+        rating = rng.randrange(7)
+    return oracle.mmhal_verdict(rating, check)
+
+
+def _oracle_review(request: JudgeRequest, rng: random.Random, error_rate: float) -> str:
+    ctx = request.context
+    scene = _scene(request)
+    reference = oracle.review_score(oracle.check_answer(ctx["reference"], scene, ctx["reference"]))
+    check = oracle.check_answer(ctx["answer"], scene, ctx["reference"])
+    score = oracle.review_score(check)
+    if rng.random() < error_rate:
+        score = rng.randint(1, 10)
+    return oracle.review_verdict(reference, score, check)
+
+
+def _oracle_objects(request: JudgeRequest, rng: random.Random, error_rate: float) -> str:
+    words = json.loads(oracle.objects_verdict(request.context["answer"]))
+    if rng.random() < error_rate:
+        if words and rng.random() < 0.5:
+            words.pop(rng.randrange(len(words)))
+        else:
+            words.append(rng.choice(CLASSES).name)
+    return json.dumps(words)
+
+
+ORACLE_RULES = {"mmhal": _oracle_mmhal, "llava_w": _oracle_review, "objects": _oracle_objects}
+
+
+class OracleJudge:
+    """Verdicts from the world's ground truth (`mmstudy.oracle`), written in each benchmark's output format.
+
+    error_rate: per request, with this probability the verdict is replaced by a random one (a random rating, a
+    random 1-10 score, an object dropped or added), emulating a weaker annotator. The draw is seeded by
+    (seed, task, request key), so a run is reproducible and independent of batching.
+    """
+
+    def __init__(self, error_rate: float = 0.0, seed: int = 0):
+        if not 0.0 <= error_rate <= 1.0:
+            raise ValueError(f"oracle error_rate must be in [0, 1], got {error_rate}")
+        self.error_rate, self.seed = error_rate, seed
+        self.name = f"oracle(error_rate={error_rate})"
+        self.stats = new_stats()
+
+    def complete(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply]:
+        replies = []
+        for r in requests:
+            if r.task not in ORACLE_RULES:
+                raise ValueError(f"the oracle judge has no rule for task {r.task!r} (request {r.key!r}); it knows "
+                                 f"{sorted(ORACLE_RULES)}")
+            rng = random.Random(derive_seed(self.seed, "oracle", r.task, r.key))
+            replies.append(JudgeReply(ORACLE_RULES[r.task](r, rng, self.error_rate)))
+        self.stats["requests"] += len(requests)
+        return replies
+
+
+# ---------------------------------------------------------------- a local LLaVA checkpoint
+
+
+class LocalLlavaJudge:
+    """Any local LLaVA / LLaVA-NeXT checkpoint as a judge: greedy decoding, the request's image attached when it
+    has one, text only otherwise. A prompt longer than the model's context is a counted failure (the reply's
+    error says so), not a truncated verdict."""
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 8, device: str = "cpu"):
+        from mmstudy.model import load_llava
+
+        self.model, self.processor = load_llava(model_dir, device=device)
+        self.name, self.batch_size = f"local:{model_dir}", batch_size
+        self.stats = new_stats()
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        self.max_positions = int(getattr(text_config, "max_position_embeddings", 1 << 30))
+
+    def _messages(self, r: JudgeRequest) -> str:
+        content = ([{"type": "image"}] if r.image else []) + [{"type": "text", "text": r.prompt}]
+        messages = ([{"role": "system", "content": [{"type": "text", "text": r.system}]}] if r.system else [])
+        messages.append({"role": "user", "content": content})
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def complete(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply]:
+        from mmstudy.generation import generate_texts
+
+        self.stats["requests"] += len(requests)
+        replies: list[JudgeReply | None] = [None] * len(requests)
+        runnable = []
+        for i, r in enumerate(requests):
+            prompt = self._messages(r)
+            n_tokens = len(self.processor.tokenizer(prompt)["input_ids"]) + r.max_tokens
+            if n_tokens > self.max_positions:
+                replies[i] = JudgeReply(None, error=f"prompt + max_tokens = {n_tokens} tokens exceeds the judge's "
+                                                    f"context of {self.max_positions}")
+            else:
+                runnable.append((i, prompt, r))
+        for image_wanted in (True, False):
+            group = [(i, p, r) for i, p, r in runnable if bool(r.image) == image_wanted]
+            if not group:
+                continue
+            images = [r.image for _, _, r in group] if image_wanted else None
+            texts = generate_texts(self.model, self.processor, [p for _, p, _ in group], images,
+                                   max_new_tokens=max(r.max_tokens for _, _, r in group),
+                                   batch_size=self.batch_size)
+            for (i, _, _), text in zip(group, texts):
+                replies[i] = JudgeReply(text)
+        failed = sum(r.text is None for r in replies)
+        if failed:
+            logger.warning("%s: %d of %d requests failed, e.g. %s", self.name, failed, len(requests),
+                           next(r.error for r in replies if r.text is None))
+        self.stats["failures"] += failed
+        return replies
+
+
+def make_judge(spec: str, *, seed: int = 0, cache_dir: str | Path | None = None) -> Judge:
+    """A judge from its command-line name: `oracle`, `oracle:0.2` (error rate), `local:MODEL_DIR`,
+    `http:URL#MODEL` (e.g. `http:http://127.0.0.1:8000/v1#llava-v1.6-34b`)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "oracle":
+        try:
+            return OracleJudge(float(arg) if arg else 0.0, seed=seed)
+        except ValueError as e:
+            raise ValueError(f"judge {spec!r}: {e}") from e
+    if kind == "local" and arg:
+        return LocalLlavaJudge(arg)
+    if kind == "http" and arg:
+        from mmstudy.http_judge import HttpJudge
+
+        return HttpJudge.from_spec(arg, cache_dir=cache_dir)
+    raise ValueError(f"unknown judge {spec!r}; use oracle[:ERROR_RATE], local:MODEL_DIR or http:URL#MODEL")
