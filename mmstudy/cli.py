@@ -65,14 +65,16 @@ def _eval(args) -> None:
     from mmstudy.runs import build_manifest
 
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    judge = make_judge(args.judge, seed=args.seed, cache_dir=args.judge_cache) if args.judge else None
-    model, processor = load_llava(args.model)
+    judge = (make_judge(args.judge, seed=args.seed, cache_dir=args.judge_cache, device=args.device)
+             if args.judge else None)
+    model, processor = load_llava(args.model, device=args.device, dtype=args.dtype)
     metrics, samples = evaluate(model, processor, args.data, benchmarks, judge=judge, limit=args.limit,
                                 batch_size=args.batch_size, seed=args.seed, objhal_extractor=args.objhal_extractor,
                                 progress=not args.quiet)
     out = Path(args.out)
     params = {"model": str(args.model), "data": str(args.data), "benchmarks": benchmarks, "limit": args.limit,
-              "judge": args.judge, "batch_size": args.batch_size, "objhal_extractor": args.objhal_extractor}
+              "judge": args.judge, "batch_size": args.batch_size, "objhal_extractor": args.objhal_extractor,
+              "device": args.device, "dtype": args.dtype}
     io.write_jsonl(out.with_name("samples.jsonl"), samples)
     io.write_json(out, {"metrics": metrics, "manifest": build_manifest(args.seed, " ".join(sys.argv), params)})
     print(summary_table(metrics))  # noqa: T201 (the command's output)
@@ -172,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="results.json path; samples.jsonl goes beside it")
     p.add_argument("--limit", type=int, default=None, help="first N items of each benchmark (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="torch device of the model (and of a local judge): cpu, cuda, ...")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="load the weights in this dtype (default: as saved)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_eval)
 

@@ -32,14 +32,20 @@ def _pope(samples: Iterable[dict]) -> ItemValues:
                                              "accuracy": float(s["pred"] == s["label"])} for s in samples}
 
 
+def _object_rates(d: dict) -> dict:
+    return {"chair_s": float(bool(d["hallucinated"])), "chair_i": (len(d["hallucinated"]), len(d["mentioned"])),
+            "recall": (len(d["covered"]), len(d["gt"]))}
+
+
 def _chair(samples: Iterable[dict]) -> ItemValues:
-    out = {}
-    for s in samples:
-        d = s["chair"]
-        out[s["image_id"]] = {"chair_s": float(bool(d["hallucinated"])),
-                              "chair_i": (len(d["hallucinated"]), len(d["mentioned"])),
-                              "recall": (len(d["covered"]), len(d["gt"]))}
-    return out
+    """CHAIR as the reference scores it (each sample's "reference" record; "fixed" is the named alternative)."""
+    return {s["image_id"]: _object_rates(s["reference"]) for s in samples}
+
+
+def _objhal(samples: Iterable[dict]) -> ItemValues:
+    return {s["index"]: {**_object_rates(s), **({"response_hallucination": float(bool(s["hallucinated"]))}
+                                                if s["mentioned"] else {})}
+            for s in samples if not s.get("extraction_failed")}
 
 
 def _rated(samples: Iterable[dict]) -> ItemValues:
@@ -47,8 +53,27 @@ def _rated(samples: Iterable[dict]) -> ItemValues:
             for s in samples if s.get("rating") is not None}
 
 
+def _llava_w(samples: Iterable[dict]) -> ItemValues:
+    # relative score = 100 x sum(model) / sum(reference): a ratio of sums over the paired questions
+    return {s["question_id"]: {"relative_score": (100.0 * s["scores"][1], s["scores"][0])}
+            for s in samples if s.get("scores")}
+
+
+def _amber(samples: Iterable[dict]) -> ItemValues:
+    """In percent, as AMBER reports (plain definitions, without the reference's rounding)."""
+    out = {}
+    for s in samples:
+        if s["task"] == "generative":
+            out[s["id"]] = {"chair": (100.0 * s["n_hallucinated"], s["n_nouns"]),
+                            "hal": 100.0 * s["has_hallucination"], "cover": (100.0 * s["n_truth_covered"], s["n_truth"])}
+        else:
+            out[s["id"]] = {"accuracy": 100.0 * s["correct"], "accuracy_first_word": 100.0 * s["correct_first_word"]}
+    return out
+
+
 ITEM_VALUES: dict[str, Callable[[list[dict]], ItemValues]] = {
-    "pope": _pope, "chair": _chair, "mmhal": _rated, "mmhal_v": _rated,
+    "pope": _pope, "chair": _chair, "objhal": _objhal, "amber": _amber, "mmhal": _rated, "mmhal_v": _rated,
+    "llava_w": _llava_w,
 }
 
 

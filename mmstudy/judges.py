@@ -200,9 +200,9 @@ class LocalLlavaJudge:
         return replies
 
 
-def make_judge(spec: str, *, seed: int = 0, cache_dir: str | Path | None = None) -> Judge:
-    """A judge from its command-line name: `oracle`, `oracle:0.2` (error rate), `local:MODEL_DIR`,
-    `http:URL#MODEL` (e.g. `http:http://127.0.0.1:8000/v1#llava-v1.6-34b`)."""
+def make_judge(spec: str, *, seed: int = 0, cache_dir: str | Path | None = None, device: str = "cpu") -> Judge:
+    """A judge from its command-line name: `oracle`, `oracle:0.2` (error rate), `local:MODEL_DIR` (loaded on
+    `device`), `http:URL#MODEL` (e.g. `http:http://127.0.0.1:8000/v1#llava-v1.6-34b`, cached in `cache_dir`)."""
     kind, _, arg = spec.partition(":")
     if kind == "oracle":
         try:
@@ -210,7 +210,7 @@ def make_judge(spec: str, *, seed: int = 0, cache_dir: str | Path | None = None)
         except ValueError as e:
             raise ValueError(f"judge {spec!r}: {e}") from e
     if kind == "local" and arg:
-        return LocalLlavaJudge(arg)
+        return LocalLlavaJudge(arg, device=device)
     if kind == "http" and arg:
         from mmstudy.http_judge import HttpJudge
 

@@ -112,6 +112,14 @@ def test_eval_cli_writes_results_samples_and_a_table(smoke_model, smoke_world, t
     assert rc == 2
 
 
+def test_compare_covers_every_benchmark_of_a_real_run(suite):
+    _, samples = suite
+    result = compare_runs(samples, samples, n_boot=50)
+    paired = {key.split("/")[0] for key in result}
+    assert paired == set(REGISTRY) - {"masked"}
+    assert all(r["diff"] == 0 for r in result.values())
+
+
 def test_compare_runs_pairs_items(tmp_path, capsys):
     a = [{"benchmark": "pope", "split": "random", "question_id": i, "pred": "yes", "label": "yes" if i % 2 else "no"}
          for i in range(40)]
@@ -129,8 +137,8 @@ def test_compare_runs_pairs_items(tmp_path, capsys):
 
 def test_chair_comparison_is_a_ratio_of_sums():
     def sample(h, m):
-        return {"benchmark": "chair", "image_id": m, "chair": {"hallucinated": [("x", "x")] * h,
-                                                               "mentioned": [("x", "x")] * m, "covered": [], "gt": []}}
+        return {"benchmark": "chair", "image_id": m, "reference": {
+            "hallucinated": [("x", "x")] * h, "mentioned": [("x", "x")] * m, "covered": [], "gt": []}}
     a = [sample(1, 1), sample(0, 3)]   # CHAIR_i = 1/4
     b = [sample(0, 1), sample(0, 3)]   # CHAIR_i = 0/4
     r = compare_runs(a, b)["chair/chair_i"]
