@@ -65,7 +65,8 @@ def _amber(samples: Iterable[dict]) -> ItemValues:
     for s in samples:
         if s["task"] == "generative":
             out[s["id"]] = {"chair": (100.0 * s["n_hallucinated"], s["n_nouns"]),
-                            "hal": 100.0 * s["has_hallucination"], "cover": (100.0 * s["n_truth_covered"], s["n_truth"])}
+                            "cover": (100.0 * s["n_truth_covered"], s["n_truth"]),
+                            "hal": 100.0 * s["has_hallucination"]}
         else:
             out[s["id"]] = {"accuracy": 100.0 * s["correct"], "accuracy_first_word": 100.0 * s["correct_first_word"]}
     return out
