@@ -4,6 +4,7 @@ import json
 
 from mmstudy import io
 from mmstudy.benchmarks import amber, llava_bench, mmhal, objhal
+from mmstudy.cli import main
 from mmstudy.judges import JudgeRequest, OracleJudge
 from mmstudy.world import WorldSpec
 from mmstudy.world_benchmarks import write_benchmark_editions
@@ -71,6 +72,7 @@ def test_editions_are_deterministic(smoke_world, tmp_path):
     before = {p.name: p.read_bytes() for p in (smoke_world / "amber").iterdir()}
     before["mmhal"] = (smoke_world / "mmhal" / "response_template.json").read_bytes()
     counts = write_benchmark_editions(smoke_world)
+    assert main(["-q", "world", "--out", str(smoke_world), "--benchmarks-only"]) == 0   # the same through the CLI
     after = {p.name: p.read_bytes() for p in (smoke_world / "amber").iterdir()}
     after["mmhal"] = (smoke_world / "mmhal" / "response_template.json").read_bytes()
     assert before == after
