@@ -82,9 +82,11 @@ def test_oracle_refuses_what_it_cannot_judge():
                                                                                   "scene": None})])
 
 
-def test_make_judge_specs():
+def test_make_judge_specs(tmp_path):
     assert make_judge("oracle").error_rate == 0.0
     assert make_judge("oracle:0.25").error_rate == 0.25
+    http = make_judge("http:http://127.0.0.1:9/v1#llava-v1.6-34b", cache_dir=tmp_path)
+    assert http.name == "http:http://127.0.0.1:9/v1#llava-v1.6-34b" and http.model == "llava-v1.6-34b"
     for bad in ("oracle:2", "gpt4", "local:", "http:"):
         with pytest.raises(ValueError):
             make_judge(bad)

@@ -64,13 +64,13 @@ from __future__ import annotations
 
 import logging
 import math
-import string
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from mmstudy.benchmarks.chair import singularize, tokenize
+from mmstudy.benchmarks.pope import parse_yes_no_strict as parse_first_word  # the named lenient alternative
 from mmstudy.benchmarks.stats import bootstrap_ci
 from mmstudy.io import DataError, check_fields, read_json
 
@@ -574,15 +574,6 @@ def parse_reference(response: str) -> str | None:
     """The reference rule: "yes" only for exactly "Yes", "no" only for exactly "No" (case, spaces, punctuation
     all matter: "No.", "no", " No" and "No, there is not." are unparseable), else None."""
     return {"Yes": "yes", "No": "no"}.get(response)
-
-
-def parse_first_word(response: str) -> str | None:
-    """The named lenient alternative: the first word, lower-cased and stripped of punctuation, if yes/no."""
-    words = response.split()
-    if not words:
-        return None
-    first = words[0].strip(string.punctuation).lower()
-    return first if first in LABELS else None
 
 
 PARSERS: dict[str, Callable[[str], str | None]] = {"reference": parse_reference, "first_word": parse_first_word}

@@ -370,8 +370,9 @@ def _singular_tokens(caption: str, synonyms: Synonyms) -> list[str]:
     return [singularize(t) for t in tokens]
 
 
-def _merge_double_words(words: Sequence[str], table: Mapping[str, str]) -> list[str]:
-    """Left-to-right greedy bigram merge, as the reference's while loop."""
+def merge_double_words(words: Sequence[str], table: Mapping[str, str], keep_singles: bool = True) -> list[str]:
+    """Left-to-right greedy bigram merge, as the reference's while loop; keep_singles=False keeps only the merged
+    words (RLAIF-V's `get_double_words_only`)."""
     merged, i = [], 0
     while i < len(words):
         bigram = " ".join(words[i : i + 2])
@@ -379,7 +380,8 @@ def _merge_double_words(words: Sequence[str], table: Mapping[str, str]) -> list[
             merged.append(table[bigram])
             i += 2
         else:
-            merged.append(words[i])
+            if keep_singles:
+                merged.append(words[i])
             i += 1
     return merged
 
@@ -387,7 +389,7 @@ def _merge_double_words(words: Sequence[str], table: Mapping[str, str]) -> list[
 def caption_words(caption: str, synonyms: Synonyms) -> list[str]:
     """The caption's processed words: lower-case, tokenize, singularize, merge double words, and drop "seat"
     when "toilet" is present (a toilet seat is not a chair), exactly in the reference's order."""
-    words = _merge_double_words(_singular_tokens(caption, synonyms), synonyms.double_words)
+    words = merge_double_words(_singular_tokens(caption, synonyms), synonyms.double_words)
     if "toilet" in words and "seat" in words:
         words = [w for w in words if w != "seat"]
     return words

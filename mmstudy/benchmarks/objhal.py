@@ -407,19 +407,6 @@ def _lemma(token: str, synonyms: chair.Synonyms) -> str:
     return chair.singularize(token)
 
 
-def _double_words_only(words: Sequence[str], table: Mapping[str, str]) -> list[str]:
-    """The reference's `get_double_words_only`: the greedy bigram merge, keeping only the merged words."""
-    found, i = [], 0
-    while i < len(words):
-        bigram = " ".join(words[i : i + 2])
-        if bigram in table:
-            found.append(table[bigram])
-            i += 2
-        else:
-            i += 1
-    return found
-
-
 def _noun_runs(tokens: Sequence[str], lemmas: Sequence[str]) -> list[list[str]]:
     runs, current = [], []
     for token, lemma in zip(tokens, lemmas):
@@ -442,7 +429,7 @@ def phrase_words(phrase: str, synonyms: chair.Synonyms, phrase_match: str = "run
         raise ValueError(f"unknown phrase_match {phrase_match!r}; choose one of {list(PHRASE_MATCHES)}")
     tokens = chair.tokenize(phrase.lower())
     lemmas = [_lemma(t, synonyms) for t in tokens]
-    doubles = _double_words_only(lemmas, synonyms.double_words)
+    doubles = chair.merge_double_words(lemmas, synonyms.double_words, keep_singles=False)
     if doubles:
         return doubles
     runs = _noun_runs(tokens, lemmas)
