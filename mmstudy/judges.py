@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence
@@ -115,7 +116,19 @@ def _oracle_objects(request: JudgeRequest, rng: random.Random, error_rate: float
     return json.dumps(words)
 
 
-ORACLE_RULES = {"mmhal": _oracle_mmhal, "llava_w": _oracle_review, "objects": _oracle_objects}
+def _oracle_pairwise(request: JudgeRequest, rng: random.Random, error_rate: float) -> str:
+    """Prefer fewer false claims, then more of the standard answer's facts; ties go to Response 1."""
+    scene, gt = _scene(request), request.context.get("gt_answer")
+    checks = [oracle.check_answer(r, scene, gt) for r in request.context["responses"]]
+    better = min((0, 1), key=lambda i: (len(checks[i].hallucinations), -checks[i].coverage, i))
+    if rng.random() < error_rate:
+        better = 1 - better
+    found = "; ".join(checks[1 - better].hallucinations) or "it says less about the image"
+    return f"Response {better + 1} is better. The other response is worse: {found}."
+
+
+ORACLE_RULES = {"mmhal": _oracle_mmhal, "llava_w": _oracle_review, "objects": _oracle_objects,
+                "pairwise": _oracle_pairwise}
 
 
 class OracleJudge:
@@ -198,6 +211,56 @@ class LocalLlavaJudge:
                            next(r.error for r in replies if r.text is None))
         self.stats["failures"] += failed
         return replies
+
+
+# ---------------------------------------------------------------- pairwise preferences (the paper's annotator)
+
+# The annotator instruction of Amirloo et al. (arXiv 2407.02477, Table 14; CC BY 4.0). The paper does not give the
+# layout of question and responses nor the parsing: ours puts them after the instruction and takes the first
+# "Response 1" / "Response 2" of the verdict (PAPER.md §2).
+PAIRWISE_INSTRUCTION = (
+    "The most important part of this task is to choose a response that contains less hallucination. Everything in "
+    "the answer should be based on the contents of the image. You are given an image, a question, and two responses. "
+    "If the context is about something practical, a helpful response is a concise response, and not one with "
+    "irrelevant questions and comments. You are an expert annotator, and you rate the answer with less "
+    "hallucination and more helpful information about the image as the better answer. Less hallucination means "
+    "every object or attribute of the object, like color and relationship, is described accurately and as it "
+    "appears in the image. If something is ambiguous in the image, the answer should avoid including any details "
+    "that are not clearly visible in the image. In your response, you should generate an answer where you indicate "
+    "whether Response 1 or Response 2 is better and explain the reason."
+)
+_PREFERENCE = re.compile(r"response\s*([12])", re.IGNORECASE)
+
+
+def pairwise_prompt(question: str, first: str, second: str) -> str:
+    return f"{PAIRWISE_INSTRUCTION}\n\nQuestion: {question}\nResponse 1: {first}\nResponse 2: {second}"
+
+
+def parse_preference(text: str | None) -> int | None:
+    """0 if the verdict prefers Response 1, 1 for Response 2 (its first mention decides), None if neither."""
+    match = _PREFERENCE.search(text or "")
+    return int(match.group(1)) - 1 if match else None
+
+
+def judge_pairs(judge: Judge, pairs: Sequence[Mapping], seed: int = 0) -> list[int | None]:
+    """Which response of each pair the judge prefers: 0 (`a`), 1 (`b`) or None (judge failure or no verdict).
+
+    pairs[i] holds key, question, a, b and optionally image and context (ground truth for the oracle). The order
+    shown to the judge is randomized per pair (seeded by (seed, key)) against position bias, and mapped back.
+    """
+    requests, swapped = [], []
+    for p in pairs:
+        swap = random.Random(derive_seed(seed, "pairwise", p["key"])).random() < 0.5
+        first, second = (p["b"], p["a"]) if swap else (p["a"], p["b"])
+        context = {**p.get("context", {}), "responses": [first, second]}
+        requests.append(JudgeRequest(pairwise_prompt(p["question"], first, second), image=p.get("image"),
+                                     task="pairwise", key=str(p["key"]), context=context))
+        swapped.append(swap)
+    out = []
+    for reply, swap in zip(judge.complete(requests), swapped):
+        shown = parse_preference(reply.text)
+        out.append(None if shown is None else shown ^ int(swap))
+    return out
 
 
 def make_judge(spec: str, *, seed: int = 0, cache_dir: str | Path | None = None, device: str = "cpu") -> Judge:

@@ -6,7 +6,15 @@ import pytest
 
 from mmstudy import oracle
 from mmstudy.benchmarks import mmhal
-from mmstudy.judges import JudgeRequest, LocalLlavaJudge, OracleJudge, make_judge
+from mmstudy.judges import (
+    JudgeReply,
+    JudgeRequest,
+    LocalLlavaJudge,
+    OracleJudge,
+    judge_pairs,
+    make_judge,
+    parse_preference,
+)
 from mmstudy.world import Scene, SceneObject
 
 SCENE = Scene("val_000001", "val", "kitchen", [
@@ -75,8 +83,8 @@ def test_oracle_error_rate_is_seeded_and_roughly_right():
 
 
 def test_oracle_refuses_what_it_cannot_judge():
-    with pytest.raises(ValueError, match="no rule for task 'pairwise'"):
-        OracleJudge().complete([JudgeRequest("p", task="pairwise")])
+    with pytest.raises(ValueError, match="no rule for task 'ranking'"):
+        OracleJudge().complete([JudgeRequest("p", task="ranking")])
     with pytest.raises(ValueError, match="needs world ground truth"):
         OracleJudge().complete([JudgeRequest("p", task="mmhal", key="k", context={"answer": "a", "gt_answer": "b",
                                                                                   "scene": None})])
@@ -115,3 +123,37 @@ def test_nothing_claimed_where_an_object_is():
     assert oracle.check_answer("There is nothing in the center.", SCENE).hallucinations == [
         "there is a knife center, not nothing"]
     assert oracle.check_answer("There is nothing at the bottom.", SCENE).hallucinations == []
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Response 2 is better because Response 1 mentions a cup.", 1),
+    ("I prefer response 1.", 0),
+    ("Both are fine.", None),
+    (None, None),
+])
+def test_parse_preference(text, expected):
+    assert parse_preference(text) == expected
+
+
+def test_judge_pairs_randomizes_order_and_maps_back():
+    grounded, hallucinated = "There is a knife in the center.", "There is a cup in the center."
+    pairs = [{"key": i, "question": "What is in the center?", "a": hallucinated, "b": grounded,
+              "context": {"scene": SCENE.to_record(), "gt_answer": grounded}} for i in range(200)]
+    judge = OracleJudge()
+    assert judge_pairs(judge, pairs, seed=3) == [1] * 200                      # always the grounded one
+    shown = [r.context["responses"][0] == grounded for r in _captured_requests(pairs, seed=3)]
+    assert 0.35 < sum(shown) / len(shown) < 0.65                              # shown first about half the time
+    noisy = judge_pairs(OracleJudge(0.3, seed=1), pairs, seed=3)
+    assert 0.2 < noisy.count(0) / len(noisy) < 0.4                            # a weaker annotator errs ~30 %
+
+
+def _captured_requests(pairs, seed):
+    class Capture:
+        name, stats = "capture", {}
+
+        def complete(self, requests):
+            self.requests = list(requests)
+            return [JudgeReply("Response 1") for _ in requests]
+    capture = Capture()
+    judge_pairs(capture, pairs, seed=seed)
+    return capture.requests
