@@ -57,11 +57,24 @@ def _run_mmhal(model, processor, ctx: EvalContext, name: str, with_image: bool) 
     pics = [images.get(f, f"{path}, record {i}") for i, f in enumerate(files)]
     logger.info("%s: %d questions", name, len(items))
     answers = answer_questions(model, processor, ctx, pics, [it["question"] for it in items], name)
+    metrics, replies, ratings = judge_mmhal(ctx, name, items, answers, images if with_image else None)
+    samples = [{"benchmark": name, "index": i, "image": f, "question_type": it["question_type"],
+                "question": it["question"], "gt_answer": it["gt_answer"], "answer": a, "judge_text": r.text,
+                "judge_error": r.error, "rating": rating}
+               for i, (it, f, a, r, rating) in enumerate(zip(items, files, answers, replies, ratings))]
+    return metrics, samples
+
+
+def judge_mmhal(ctx: EvalContext, name: str, items: list[dict], answers: list[str], images: ImageCache | None):
+    """Rate `answers` to MMHal `items` with the reference prompt (the image attached when `images` is given: MMHal-V)
+    -> (metrics in both modes: `<name>/...` strict, `<name>/reference/...`; the replies; the parsed ratings)."""
     scenes = ctx.scenes()
-    requests = [JudgeRequest(mmhal_lib.judge_prompt(it, a), image=images.path(f) if with_image else None,
-                             task="mmhal", key=f"{name}/{i}",
-                             context={"answer": a, "gt_answer": it["gt_answer"], "scene": scenes.get(f)})
-                for i, (it, a, f) in enumerate(zip(items, answers, files))]
+    requests = []
+    for i, (it, a) in enumerate(zip(items, answers)):
+        f = mmhal_lib.image_file(it)
+        requests.append(JudgeRequest(mmhal_lib.judge_prompt(it, a), image=images.path(f) if images else None,
+                                     task="mmhal", key=f"{name}/{i}",
+                                     context={"answer": a, "gt_answer": it["gt_answer"], "scene": scenes.get(f)}))
     replies, metrics = ask_judge(ctx, name, requests)
     ratings = [mmhal_lib.parse_rating(r.text) for r in replies]
     failed = [r.text is None for r in replies]
@@ -69,11 +82,7 @@ def _run_mmhal(model, processor, ctx: EvalContext, name: str, with_image: bool) 
     for mode, prefix in (("strict", name), ("reference", f"{name}/reference")):
         scored = mmhal_lib.mmhal_metrics(ratings, types, failed, mode=mode)
         metrics.update({f"{prefix}/{k}": v for k, v in scored.items()})
-    samples = [{"benchmark": name, "index": i, "image": f, "question_type": it["question_type"],
-                "question": it["question"], "gt_answer": it["gt_answer"], "answer": a, "judge_text": r.text,
-                "judge_error": r.error, "rating": rating}
-               for i, (it, f, a, r, rating) in enumerate(zip(items, files, answers, replies, ratings))]
-    return metrics, samples
+    return metrics, replies, ratings
 
 
 def run_mmhal(model, processor, ctx: EvalContext) -> tuple[dict, list[dict]]:
@@ -223,9 +232,9 @@ def score_objhal_file(answers_path, coco_dir, questions_path=None, synonyms_path
 
 
 def score_mmhal_file(responses_path, judge, image_dir=None, world_dir=None, with_image: bool = False) -> dict:
-    """MMHal metrics (both modes) of a filled-in `response_template.json` (items with `model_answer`), judged by
-    `judge`; `with_image` attaches each image (MMHal-V; needs `image_dir`). `world_dir` gives the oracle its
-    ground truth for world items."""
+    """MMHal metrics (`mmhal/...` strict, `mmhal/reference/...`) of a filled-in `response_template.json` (items with
+    `model_answer`), judged by `judge`; `with_image` attaches each image (MMHal-V; needs `image_dir`). `world_dir`
+    gives the oracle its ground truth for world items."""
     items = mmhal_lib.load_mmhal(responses_path)
     unanswered = [i for i, it in enumerate(items) if not isinstance(it.get("model_answer"), str)]
     if unanswered:
@@ -233,16 +242,7 @@ def score_mmhal_file(responses_path, judge, image_dir=None, world_dir=None, with
     if with_image and image_dir is None:
         raise ValueError("MMHal-V needs the images: give image_dir (--images)")
     ctx = EvalContext(Path(world_dir) if world_dir else Path(responses_path).parent,
-                      ImageCache(Path(image_dir or ".")), judge=judge)
-    scenes = ctx.scenes() if world_dir else {}
-    requests = [JudgeRequest(mmhal_lib.judge_prompt(it, it["model_answer"]), task="mmhal", key=f"mmhal/{i}",
-                             image=ctx.images.path(mmhal_lib.image_file(it)) if with_image else None,
-                             context={"answer": it["model_answer"], "gt_answer": it["gt_answer"],
-                                      "scene": scenes.get(mmhal_lib.image_file(it))})
-                for i, it in enumerate(items)]
-    replies, metrics = ask_judge(ctx, "mmhal", requests)
-    ratings, failed = [mmhal_lib.parse_rating(r.text) for r in replies], [r.text is None for r in replies]
-    types = [it["question_type"] for it in items]
-    for mode in mmhal_lib.MODES:
-        metrics.update({f"{mode}/{k}": v for k, v in mmhal_lib.mmhal_metrics(ratings, types, failed, mode).items()})
+                      ImageCache(Path(image_dir or ".")), judge=judge, _scenes=None if world_dir else {})
+    metrics, _, _ = judge_mmhal(ctx, "mmhal", items, [it["model_answer"] for it in items],
+                                ctx.images if with_image else None)
     return metrics

@@ -174,7 +174,7 @@ def test_score_cli_for_the_new_benchmarks(smoke_world, tmp_path, capsys):
     assert main(["-q", "score", "mmhal", "--responses", str(tmp_path / "mmhal.json"), "--judge", "oracle",
                  "--world", str(smoke_world), "--out", str(tmp_path / "m.json")]) == 0
     m = io.read_json(tmp_path / "m.json")
-    assert m["strict/hallucination_rate"] == 0.0 and m["strict/score"] >= 5
+    assert m["mmhal/hallucination_rate"] == 0.0 and m["mmhal/score"] >= 5 and m["mmhal/reference/n"] == len(items)
     # Object HalBench: answers in RLAIF-V's format (image_id taken from the question file by line)
     questions = io.read_jsonl(smoke_world / "objhal" / "obj_halbench_300_with_image.jsonl")
     io.write_jsonl(tmp_path / "objhal.jsonl", [{"question_id": i, "prompt": q["question"],
