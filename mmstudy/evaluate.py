@@ -66,8 +66,7 @@ _POPE_STATISTICS = {  # over rows (predicted yes, label yes)
 def pope_intervals(preds: list, questions: list[dict]) -> dict:
     """95 % bootstrap intervals over questions of POPE accuracy, F1 and yes-ratio, from parsed predictions (an
     unparseable None counts as a wrong "no", as in `pope_metrics`)."""
-    rows = np.array([[p == "yes", q["label"] == "yes"] for p, q in zip(preds, questions)], dtype=bool)
-    rows = rows.reshape(-1, 2)
+    rows = np.array([[p == "yes", q["label"] == "yes"] for p, q in zip(preds, questions)], dtype=bool).reshape(-1, 2)
     correct = np.array([p == q["label"] for p, q in zip(preds, questions)], dtype=float)
     out = {name: bootstrap_ci(rows, stat) for name, stat in _POPE_STATISTICS.items() if name != "accuracy"}
     return {"accuracy": bootstrap_ci(correct), **out}
@@ -138,11 +137,20 @@ def answer_questions(model, processor, ctx: EvalContext, images, questions: Sequ
                     image_keep=image_keep, stop_after=stop, progress=ctx.progress)
 
 
+def pope_split_file(pope_dir: Path, split: str) -> Path:
+    """The one `<prefix>_pope_<split>.json` in `pope_dir` (world_pope_..., or the release's coco_pope_...)."""
+    found = sorted(pope_dir.glob(f"*_pope_{split}.json"))
+    if len(found) != 1:
+        raise io.DataError(f"{pope_dir}: expected one *_pope_{split}.json (e.g. coco_pope_{split}.json), found "
+                           f"{[p.name for p in found] or 'none'}")
+    return found[0]
+
+
 def run_pope(model, processor, ctx: EvalContext) -> tuple[dict, list[dict]]:
     """POPE on the three splits (reference answer parsing); metrics keyed pope/<split>/<metric>."""
     metrics, samples, per_split = {}, [], {}
     for split in POPE_SPLITS:
-        path = ctx.data_dir / "pope" / f"world_pope_{split}.json"
+        path = pope_split_file(ctx.data_dir / "pope", split)
         questions = pope_lib.load_pope_questions(path)[:ctx.limit]
         pics = [ctx.images.get(q["image"], f"{path}, question_id {q['question_id']}") for q in questions]
         logger.info("POPE %s: %d questions", split, len(questions))

@@ -184,3 +184,20 @@ def test_score_cli_for_the_new_benchmarks(smoke_world, tmp_path, capsys):
                  str(smoke_world / "annotations"), "--synonyms", str(smoke_world / "synonyms.txt")]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["n_responses"] == len(questions) and 0 < m["object_hallucination"] <= 1
+
+
+def test_pope_reads_the_release_file_names(smoke_model, smoke_world, tmp_path):
+    """A data directory holding POPE as released (coco_pope_<split>.json) works like the world's files."""
+    import shutil
+
+    model, processor, _ = smoke_model
+    data = tmp_path / "data"
+    shutil.copytree(smoke_world / "images", data / "images")
+    (data / "pope").mkdir()
+    for split in ("random", "popular", "adversarial"):
+        shutil.copy(smoke_world / "pope" / f"world_pope_{split}.json", data / "pope" / f"coco_pope_{split}.json")
+    metrics, _ = evaluate(model, processor, data, ("pope",), limit=4, progress=False)
+    assert "pope/adversarial/accuracy" in metrics
+    shutil.copy(data / "pope" / "coco_pope_random.json", data / "pope" / "world_pope_random.json")
+    with pytest.raises(io.DataError, match="expected one \\*_pope_random.json"):
+        evaluate(model, processor, data, ("pope",), limit=4, progress=False)

@@ -42,7 +42,8 @@ class BenchmarkSpec:
 _SPECS = (
     BenchmarkSpec("pope", POPE_VERSION, "POPE yes/no object probing, random / popular / adversarial splits",
                   "each question's text ('Is there a {object} in the image?')", 16, ".", False,
-                  ("pope/world_pope_random.json", "pope/world_pope_popular.json", "pope/world_pope_adversarial.json"),
+                  ("pope/<prefix>_pope_random.json", "pope/<prefix>_pope_popular.json",
+                   "pope/<prefix>_pope_adversarial.json"),
                   "mmstudy.benchmarks.pope:score_pope",
                   ("pope/random/accuracy", "pope/popular/accuracy", "pope/adversarial/accuracy", "pope/macro/f1",
                    "pope/macro/yes_ratio")),
