@@ -7,6 +7,7 @@
     mmstudy score pope --questions world/pope/world_pope_random.json --answers answers.jsonl
     mmstudy score chair --captions captions.json --coco-annotations world/annotations --synonyms world/synonyms.txt
     mmstudy compare runs/base/samples.jsonl runs/aligned/samples.jsonl
+    mmstudy bdhs --model models/base --sft world/llava_instruct_train.json --image-root world/images --out prefs.jsonl
 """
 
 from __future__ import annotations
@@ -115,6 +116,43 @@ def _score(args) -> None:
         print(json.dumps(metrics, indent=1, sort_keys=True))  # noqa: T201 (the command's output)
 
 
+def _bdhs(args) -> None:
+    from mmstudy.bdhs import BDHSConfig, ImageLoader, SentenceEmbedder, load_examples, model_fingerprint, run_bdhs
+    from mmstudy.model import load_llava
+    from mmstudy.runs import build_manifest
+
+    cfg = BDHSConfig(variant=args.variant, rho_th=args.rho, iterations=args.iterations, epsilon=args.epsilon,
+                     noise_steps=args.noise_steps, max_sentence_tokens=args.max_sentence_tokens, seed=args.seed)
+    examples = load_examples(args.sft, args.image_root, n=args.n, seed=args.seed)
+    model, processor = load_llava(args.model, device=args.device)
+    embedder = SentenceEmbedder(args.embedder, device=args.device)
+    provenance = {"model": str(args.model), "model_revision": model_fingerprint(args.model), "embedder": embedder.name}
+    stats = run_bdhs(model, processor, examples, cfg, embedder, ImageLoader(args.image_root), args.out, provenance,
+                     batch_size=args.batch_size, progress=not args.quiet)
+    out = Path(args.out)
+    if args.world is not None:
+        from mmstudy.oracle import pair_report
+        from mmstudy.world_files import load_scenes, load_world_info
+
+        scenes = {f"{s.image_id}.png": s for s in load_scenes(args.world)}
+        wanted = {ex.id for ex in examples}
+        stats["world"] = pair_report([r for r in io.read_jsonl(out) if r["id"] in wanted], scenes,
+                                     load_world_info(args.world)["cooccurrence"]["p_given"])
+        logger.info("against the world's ground truth: %s", {k: v for k, v in stats["world"].items()
+                                                              if k != "top_hallucinated"})
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
+    params["config_hash"] = cfg.config_hash()
+    io.write_json(out.with_name(out.stem + ".stats.json"),
+                  {"stats": stats, "manifest": build_manifest(args.seed, " ".join(sys.argv), params)})
+    from mmstudy.plots import bdhs_figure
+
+    with io.atomic_path(out.with_name(out.stem + ".stats.png")) as tmp:
+        bdhs_figure(stats).savefig(tmp, dpi=120, format="png")
+    logger.info("%s: %d pairs; accepted after each iteration: %s; mean similarity %.3f, length ratio %.2f", out,
+                stats["n"], [round(a, 3) for a in stats["accepted_share_after_iteration"]],
+                stats["similarity_mean"], stats["length_ratio_mean"])
+
+
 def _pope_build(args) -> None:
     from mmstudy.benchmarks.pope import SPLITS, build_pope_questions, load_coco_objects
 
@@ -213,6 +251,29 @@ def build_parser() -> argparse.ArgumentParser:
     for b in bench.choices.values():
         b.add_argument("--out", type=Path, default=None, help="write the metrics here instead of stdout")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("bdhs", help="BDHS: rejected responses from the model with its image attention masked")
+    p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint directory")
+    p.add_argument("--sft", required=True, type=Path, help="LLaVA-Instruct JSON: prompts, images and y+")
+    p.add_argument("--image-root", required=True, type=Path, help="directory the records' images are relative to")
+    p.add_argument("--out", required=True, type=Path, help="preference JSON lines (rerun to resume); "
+                   "statistics go to <out stem>.stats.json")
+    p.add_argument("--n", type=int, default=None, help="a seeded random subset of N examples (default: all)")
+    p.add_argument("--variant", default="attn", choices=["attn", "noise", "unguided", "povid"])
+    p.add_argument("--rho", type=float, default=0.99, help="masking threshold rho_th (keep token iff u >= rho)")
+    p.add_argument("--iterations", type=int, default=5, help="N_BDHS; the last one is unguided when > 1")
+    p.add_argument("--epsilon", type=float, default=0.97, help="accept when cosine(y-, y+) < epsilon")
+    p.add_argument("--noise-steps", type=int, default=500, help="diffusion steps (noise and povid variants)")
+    p.add_argument("--max-sentence-tokens", type=int, default=48)
+    p.add_argument("--embedder", type=Path, default=None,
+                   help="sentence-transformers directory (default: the packaged all-MiniLM-L6-v2; the paper used "
+                        "all-mpnet-base-v2)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world", type=Path, default=None,
+                   help="world directory: also check the rejected responses against its ground truth")
+    p.set_defaults(func=_bdhs)
 
     p = sub.add_parser("pope-build", help="build POPE's three splits from COCO instance annotations")
     p.add_argument("--coco-annotations", required=True, type=Path, help="e.g. instances_val2014.json")

@@ -15,7 +15,7 @@ derive them from the mask's cumsum and shift them).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -28,6 +28,8 @@ from mmstudy.model import image_token_id
 from mmstudy.runs import derive_seed
 
 logger = logging.getLogger(__name__)
+
+PixelTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def chat_prompt(processor: ProcessorMixin, question: str) -> str:
@@ -122,7 +124,8 @@ def generate(
     temperature: float = 1.0,
     seed: int = 0,
     use_cache: bool = True,
-    stop_after: str | None = None,
+    stop_after: str | Sequence[str] | None = None,
+    pixel_transforms: Sequence[PixelTransform | None] | None = None,
     progress: bool = True,
 ) -> list[str]:
     """Answer each (image, prompt) pair; returns the decoded answers (special tokens stripped), in input order.
@@ -130,12 +133,16 @@ def generate(
     Batches of `batch_size` are left-padded and decoded with the KV cache (`use_cache=False` is for checks only).
     `image_keep[i]` (a bool vector over the image tokens of example i, e.g. from `sample_image_keep`) hides the
     image tokens marked False from the LM.
-    `stop_after` ends each answer at the first token whose text contains it (e.g. "." for POPE, whose parser reads
-    only the text before the first period), so no answer is longer than the protocol needs.
+    `stop_after` ends each answer at the first token whose text contains it, or any of them (e.g. "." for POPE,
+    whose parser reads only the text before the first period), so no answer is longer than the protocol needs.
+    `pixel_transforms[i]` (e.g. BDHS_noise's diffusion noise) maps example i's preprocessed pixel values to the ones
+    the model sees.
     With `do_sample`, batch j is sampled with the torch seed `derive_seed(seed, j)`: an answer is reproducible
     for a fixed seed and a fixed batch composition (same examples, same order, same batch_size), not across them.
     """
     _check_generate_args(images, prompts, image_keep, batch_size, max_new_tokens, temperature)
+    if pixel_transforms is not None and len(pixel_transforms) != len(prompts):
+        raise ValueError(f"pixel_transforms has {len(pixel_transforms)} entries for {len(prompts)} prompts")
     token = image_token_id(model)
     answers: list[str] = []
     starts = range(0, len(prompts), batch_size)
@@ -143,6 +150,8 @@ def generate(
         stop = start + batch_size
         keep = None if image_keep is None else image_keep[start:stop]
         inputs = prepare_inputs(processor, images[start:stop], prompts[start:stop], keep, image_token=token)
+        if pixel_transforms is not None:
+            inputs["pixel_values"] = transform_pixels(inputs["pixel_values"], pixel_transforms[start:stop])
         gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "use_cache": use_cache}
         if stop_after is not None:
             gen_kwargs["stopping_criteria"] = StoppingCriteriaList([StopAfterTokens(processor.tokenizer, stop_after)])
@@ -153,13 +162,27 @@ def generate(
     return answers
 
 
-class StopAfterTokens(StoppingCriteria):
-    """Marks a sequence done once its last token's text contains `text` (per row; finished rows are padded)."""
+def transform_pixels(pixel_values: torch.Tensor, transforms: Sequence[PixelTransform | None]) -> torch.Tensor:
+    """Apply transforms[b] to example b's pixel values (first dimension; any layout: LLaVA 1.5 (B, C, H, W) or
+    LLaVA-NeXT's (B, crops, C, H, W)); None leaves an example as it is."""
+    if len(transforms) != pixel_values.shape[0]:
+        raise ValueError(f"{len(transforms)} pixel transforms for a batch of {pixel_values.shape[0]} images")
+    out = pixel_values.clone()
+    for b, fn in enumerate(transforms):
+        if fn is not None:
+            out[b] = fn(pixel_values[b])
+    return out
 
-    def __init__(self, tokenizer, text: str):
-        self.ids = _tokens_containing(tokenizer, text)
+
+class StopAfterTokens(StoppingCriteria):
+    """Marks a sequence done once its last token's text contains one of `texts` (per row; finished rows are
+    padded)."""
+
+    def __init__(self, tokenizer, texts: str | Sequence[str]):
+        texts = (texts,) if isinstance(texts, str) else tuple(texts)
+        self.ids = torch.unique(torch.cat([tokens_containing(tokenizer, t) for t in texts]))
         if not len(self.ids):
-            raise ValueError(f"no token of the tokenizer contains {text!r}: cannot stop on it")
+            raise ValueError(f"no token of the tokenizer contains any of {texts!r}: cannot stop on them")
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         return torch.isin(input_ids[:, -1], self.ids.to(input_ids.device))
@@ -168,7 +191,8 @@ class StopAfterTokens(StoppingCriteria):
 _STOP_IDS: dict = {}
 
 
-def _tokens_containing(tokenizer, text: str) -> torch.Tensor:
+def tokens_containing(tokenizer, text: str) -> torch.Tensor:
+    """Ids of every vocabulary token whose text contains `text` (cached per tokenizer)."""
     key = (id(tokenizer), text)
     if key not in _STOP_IDS:
         vocab = tokenizer.get_vocab()
@@ -188,12 +212,18 @@ def _check_generate_args(images, prompts, image_keep, batch_size, max_new_tokens
         raise ValueError(f"temperature must be > 0, got {temperature} (use do_sample=False for greedy decoding)")
 
 
-@torch.no_grad()
-def _generate_batch(model: PreTrainedModel, inputs: dict, seed: int, **gen_kwargs) -> torch.Tensor:
-    """Run `model.generate` on one prepared batch under its own RNG seed -> new tokens (B, <= max_new_tokens)."""
+def to_model(inputs: dict, model: PreTrainedModel) -> dict:
+    """Model inputs on the model's device, floating pixel values in its dtype."""
     inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    return inputs
+
+
+@torch.no_grad()
+def _generate_batch(model: PreTrainedModel, inputs: dict, seed: int, **gen_kwargs) -> torch.Tensor:
+    """Run `model.generate` on one prepared batch under its own RNG seed -> new tokens (B, <= max_new_tokens)."""
+    inputs = to_model(inputs, model)
     devices = [model.device] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

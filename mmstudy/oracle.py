@@ -171,3 +171,40 @@ def objects_verdict(answer: str) -> str:
     """A JSON list of the objects the answer names, as the words it uses (Object HalBench's extractor output)."""
     words = list(dict.fromkeys(w for w, _ in chair_lib.extract_objects(answer, world_synonyms())))
     return json.dumps(words)
+
+
+def pair_report(records: list[dict], scenes: dict[str, Scene], p_given: dict, threshold: float = 0.3) -> dict:
+    """How the rejected responses of preference pairs on world images hallucinate, against the ground truth.
+
+    records: pairs with "image" (a world file name) and "rejected" (and "chosen"); scenes: by image file name;
+    p_given: the world's co-occurrence table P(b | a). Returns the share of rejected responses with >= 1 false
+    claim (`oracle.check_answer`), CHAIR_i of their object mentions, the share of hallucinated objects that co-occur
+    (P >= threshold) with an object that is present, that share for every absent class (chance), and the most
+    frequent hallucinated objects. The same false-claim share of the chosen responses is a sanity check (0 on the
+    world's own y+)."""
+    from mmstudy.evaluate import cooccurrence_shares
+
+    rows, claims, chosen_claims = [], 0, 0
+    for r in records:
+        scene = scenes[r["image"]]
+        present = set(scene.classes())
+        mentioned = chair_lib.extract_objects(r["rejected"], world_synonyms())
+        rows.append({"mentioned": mentioned, "hallucinated": [(w, c) for w, c in mentioned if c not in present],
+                     "gt": sorted(present)})
+        claims += oracle_claims(r["rejected"], scene)
+        chosen_claims += oracle_claims(r.get("chosen", ""), scene)
+    n, n_mentions = len(records), sum(len(r["mentioned"]) for r in rows)
+    top: dict[str, int] = {}
+    for r in rows:
+        for _, cls in r["hallucinated"]:
+            top[cls] = top.get(cls, 0) + 1
+    return {"n": n, "hallucinated_share": claims / n if n else float("nan"),
+            "chosen_hallucinated_share": chosen_claims / n if n else float("nan"),
+            "chair_i": sum(len(r["hallucinated"]) for r in rows) / n_mentions if n_mentions else 0.0,
+            **cooccurrence_shares(rows, p_given, threshold),
+            "top_hallucinated": dict(sorted(top.items(), key=lambda kv: -kv[1])[:8])}
+
+
+def oracle_claims(text: str, scene: Scene) -> int:
+    """1 if `text` makes at least one false claim about `scene`, else 0."""
+    return int(check_answer(text, scene).hallucinated) if text else 0
