@@ -153,6 +153,34 @@ def _bdhs(args) -> None:
                 stats["similarity_mean"], stats["length_ratio_mean"])
 
 
+def _train_dpo(args) -> None:
+    from mmstudy.dpo import DPOTrainConfig, train_dpo
+    from mmstudy.preferences import load_preferences
+    from mmstudy.runs import build_manifest
+
+    cfg = DPOTrainConfig(loss=args.loss, beta=args.beta, gamma=args.gamma, lora_r=args.lora_r,
+                         lora_alpha=args.lora_alpha, lr=args.lr, projector_lr=args.projector_lr,
+                         train_vision=args.train_vision, train_projector=not args.freeze_projector,
+                         train_lm=not args.freeze_lm, epochs=args.epochs, batch_size=args.batch_size,
+                         max_length=args.max_length, on_too_long=args.on_too_long, precompute_ref=args.precompute_ref,
+                         checkpoint_every=args.checkpoint_every, merge=not args.adapter_only, seed=args.seed)
+    pairs = load_preferences(args.prefs, image_root=args.image_root)
+    summary = train_dpo(args.model, pairs, cfg, args.out, args.image_root, device=args.device,
+                        progress=not args.quiet)
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
+    io.write_json(Path(args.out) / "manifest.json", build_manifest(args.seed, " ".join(sys.argv), params))
+    logger.info("trained %d steps on %d pairs; model in %s", summary["steps"], summary["pairs"],
+                Path(args.out) / "model")
+
+
+def _world_prefs(args) -> None:
+    from mmstudy.world_prefs import povid_like_pairs
+
+    pairs = povid_like_pairs(args.world, n=args.n, seed=args.seed)
+    io.write_jsonl(args.out, pairs)
+    logger.info("wrote %d POVID-like pairs to %s", len(pairs), args.out)
+
+
 def _pope_build(args) -> None:
     from mmstudy.benchmarks.pope import SPLITS, build_pope_questions, load_coco_objects
 
@@ -274,6 +302,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", type=Path, default=None,
                    help="world directory: also check the rejected responses against its ground truth")
     p.set_defaults(func=_bdhs)
+
+    p = sub.add_parser("train-dpo", help="offline preference training: DPO, IPO, SLiC or Avg-DPO, LoRA or full")
+    p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint directory")
+    p.add_argument("--prefs", required=True, type=Path, help="preference JSON lines (mmstudy's schema)")
+    p.add_argument("--image-root", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="run directory: metrics.jsonl, checkpoints/, model/")
+    p.add_argument("--loss", default="dpo", choices=["dpo", "ipo", "slic", "avg_dpo"])
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--gamma", type=float, default=0.5, help="Avg-DPO weight of 'rejected' against 'rejected_2'")
+    p.add_argument("--lora-r", type=int, default=128, help="0: full fine-tuning")
+    p.add_argument("--lora-alpha", type=int, default=256)
+    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--projector-lr", type=float, default=2e-5)
+    p.add_argument("--freeze-projector", action="store_true")
+    p.add_argument("--freeze-lm", action="store_true")
+    p.add_argument("--train-vision", action="store_true")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--on-too-long", default="error", choices=["error", "skip"])
+    p.add_argument("--precompute-ref", action="store_true", help="reference log-probs once per dataset")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--adapter-only", action="store_true", help="save the LoRA adapter instead of merged weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_dpo)
+
+    p = sub.add_parser("world-prefs", help="POVID-like preference pairs on the world (ground truth vs corrupted)")
+    p.add_argument("--world", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="preference JSON lines")
+    p.add_argument("--n", type=int, default=None, help="number of pairs (default: every record that admits one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_world_prefs)
 
     p = sub.add_parser("pope-build", help="build POPE's three splits from COCO instance annotations")
     p.add_argument("--coco-annotations", required=True, type=Path, help="e.g. instances_val2014.json")

@@ -1,0 +1,448 @@
+"""Offline preference training (DPO, IPO, SLiC, Avg-DPO) of LLaVA models: a small loop of our own on `accelerate`.
+
+    model      the tiny world LLaVA or any local LLaVA 1.5 / 1.6 checkpoint (`mmstudy.model.load_llava`)
+    trainable  LoRA on the language model through peft (rank, alpha, target regex; the paper: r 128, alpha 256),
+               or full fine-tuning (`lora_r=0`); the projector trainable at its own learning rate; explicit
+               flags for vision tower, projector and language model
+    reference  under LoRA the same model with its adapters disabled (no second copy); under full fine-tuning a
+               frozen copy; optionally precomputed once per dataset (`precompute_ref`), which removes a forward
+               pass per step
+    batches    each pair's image goes through the vision tower and projector once; its features are scattered
+               into the chosen and the rejected (and second rejected) sequences
+    lengths    never truncated: a pair longer than `max_length` is an error, or skipped and counted
+               (`on_too_long="skip"`)
+    runs       namespaced metrics per step in metrics.jsonl, checkpoints every `checkpoint_every` steps, exact
+               resume from the last one, the result saved as a Hugging Face directory (merged or adapter)
+
+Launch: `mmstudy train-dpo ...` on CPU or one GPU; `accelerate launch -m mmstudy train-dpo ...` on several GPUs
+(DDP, or FSDP / DeepSpeed through `accelerate config`). Each process takes its share of every global batch.
+
+    >>> summary = train_dpo("models/base", pairs, DPOTrainConfig(loss="dpo", beta=0.1), "runs/dpo", image_root)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmstudy import io
+from mmstudy.generation import chat_prompt
+from mmstudy.losses import LOSSES, OBJECTIVES, avg_dpo_loss
+from mmstudy.model import LORA_TARGET_REGEX, load_llava, save_llava
+
+logger = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class DPOTrainConfig:
+    loss: str = "dpo"                  # dpo | ipo | slic | avg_dpo
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    gamma: float = 0.5                 # Avg-DPO weight of the first rejected response
+    lora_r: int = 128                  # 0: full fine-tuning
+    lora_alpha: int = 256
+    lora_dropout: float = 0.0
+    lora_target: str = LORA_TARGET_REGEX
+    lr: float = 5e-6
+    projector_lr: float = 2e-5
+    train_vision: bool = False
+    train_projector: bool = True
+    train_lm: bool = True
+    epochs: int = 3
+    batch_size: int = 8                # pairs per optimizer step (over all processes)
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int | None = None      # None: the language model's context
+    on_too_long: str = "error"         # error | skip
+    precompute_ref: bool = False
+    checkpoint_every: int = 50         # optimizer steps; 0: only at the end
+    keep_checkpoints: int = 2
+    merge: bool = True                 # save LoRA merged into the weights (else the adapter beside the base)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.loss not in OBJECTIVES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose from {list(OBJECTIVES)}")
+        if self.on_too_long not in ("error", "skip"):
+            raise ValueError(f"on_too_long must be 'error' or 'skip', got {self.on_too_long!r}")
+        if self.beta <= 0 or self.lr <= 0 or self.projector_lr <= 0:
+            raise ValueError("beta, lr and projector_lr must be > 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.lora_r < 0:
+            raise ValueError("epochs and batch_size must be >= 1, lora_r >= 0")
+        if not (self.train_vision or self.train_projector or self.train_lm):
+            raise ValueError("nothing to train: enable at least one of train_vision, train_projector, train_lm")
+        if self.lora_r > 0 and not self.train_lm:
+            raise ValueError("LoRA adapts the language model: with train_lm=False use lora_r=0 (full fine-tuning "
+                             "of the parts the flags enable)")
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class EncodedPair:
+    id: str
+    pixel_values: torch.Tensor        # (1, ...) the processor's output for the pair's image
+    image_sizes: torch.Tensor | None
+    prompt_ids: list[int]             # chat prompt with the image tokens expanded
+    responses: list[list[int]]        # chosen, rejected[, rejected_2], each ending with EOS
+
+
+def encode_pairs(processor, pairs: Sequence[dict], image_root: str | Path, max_length: int,
+                 on_too_long: str, need_second: bool) -> tuple[list[EncodedPair], int]:
+    """Tokenize every pair once; returns (encoded pairs, number skipped as too long)."""
+    tok = processor.tokenizer
+    encoded, skipped = [], 0
+    for i, p in enumerate(pairs):
+        where = f"pair {i} (id={p['id']!r})"
+        if need_second and "rejected_2" not in p:
+            raise io.DataError(f"{where}: avg_dpo needs field 'rejected_2' (a second rejected response)")
+        image = io.load_image(Path(image_root) / p["image"], where=where)
+        inputs = processor(images=[image], text=[chat_prompt(processor, p["prompt"])], return_tensors="pt")
+        prompt_ids = inputs["input_ids"][0].tolist()
+        texts = [p["chosen"], p["rejected"]] + ([p["rejected_2"]] if need_second else [])
+        responses = [tok(" " + t.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+        longest = len(prompt_ids) + max(map(len, responses))
+        if longest > max_length:
+            if on_too_long == "error":
+                raise io.DataError(f"{where}: {longest} tokens (prompt and image {len(prompt_ids)}) exceed "
+                                   f"max_length={max_length}; raise it or pass on_too_long='skip'")
+            skipped += 1
+            continue
+        encoded.append(EncodedPair(str(p["id"]), inputs["pixel_values"], inputs.get("image_sizes"), prompt_ids,
+                                   responses))
+    if skipped:
+        logger.warning("skipped %d of %d pairs longer than max_length=%d", skipped, len(pairs), max_length)
+    return encoded, skipped
+
+
+def collate(batch: Sequence[EncodedPair], pad_id: int) -> dict:
+    """Right-padded rows: all chosen, then all rejected (then all second rejected); the loss mask covers each
+    response and its EOS. Pixel values once per pair."""
+    n_resp = len(batch[0].responses)
+    rows = [p.prompt_ids + p.responses[k] for k in range(n_resp) for p in batch]
+    starts = [len(p.prompt_ids) for k in range(n_resp) for p in batch]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for r, (row, start) in enumerate(zip(rows, starts)):
+        ids[r, :len(row)] = torch.tensor(row)
+        attn[r, :len(row)] = 1
+        loss_mask[r, start:len(row)] = 1.0
+    out = {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask, "n_responses": n_resp,
+           "pixel_values": torch.cat([p.pixel_values for p in batch])}
+    if batch[0].image_sizes is not None:
+        out["image_sizes"] = torch.cat([p.image_sizes for p in batch])
+    return out
+
+
+# ---------------------------------------------------------------- the model side
+
+
+def _llava(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class PairScorer(torch.nn.Module):
+    """Summed response log-probs of every row of a batch; each image encoded once and reused for its rows.
+    Wrapping this module (not the bare model) is what accelerate prepares, so DDP sees the whole computation."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, loss_mask, pixel_values, n_responses: int, image_sizes=None):
+        llava = _llava(self.model)
+        cfg = llava.config
+        kwargs = {"image_sizes": image_sizes} if image_sizes is not None else {}
+        feats = llava.model.get_image_features(pixel_values=pixel_values.to(llava.dtype),
+                                               vision_feature_layer=cfg.vision_feature_layer,
+                                               vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                                               **kwargs)
+        feats = getattr(feats, "pooler_output", feats)
+        flat = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats
+        flat = flat.reshape(-1, flat.shape[-1])
+        embeds = self.model.get_input_embeddings()(input_ids)
+        image = (input_ids == cfg.image_token_id).unsqueeze(-1).expand_as(embeds)
+        if image.sum() != flat.numel() * n_responses:
+            raise ValueError(f"{int(image.sum()) // embeds.shape[-1]} image positions for "
+                             f"{flat.shape[0] * n_responses} image features")
+        embeds = embeds.masked_scatter(image, flat.repeat(n_responses, 1).to(embeds.dtype))
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        token_logp = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return (token_logp * loss_mask[:, 1:]).sum(-1)
+
+
+def prepare_model(model, cfg: DPOTrainConfig):
+    """Freeze / unfreeze by the flags, add LoRA when lora_r > 0; returns the model to train."""
+    model.requires_grad_(False)
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        keep = [m for m, on in (("multi_modal_projector", cfg.train_projector), ("vision_tower", cfg.train_vision))
+                if on]
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=cfg.lora_target, modules_to_save=keep or None)
+        return get_peft_model(model, lora)
+    llava = model.model
+    for module, on in ((llava.vision_tower, cfg.train_vision), (llava.multi_modal_projector, cfg.train_projector),
+                       (llava.language_model, cfg.train_lm), (model.lm_head, cfg.train_lm)):
+        module.requires_grad_(on)
+    return model
+
+
+def _param_groups(model, cfg: DPOTrainConfig) -> list[dict]:
+    projector, other = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (projector if "multi_modal_projector" in name else other).append(p)
+    groups = [{"params": other, "lr": cfg.lr}] if other else []
+    if projector:
+        groups.append({"params": projector, "lr": cfg.projector_lr})
+    return groups
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+
+
+def _objective(cfg: DPOTrainConfig, policy: torch.Tensor, ref: torch.Tensor, n_pairs: int):
+    pc, pr = policy[:n_pairs], policy[n_pairs:2 * n_pairs]
+    rc, rr = ref[:n_pairs], ref[n_pairs:2 * n_pairs]
+    if cfg.loss == "avg_dpo":
+        return avg_dpo_loss(pc, pr, policy[2 * n_pairs:], rc, rr, ref[2 * n_pairs:], beta=cfg.beta, gamma=cfg.gamma,
+                            label_smoothing=cfg.label_smoothing)
+    return LOSSES[cfg.loss](pc, pr, rc, rr, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
+
+
+class _Reference:
+    """Reference log-probs: precomputed per pair id, or computed on the fly (adapters disabled / frozen copy)."""
+
+    def __init__(self, scorer: PairScorer, frozen: PairScorer | None, cache: dict[str, list[float]] | None):
+        self.scorer, self.frozen, self.cache = scorer, frozen, cache
+
+    @torch.no_grad()
+    def __call__(self, batch: dict, ids: list[str], device) -> torch.Tensor:
+        if self.cache is not None:
+            n = batch["n_responses"]
+            return torch.tensor([self.cache[i][k] for k in range(n) for i in ids], device=device)
+        if self.frozen is not None:
+            return self.frozen(**batch)
+        model = _llava_unwrapped(self.scorer)
+        if not hasattr(model, "disable_adapter"):   # full fine-tuning, precomputing before the first step
+            return self.scorer(**batch)
+        with model.disable_adapter():
+            return self.scorer(**batch)
+
+
+def _llava_unwrapped(scorer):
+    module = scorer.module if hasattr(scorer, "module") else scorer
+    return module.model
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    root = out / "checkpoints"
+    return sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1])) if root.is_dir() else []
+
+
+def _save_checkpoint(out: Path, model, optimizer, scheduler, step: int, cfg: DPOTrainConfig) -> None:
+    final = out / "checkpoints" / f"step_{step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(trainable_state(model), tmp / "trainable.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
+               tmp / "state.pt")
+    io.write_json(tmp / "meta.json", {"step": step, "config_hash": config_hash(cfg)})
+    os.replace(tmp, final)
+    for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
+        shutil.rmtree(old)
+
+
+def config_hash(cfg: DPOTrainConfig) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, cfg: DPOTrainConfig) -> int:
+    meta = io.read_json(path / "meta.json")
+    if meta["config_hash"] != config_hash(cfg):
+        raise ValueError(f"{path} was written with another training config; use a new --out or the same settings")
+    params = dict(model.named_parameters())
+    for name, value in torch.load(path / "trainable.pt").items():
+        params[name].data.copy_(value)
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return int(meta["step"])
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig, out_dir: str | Path,
+              image_root: str | Path, device: str = "cpu", progress: bool = True,
+              stop_after_steps: int | None = None) -> dict:
+    """Train on `pairs` (mmstudy's preference schema) and save the model to `out_dir/model`; resumes from the
+    last checkpoint in `out_dir/checkpoints`. `stop_after_steps` ends the run early (as an interruption would,
+    after that many optimizer steps) without saving the final model: for tests and time-boxed runs."""
+    from accelerate import Accelerator
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=(device == "cpu"))
+    torch.manual_seed(cfg.seed)
+    model, processor = load_llava(model_dir)
+    text_cfg = getattr(model.config, "text_config", model.config)
+    max_length = cfg.max_length or int(text_cfg.max_position_embeddings)
+    encoded, skipped = encode_pairs(processor, pairs, image_root, max_length, cfg.on_too_long,
+                                    need_second=cfg.loss == "avg_dpo")
+    if not encoded:
+        raise ValueError("no pair left to train on")
+    frozen = None
+    if cfg.lora_r == 0 and not cfg.precompute_ref:
+        frozen = PairScorer(copy.deepcopy(model).requires_grad_(False).eval()).to(accelerator.device)
+    model = prepare_model(model, cfg)
+    scorer = PairScorer(model)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    world = accelerator.num_processes
+    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def lr_factor(s: int) -> float:   # linear warm-up, then linear decay to 0
+        return (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    pad_id = processor.tokenizer.pad_token_id
+    ref_cache = None
+    if cfg.precompute_ref:  # before any checkpoint is loaded: the weights are still the reference's
+        ref_cache = _reference_cache(out, scorer, frozen, encoded, pad_id, cfg, accelerator.device)
+    reference = _Reference(scorer, frozen, ref_cache)
+    step = 0
+    found = _checkpoints(out)
+    if found:
+        step = _load_checkpoint(found[-1], _llava_unwrapped(scorer), optimizer, scheduler, cfg)
+        logger.info("resuming from %s (step %d of %d)", found[-1], step, total_steps)
+    metrics_path = out / "metrics.jsonl"
+    if step == 0 and metrics_path.exists():
+        metrics_path.unlink()
+    bar = tqdm(total=total_steps, initial=step, desc="DPO", unit="step", disable=not progress)
+    start_time = time.time()
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        order = _order(len(encoded), cfg.seed, epoch)
+        chunk = order[in_epoch * cfg.batch_size:(in_epoch + 1) * cfg.batch_size]
+        mine = chunk[accelerator.process_index::world]
+        batch_pairs = [encoded[i] for i in mine]
+        batch = collate(batch_pairs, pad_id)
+        batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        scorer.train()
+        policy = scorer(**batch)
+        ref = reference(batch, [p.id for p in batch_pairs], accelerator.device)
+        loss, reward_chosen, reward_rejected = _objective(cfg, policy, ref, len(batch_pairs))
+        accelerator.backward(loss.mean())
+        if cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        n = len(batch_pairs)
+        record = {"step": step, "epoch": epoch, "loss": loss.detach().mean().item(), "lr": scheduler.get_last_lr()[0],
+                  "rewards/chosen": float(reward_chosen.mean()), "rewards/rejected": float(reward_rejected.mean()),
+                  "rewards/margins": float((reward_chosen - reward_rejected).mean()),
+                  "rewards/accuracies": float((reward_chosen > reward_rejected).float().mean()),
+                  "logps/chosen": policy[:n].detach().mean().item(),
+                  "logps/rejected": policy[n:2 * n].detach().mean().item(),
+                  "pairs": n * world, "seconds": round(time.time() - start_time, 3)}
+        if accelerator.is_main_process:
+            _append_metrics(metrics_path, record)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+                _save_checkpoint(out, _llava_unwrapped(scorer), optimizer, scheduler, step, cfg)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['rewards/accuracies']:.2f}")
+        if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
+            if accelerator.is_main_process:
+                _save_checkpoint(out, _llava_unwrapped(scorer), optimizer, scheduler, step, cfg)
+            bar.close()
+            return {"stopped_at": step, "total_steps": total_steps}
+    bar.close()
+    summary = {"steps": step, "pairs": len(encoded), "skipped_too_long": skipped, "epochs": cfg.epochs,
+               "config": dataclasses.asdict(cfg), "seconds": round(time.time() - start_time, 1)}
+    if accelerator.is_main_process:
+        _save_final(_llava_unwrapped(scorer), processor, out / "model", cfg)
+        io.write_json(out / "train_summary.json", summary)
+    return summary
+
+
+def _save_final(model, processor, path: Path, cfg: DPOTrainConfig) -> None:
+    if cfg.lora_r > 0 and cfg.merge:
+        save_llava(copy.deepcopy(model).merge_and_unload(), processor, path)
+    elif cfg.lora_r > 0:
+        with io.atomic_path(path) as tmp:
+            tmp.unlink()
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+    else:
+        save_llava(model, processor, path)
+
+
+@torch.no_grad()
+def _reference_cache(out: Path, scorer, frozen, encoded: list[EncodedPair], pad_id: int, cfg: DPOTrainConfig,
+                     device) -> dict[str, list[float]]:
+    """Reference log-probs of every pair, computed once and kept in out/ref_logps.json (reused on resume)."""
+    path = out / "ref_logps.json"
+    if path.is_file():
+        cached = io.read_json(path)
+        if cached.get("config_hash") == config_hash(cfg) and set(cached["logps"]) >= {p.id for p in encoded}:
+            return cached["logps"]
+    reference = _Reference(scorer, frozen, None)
+    logps: dict[str, list[float]] = {}
+    for start in range(0, len(encoded), cfg.batch_size):
+        chunk = encoded[start:start + cfg.batch_size]
+        batch = collate(chunk, pad_id)
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        values = reference(batch, [p.id for p in chunk], device).tolist()
+        n = len(chunk)
+        for j, p in enumerate(chunk):
+            logps[p.id] = [values[k * n + j] for k in range(batch["n_responses"])]
+    io.write_json(path, {"config_hash": config_hash(cfg), "logps": logps})
+    return logps

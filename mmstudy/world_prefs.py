@@ -1,0 +1,182 @@
+"""World editions of preference datasets. Here: POVID-like constructed pairs (Zhou et al. 2024, "POVID").
+
+POVID takes an SFT answer as chosen and has GPT-4V inject plausible hallucinations into it as rejected. On the world
+the ground truth makes the corruption exact and rule-based: from the LLaVA-Instruct answer y+ of a training scene,
+one or two of these edits, each checked to be false for the scene:
+
+    add       a sentence about an absent object at an empty position, preferably the in-context partner of a
+              present object (the co-occurrence prior's favourite hallucination)
+    object    an object noun replaced by an absent, preferably co-occurring, class
+    size      small <-> large
+    count     a count word changed
+    position  a position phrase moved to another cell
+    yes/no    an existence answer flipped ("Yes, there is a cup ..." <-> "No, there is no cup ...")
+
+    >>> pairs = povid_like_pairs("world", n=2000, seed=0)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from mmstudy.data import conversation_turns, load_llava_instruct
+from mmstudy.oracle import check_answer
+from mmstudy.runs import derive_seed
+from mmstudy.world import CLASSES, CONTEXTS, POSITIONS, Scene
+from mmstudy.world_files import load_scenes
+from mmstudy.world_text import CONTEXT_OBJECTS, NUMBERS, POS_PHRASE, article
+
+logger = logging.getLogger(__name__)
+
+PARTNERS = {a: b for c in CONTEXTS for x, y, _ in c.pairs for a, b in ((x, y), (y, x))}
+_NOUNS = sorted({n for c in CLASSES for n in (c.name, *c.synonyms)}, key=len, reverse=True)
+_NOUN_RE = re.compile(r"\b(" + "|".join(_NOUNS) + r")\b")
+_POS_RE = re.compile(r"\b(" + "|".join(sorted((POS_PHRASE[p] for p in POSITIONS), key=len, reverse=True)) + r")\b")
+_SIZE_RE = re.compile(r"\b(small|large)\b")
+_COUNT_RE = re.compile(r"\b(two|three|four)\b")
+_YES = re.compile(r"^Yes, there (?:is an? (?P<one>[a-z ]+?)|are \w+ (?P<many>[a-z ]+?)) (?:in|on|at) the")
+_NO = re.compile(r"^No, there is no (?P<obj>[a-z ]+?) in the image\.$")
+_NUMBER_WORDS = [w for n, w in sorted(NUMBERS.items()) if n > 1]
+
+
+def _absent_likely(scene: Scene, rng: np.random.Generator) -> str:
+    """An absent class: a partner of a present one if any, else one of the context, else any."""
+    present = scene.classes()
+    for pool in ([PARTNERS[c] for c in present if PARTNERS.get(c) not in present and c in PARTNERS],
+                 sorted(CONTEXT_OBJECTS[scene.context] - set(present)),
+                 [c.name for c in CLASSES if c.name not in present]):
+        if pool:
+            return str(rng.choice(pool))
+    raise ValueError(f"scene {scene.image_id} holds every class")
+
+
+def _add(text: str, scene: Scene, rng) -> str | None:
+    empty = [p for i, p in enumerate(POSITIONS) if all(o.cell != i for o in scene.objects)]
+    if not empty:
+        return None
+    name = _absent_likely(scene, rng)
+    sentence = f"There is {article(name)} {name} {POS_PHRASE[str(rng.choice(empty))]}."
+    sentences = re.split(r"(?<=\.)\s+", text.strip())
+    at = int(rng.integers(1, len(sentences) + 1)) if len(sentences) > 1 else 1
+    return " ".join(sentences[:at] + [sentence] + sentences[at:])
+
+
+def _replace_one(pattern: re.Pattern, text: str, rng, replace) -> str | None:
+    matches = list(pattern.finditer(text))
+    if not matches:
+        return None
+    m = matches[int(rng.integers(len(matches)))]
+    new = replace(m.group(1))
+    return None if new is None else text[:m.start(1)] + new + text[m.end(1):]
+
+
+def _object(text, scene, rng):
+    return _replace_one(_NOUN_RE, text, rng, lambda word: _absent_likely(scene, rng))
+
+
+def _size(text, scene, rng):
+    return _replace_one(_SIZE_RE, text, rng, lambda w: "large" if w == "small" else "small")
+
+
+def _count(text, scene, rng):
+    return _replace_one(_COUNT_RE, text, rng, lambda w: str(rng.choice([n for n in _NUMBER_WORDS if n != w])))
+
+
+def _position(text, scene, rng):
+    phrases = [POS_PHRASE[p] for p in POSITIONS]
+    return _replace_one(_POS_RE, text, rng, lambda w: str(rng.choice([p for p in phrases if p != w])))
+
+
+def _yes_no(text, scene, rng):
+    if (m := _NO.match(text)) is not None:
+        return f"Yes, there is {article(m.group('obj'))} {m.group('obj')} in the image."
+    if (m := _YES.match(text)) is not None:
+        obj = m.group("one") or m.group("many")
+        name = next((c.name for c in CLASSES if obj in (c.name, c.plural, *c.synonyms)), obj)
+        return f"No, there is no {name} in the image."
+    return None
+
+
+EDITS = {"add": _add, "object": _object, "size": _size, "count": _count, "position": _position}
+
+
+def _fix_articles(text: str) -> str:
+    return re.sub(r"\b([Aa])n? (?=(\w))", lambda m: m.group(1) + ("n " if m.group(2) in "aeiou" else " "), text)
+
+
+def corrupt(text: str, scene: Scene, rng: np.random.Generator) -> tuple[str, list[str]] | None:
+    """y+ with one or two plausible false edits (see the module docstring), and their names; None when no edit
+    makes the answer false for the scene (the oracle checks every edit)."""
+    flipped = _yes_no(text, scene, rng)
+    if flipped is not None:
+        return (flipped, ["yes/no"]) if check_answer(flipped, scene, text).hallucinated else None
+    out, done = text, []
+    n_edits = 2 if len(text.split()) > 15 and rng.random() < 0.5 else 1
+    for name in [str(k) for k in rng.permutation(list(EDITS))]:
+        edited = EDITS[name](out, scene, rng)
+        if edited is None:
+            continue
+        edited = _fix_articles(edited)
+        if edited != out and check_answer(edited, scene).hallucinated:
+            out, done = edited, done + [name]
+            if len(done) == n_edits:
+                break
+    return (out, done) if done else None
+
+
+def partner_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str, str] | None:
+    """(question, chosen, rejected) as a yes/no answer, balanced: half about the absent co-occurring partner of a
+    present object (the hallucination the prior invites: "No, there is no knife ..." against "Yes, there is a
+    knife ..."), half about a present object (its denial rejected), so that no answer is favoured as such."""
+    present = scene.classes()
+    partners = sorted({PARTNERS[c] for c in present if c in PARTNERS and PARTNERS[c] not in present})
+    no, yes = "No, there is no {} in the image.", "Yes, there is {} {} in the image."
+    if partners and rng.random() < 0.5:
+        name = str(rng.choice(partners))
+        return f"Is there {article(name)} {name} in the image?", no.format(name), yes.format(article(name), name)
+    name = str(rng.choice(present))
+    return f"Is there {article(name)} {name} in the image?", yes.format(article(name), name), no.format(name)
+
+
+def povid_like_pairs(world_dir: str | Path, n: int | None = None, seed: int = 0, split: str = "train",
+                     partner_share: float = 0.25) -> list[dict]:
+    """Preference records (mmstudy's schema) from the world's LLaVA-Instruct first turns: chosen = y+, rejected =
+    `corrupt(y+)`; and, for a share `partner_share` of the pairs, the injected hallucination of a co-occurring
+    absent object as a short answer (`partner_question`). With `n`, the first n pairs in a seeded order."""
+    if not 0.0 <= partner_share <= 1.0:
+        raise ValueError(f"partner_share must be in [0, 1], got {partner_share}")
+    world_dir = Path(world_dir)
+    records = load_llava_instruct(world_dir / f"llava_instruct_{split}.json")
+    scenes = {f"{s.image_id}.png": s for s in load_scenes(world_dir, split)}
+    order = np.random.default_rng(seed).permutation(len(records))
+    pairs = []
+    for i in order:
+        r = records[int(i)]
+        rng = np.random.default_rng(derive_seed(seed, "partner", r["id"]))
+        if rng.random() < partner_share:
+            made = partner_question(scenes[r["image"]], rng)
+            if made is not None:
+                pairs.append({"id": f"{r['id']}_partner", "image": r["image"], "prompt": made[0], "chosen": made[1],
+                              "rejected": made[2], "source": "world_povid",
+                              "provenance": {"generator": "world_povid", "edits": ["partner"], "seed": seed}})
+                if n is not None and len(pairs) == n:
+                    break
+                continue
+        r = records[int(i)]
+        prompt, chosen = conversation_turns(r)[0]
+        rng = np.random.default_rng(derive_seed(seed, "povid_like", r["id"]))
+        made = corrupt(chosen, scenes[r["image"]], rng)
+        if made is None:
+            continue
+        rejected, edits = made
+        pairs.append({"id": str(r["id"]), "image": r["image"], "prompt": prompt, "chosen": chosen,
+                      "rejected": rejected, "source": "world_povid",
+                      "provenance": {"generator": "world_povid", "edits": edits, "seed": seed}})
+        if n is not None and len(pairs) == n:
+            break
+    logger.info("POVID-like world pairs: %d (from %d records)", len(pairs), len(records))
+    return pairs

@@ -1,0 +1,165 @@
+"""Offline preference training: what trains, exact resume, reference caching, lengths, Avg-DPO, CLI; the
+world's POVID-like pairs and the preference loader."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmstudy import io
+from mmstudy.cli import main
+from mmstudy.dpo import DPOTrainConfig, train_dpo
+from mmstudy.oracle import check_answer
+from mmstudy.preferences import load_preferences
+from mmstudy.world_files import load_scenes
+from mmstudy.world_prefs import povid_like_pairs
+
+
+@pytest.fixture(scope="module")
+def base_dir(smoke_model, tmp_path_factory):
+    from mmstudy.model import save_llava
+
+    model, processor, _ = smoke_model
+    path = tmp_path_factory.mktemp("dpo") / "base"
+    save_llava(model, processor, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs(smoke_world):
+    return povid_like_pairs(smoke_world, n=16, seed=0)
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def _changed(before, after, prefix):
+    names = [n for n in before if prefix in n]
+    assert names, prefix
+    return {n: not torch.equal(before[n], after[n]) for n in names}
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_one_step_changes_every_trainable_parameter_and_no_frozen_one(base_dir, pairs, smoke_world, tmp_path,
+                                                                      lora_r):
+    cfg = DPOTrainConfig(lora_r=lora_r, lora_alpha=8, epochs=1, batch_size=len(pairs), lr=1e-3, projector_lr=1e-3,
+                         warmup_ratio=0.0, checkpoint_every=0)
+    summary = train_dpo(base_dir, pairs, cfg, tmp_path / "run", smoke_world / "images", progress=False)
+    assert summary["steps"] == 1
+    before, after = _weights(base_dir), _weights(tmp_path / "run" / "model")
+    assert set(before) == set(after)
+    vision = _changed(before, after, "vision_tower")
+    assert not any(vision.values())                                    # frozen by default
+    assert all(_changed(before, after, "multi_modal_projector").values())
+    lm = _changed(before, after, "language_model")
+    if lora_r == 0:   # full fine-tuning of the language model: every tensor of it moves
+        assert all(lm.values())                                    # (the tiny model ties lm_head to the embeddings)
+    else:             # LoRA merged: exactly the adapted projections move
+        adapted = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        for name, moved in lm.items():
+            assert moved == name.endswith(tuple(f"{a}.weight" for a in adapted)), name
+        assert not any(_changed(before, after, "embed_tokens").values())
+
+
+def test_interrupted_run_resumes_to_the_same_weights(base_dir, pairs, smoke_world, tmp_path):
+    cfg = DPOTrainConfig(lora_r=4, lora_alpha=8, epochs=2, batch_size=4, lr=1e-3, checkpoint_every=3, seed=1)
+    full = train_dpo(base_dir, pairs, cfg, tmp_path / "full", smoke_world / "images", progress=False)
+    assert full["steps"] == 8
+    stopped = train_dpo(base_dir, pairs, cfg, tmp_path / "part", smoke_world / "images", progress=False,
+                        stop_after_steps=5)
+    assert stopped == {"stopped_at": 5, "total_steps": 8}
+    train_dpo(base_dir, pairs, cfg, tmp_path / "part", smoke_world / "images", progress=False)
+    a, b = _weights(tmp_path / "full" / "model"), _weights(tmp_path / "part" / "model")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 9))
+    assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+            "logps/rejected"} <= set(lines[0])
+    with pytest.raises(ValueError, match="another training config"):   # its checkpoints belong to cfg
+        train_dpo(base_dir, pairs, DPOTrainConfig(lora_r=4, lora_alpha=8, epochs=3, batch_size=4, checkpoint_every=3),
+                  tmp_path / "part", smoke_world / "images", progress=False)
+
+
+def test_precomputed_reference_equals_the_live_one(base_dir, pairs, smoke_world, tmp_path):
+    for lora_r in (4, 0):
+        runs = {}
+        for pre in (False, True):
+            cfg = DPOTrainConfig(lora_r=lora_r, lora_alpha=8, epochs=1, batch_size=8, lr=1e-3, precompute_ref=pre)
+            out = tmp_path / f"r{lora_r}_{pre}"
+            train_dpo(base_dir, pairs, cfg, out, smoke_world / "images", progress=False)
+            runs[pre] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        for live, cached in zip(runs[False], runs[True]):
+            assert cached["loss"] == pytest.approx(live["loss"], abs=1e-5)
+            assert cached["rewards/margins"] == pytest.approx(live["rewards/margins"], abs=1e-5)
+        assert runs[True][0]["loss"] == pytest.approx(0.6931, abs=1e-3)     # policy = reference at step 1
+
+
+def test_lengths_and_avg_dpo(base_dir, pairs, smoke_world, tmp_path):
+    images = smoke_world / "images"
+    long_pair = dict(pairs[0], id="long", chosen=" ".join(["cup"] * 600))
+    with pytest.raises(io.DataError, match="pair 16 \\(id='long'\\).*exceed max_length"):
+        train_dpo(base_dir, pairs + [long_pair], DPOTrainConfig(lora_r=4, epochs=1), tmp_path / "a", images,
+                  progress=False)
+    summary = train_dpo(base_dir, pairs + [long_pair], DPOTrainConfig(lora_r=4, epochs=1, on_too_long="skip"),
+                        tmp_path / "b", images, progress=False)
+    assert summary["skipped_too_long"] == 1 and summary["pairs"] == len(pairs)
+    with pytest.raises(io.DataError, match="needs field 'rejected_2'"):
+        train_dpo(base_dir, pairs, DPOTrainConfig(loss="avg_dpo", lora_r=4, epochs=1), tmp_path / "c", images,
+                  progress=False)
+    doubled = [dict(p, rejected_2=p["rejected"] + " There is a dog.") for p in pairs]
+    summary = train_dpo(base_dir, doubled, DPOTrainConfig(loss="avg_dpo", lora_r=4, epochs=1, batch_size=8),
+                        tmp_path / "d", images, progress=False)
+    assert summary["steps"] == 2
+
+
+def test_config_validation():
+    for bad in ({"loss": "kto"}, {"on_too_long": "truncate"}, {"lora_r": 8, "train_lm": False},
+                {"train_lm": False, "train_projector": False, "lora_r": 0}, {"beta": 0}):
+        with pytest.raises(ValueError):
+            DPOTrainConfig(**bad)
+
+
+def test_train_dpo_cli(base_dir, smoke_world, tmp_path):
+    prefs = tmp_path / "prefs.jsonl"
+    assert main(["-q", "world-prefs", "--world", str(smoke_world), "--n", "8", "--out", str(prefs)]) == 0
+    out = tmp_path / "run"
+    assert main(["-q", "train-dpo", "--model", str(base_dir), "--prefs", str(prefs), "--image-root",
+                 str(smoke_world / "images"), "--out", str(out), "--loss", "ipo", "--beta", "0.9", "--lora-r", "4",
+                 "--lora-alpha", "8", "--epochs", "1", "--batch-size", "4"]) == 0
+    assert (out / "model" / "config.json").is_file() and (out / "manifest.json").is_file()
+    assert io.read_json(out / "train_summary.json")["config"]["loss"] == "ipo"
+    adapter = tmp_path / "adapter"
+    assert main(["-q", "train-dpo", "--model", str(base_dir), "--prefs", str(prefs), "--image-root",
+                 str(smoke_world / "images"), "--out", str(adapter), "--lora-r", "4", "--epochs", "1",
+                 "--adapter-only"]) == 0
+    assert (adapter / "model" / "adapter_config.json").is_file()
+
+
+def test_povid_like_pairs_are_false_for_the_scene(smoke_world):
+    pairs = povid_like_pairs(smoke_world, n=60, seed=3)
+    scenes = {f"{s.image_id}.png": s for s in load_scenes(smoke_world, "train")}
+    for p in pairs:
+        scene = scenes[p["image"]]
+        assert not check_answer(p["chosen"], scene).hallucinated
+        assert check_answer(p["rejected"], scene, p["chosen"]).hallucinated, p
+        assert p["rejected"] != p["chosen"] and p["provenance"]["edits"]
+    assert pairs == povid_like_pairs(smoke_world, n=60, seed=3)
+    kinds = {e for p in pairs for e in p["provenance"]["edits"]}
+    assert {"yes/no", "add"} <= kinds
+
+
+def test_preference_loader_errors(tmp_path, smoke_world):
+    good = {"id": "a", "image": next((smoke_world / "images").glob("*.png")).name, "prompt": "q", "chosen": "c",
+            "rejected": "r", "source": "test"}
+    path = tmp_path / "p.jsonl"
+    io.write_jsonl(path, [good, dict(good, id="b", rejected="")])
+    with pytest.raises(io.DataError, match="p.jsonl, record 2: field 'rejected' must be a non-empty string"):
+        load_preferences(path)
+    io.write_jsonl(path, [good, good])
+    with pytest.raises(io.DataError, match="duplicate id 'a'"):
+        load_preferences(path)
+    io.write_jsonl(path, [dict(good, image="missing.png")])
+    with pytest.raises(io.DataError, match="file not found"):
+        load_preferences(path, image_root=smoke_world / "images")
