@@ -329,6 +329,7 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
     accelerator = Accelerator(cpu=(device == "cpu"))
     torch.manual_seed(cfg.seed)
     model, processor = load_llava(model_dir)
+    setup_start = time.time()
     text_cfg = getattr(model.config, "text_config", model.config)
     max_length = cfg.max_length or int(text_cfg.max_position_embeddings)
     encoded, skipped = encode_pairs(processor, pairs, image_root, max_length, cfg.on_too_long,
@@ -366,6 +367,7 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
         metrics_path.unlink()
     bar = tqdm(total=total_steps, initial=step, desc="DPO", unit="step", disable=not progress)
     start_time = time.time()
+    setup_seconds = round(start_time - setup_start, 3)   # encoding the pairs (and the reference cache)
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         order = _order(len(encoded), cfg.seed, epoch)
@@ -406,7 +408,8 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
             return {"stopped_at": step, "total_steps": total_steps}
     bar.close()
     summary = {"steps": step, "pairs": len(encoded), "skipped_too_long": skipped, "epochs": cfg.epochs,
-               "config": dataclasses.asdict(cfg), "seconds": round(time.time() - start_time, 1)}
+               "config": dataclasses.asdict(cfg), "seconds": round(time.time() - start_time, 3),
+               "setup_seconds": setup_seconds}
     if accelerator.is_main_process:
         _save_final(_llava_unwrapped(scorer), processor, out / "model", cfg)
         io.write_json(out / "train_summary.json", summary)
