@@ -76,7 +76,7 @@ def matmul_peak(n: int = 1024, reps: int = 20) -> float:
 
 
 def training_flops(model_dir: str, prefs: Path, world: Path, epochs: int) -> float:
-    """Matmul FLOPs of our run: (2 + 4 + 2) N per token of every chosen and rejected sequence, every epoch."""
+    """Matmul FLOPs of our run: (2 + 4 + 2) N per token; a pair's prompt runs once, then each response."""
     from mmstudy.dpo import encode_pairs
     from mmstudy.model import load_llava
     from mmstudy.preferences import load_preferences
@@ -85,7 +85,7 @@ def training_flops(model_dir: str, prefs: Path, world: Path, epochs: int) -> flo
     lm = model.model.language_model
     n = sum(p.numel() for name, p in lm.named_parameters() if "embed" not in name)
     encoded, _ = encode_pairs(processor, load_preferences(prefs), world / "images", 10**9, "error", False)
-    tokens = sum(2 * len(p.prompt_ids) + sum(map(len, p.responses)) for p in encoded)
+    tokens = sum(len(p.prompt_ids) + sum(map(len, p.responses)) for p in encoded)
     return 8 * n * tokens * epochs
 
 

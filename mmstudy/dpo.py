@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from mmstudy import io
 from mmstudy.generation import chat_prompt
@@ -106,48 +108,61 @@ class EncodedPair:
 
 
 def encode_pairs(processor, pairs: Sequence[dict], image_root: str | Path, max_length: int,
-                 on_too_long: str, need_second: bool) -> tuple[list[EncodedPair], int]:
-    """Tokenize every pair once; returns (encoded pairs, number skipped as too long)."""
+                 on_too_long: str, need_second: bool, chunk: int = 64) -> tuple[list[EncodedPair], int]:
+    """Tokenize every pair once (images and prompts through the processor in chunks); returns (encoded pairs,
+    number skipped as too long)."""
     tok = processor.tokenizer
     encoded, skipped = [], 0
-    for i, p in enumerate(pairs):
-        where = f"pair {i} (id={p['id']!r})"
-        if need_second and "rejected_2" not in p:
-            raise io.DataError(f"{where}: avg_dpo needs field 'rejected_2' (a second rejected response)")
-        image = io.load_image(Path(image_root) / p["image"], where=where)
-        inputs = processor(images=[image], text=[chat_prompt(processor, p["prompt"])], return_tensors="pt")
-        prompt_ids = inputs["input_ids"][0].tolist()
-        texts = [p["chosen"], p["rejected"]] + ([p["rejected_2"]] if need_second else [])
-        responses = [tok(" " + t.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
-        longest = len(prompt_ids) + max(map(len, responses))
-        if longest > max_length:
-            if on_too_long == "error":
-                raise io.DataError(f"{where}: {longest} tokens (prompt and image {len(prompt_ids)}) exceed "
-                                   f"max_length={max_length}; raise it or pass on_too_long='skip'")
-            skipped += 1
-            continue
-        encoded.append(EncodedPair(str(p["id"]), inputs["pixel_values"], inputs.get("image_sizes"), prompt_ids,
-                                   responses))
+    for start in range(0, len(pairs), chunk):
+        part = list(enumerate(pairs[start:start + chunk], start=start))
+        for i, p in part:
+            if need_second and "rejected_2" not in p:
+                raise io.DataError(f"pair {i} (id={p['id']!r}): avg_dpo needs field 'rejected_2' (a second rejected "
+                                   f"response)")
+        images = [io.load_image(Path(image_root) / p["image"], where=f"pair {i} (id={p['id']!r})") for i, p in part]
+        inputs = processor(images=images, text=[chat_prompt(processor, p["prompt"]) for _, p in part],
+                           return_tensors="pt", padding=True)
+        names = ("chosen", "rejected") + (("rejected_2",) if need_second else ())
+        texts = [" " + p[name].strip() for _, p in part for name in names]
+        response_ids = tok(texts, add_special_tokens=False)["input_ids"]
+        for j, (i, p) in enumerate(part):
+            prompt_ids = inputs["input_ids"][j][inputs["attention_mask"][j].bool()].tolist()
+            responses = [ids + [tok.eos_token_id] for ids in response_ids[j * len(names):(j + 1) * len(names)]]
+            longest = len(prompt_ids) + max(map(len, responses))
+            if longest > max_length:
+                if on_too_long == "error":
+                    raise io.DataError(f"pair {i} (id={p['id']!r}): {longest} tokens (prompt and image "
+                                       f"{len(prompt_ids)}) exceed max_length={max_length}; raise it or pass "
+                                       f"on_too_long='skip'")
+                skipped += 1
+                continue
+            sizes = inputs.get("image_sizes")
+            encoded.append(EncodedPair(str(p["id"]), inputs["pixel_values"][j:j + 1],
+                                       None if sizes is None else sizes[j:j + 1], prompt_ids, responses))
     if skipped:
         logger.warning("skipped %d of %d pairs longer than max_length=%d", skipped, len(pairs), max_length)
     return encoded, skipped
 
 
 def collate(batch: Sequence[EncodedPair], pad_id: int) -> dict:
-    """Right-padded rows: all chosen, then all rejected (then all second rejected); the loss mask covers each
-    response and its EOS. Pixel values once per pair."""
+    """One left-padded prompt row per pair (image tokens included) and right-padded response rows: all chosen,
+    then all rejected (then all second rejected), each response ending with EOS. Pixel values once per pair."""
     n_resp = len(batch[0].responses)
-    rows = [p.prompt_ids + p.responses[k] for k in range(n_resp) for p in batch]
-    starts = [len(p.prompt_ids) for k in range(n_resp) for p in batch]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.float32)
-    for r, (row, start) in enumerate(zip(rows, starts)):
-        ids[r, :len(row)] = torch.tensor(row)
-        attn[r, :len(row)] = 1
-        loss_mask[r, start:len(row)] = 1.0
-    out = {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask, "n_responses": n_resp,
+    width = max(len(p.prompt_ids) for p in batch)
+    prompt_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, p in enumerate(batch):
+        prompt_ids[r, width - len(p.prompt_ids):] = torch.tensor(p.prompt_ids)
+        prompt_mask[r, width - len(p.prompt_ids):] = 1
+    rows = [p.responses[k] for k in range(n_resp) for p in batch]
+    length = max(map(len, rows))
+    response_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for r, row in enumerate(rows):
+        response_ids[r, :len(row)] = torch.tensor(row)
+        response_mask[r, :len(row)] = 1
+    out = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
+           "response_mask": response_mask, "n_responses": n_resp,
            "pixel_values": torch.cat([p.pixel_values for p in batch])}
     if batch[0].image_sizes is not None:
         out["image_sizes"] = torch.cat([p.image_sizes for p in batch])
@@ -162,14 +177,16 @@ def _llava(model):
 
 
 class PairScorer(torch.nn.Module):
-    """Summed response log-probs of every row of a batch; each image encoded once and reused for its rows.
-    Wrapping this module (not the bare model) is what accelerate prepares, so DDP sees the whole computation."""
+    """Summed response log-probs of every response row of a batch. The prompt of a pair (its image tokens
+    included) runs once: its image is encoded once, and its chosen and rejected responses both continue from its
+    KV cache, gradients flowing through the shared prefix. Wrapping this module (not the bare model) is what
+    accelerate prepares, so DDP sees the whole computation."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, loss_mask, pixel_values, n_responses: int, image_sizes=None):
+    def _image_features(self, pixel_values, image_sizes):
         llava = _llava(self.model)
         cfg = llava.config
         kwargs = {"image_sizes": image_sizes} if image_sizes is not None else {}
@@ -179,18 +196,36 @@ class PairScorer(torch.nn.Module):
                                                **kwargs)
         feats = getattr(feats, "pooler_output", feats)
         flat = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats
-        flat = flat.reshape(-1, flat.shape[-1])
-        embeds = self.model.get_input_embeddings()(input_ids)
-        image = (input_ids == cfg.image_token_id).unsqueeze(-1).expand_as(embeds)
-        if image.sum() != flat.numel() * n_responses:
-            raise ValueError(f"{int(image.sum()) // embeds.shape[-1]} image positions for "
-                             f"{flat.shape[0] * n_responses} image features")
-        embeds = embeds.masked_scatter(image, flat.repeat(n_responses, 1).to(embeds.dtype))
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_logp = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        return (token_logp * loss_mask[:, 1:]).sum(-1)
+        return flat.reshape(-1, flat.shape[-1])
+
+    def forward(self, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
+                image_sizes=None):
+        image_token = _llava(self.model).config.image_token_id
+        embeds = self.model.get_input_embeddings()(prompt_ids)
+        flat = self._image_features(pixel_values, image_sizes)
+        image = (prompt_ids == image_token).unsqueeze(-1).expand_as(embeds)
+        if image.sum() != flat.numel():
+            raise ValueError(f"{int(image.sum()) // embeds.shape[-1]} image positions for {flat.shape[0]} image "
+                             f"features")
+        embeds = embeds.masked_scatter(image, flat.to(embeds.dtype))
+        cache_arg = "cache" if "cache" in inspect.signature(_llava(self.model).forward).parameters \
+            else "past_key_values"
+        prompt = self.model(inputs_embeds=embeds, attention_mask=prompt_mask, logits_to_keep=1,
+                            position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+        cache = prompt[cache_arg] if cache_arg in prompt else prompt["past_key_values"]
+        shared = DynamicCache()
+        for i, layer in enumerate(cache.layers):
+            shared.update(layer.keys.repeat(n_responses, 1, 1, 1), layer.values.repeat(n_responses, 1, 1, 1), i)
+        lengths = prompt_mask.sum(-1).repeat(n_responses)
+        positions = lengths[:, None] + torch.arange(response_ids.shape[1], device=response_ids.device)
+        attention = torch.cat([prompt_mask.repeat(n_responses, 1), response_mask], dim=1)
+        logits = self.model(input_ids=response_ids, attention_mask=attention, position_ids=positions,
+                            use_cache=True, **{cache_arg: shared}).logits
+        # token 0 of a response is predicted by the prompt's last position, token t by response position t - 1
+        first = prompt.logits[:, -1:].repeat(n_responses, 1, 1)
+        logp = torch.log_softmax(torch.cat([first, logits[:, :-1]], dim=1).float(), dim=-1)
+        token_logp = logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        return (token_logp * response_mask).sum(-1)
 
 
 def prepare_model(model, cfg: DPOTrainConfig):
@@ -439,8 +474,8 @@ def _reference_cache(out: Path, scorer, frozen, encoded: list[EncodedPair], pad_
             return cached["logps"]
     reference = _Reference(scorer, frozen, None)
     logps: dict[str, list[float]] = {}
-    for start in range(0, len(encoded), cfg.batch_size):
-        chunk = encoded[start:start + cfg.batch_size]
+    for start in range(0, len(encoded), 4 * cfg.batch_size):   # no gradients: larger batches
+        chunk = encoded[start:start + 4 * cfg.batch_size]
         batch = collate(chunk, pad_id)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         values = reference(batch, [p.id for p in chunk], device).tolist()

@@ -163,3 +163,24 @@ def test_preference_loader_errors(tmp_path, smoke_world):
     io.write_jsonl(path, [dict(good, image="missing.png")])
     with pytest.raises(io.DataError, match="file not found"):
         load_preferences(path, image_root=smoke_world / "images")
+
+
+def test_shared_prompt_log_probs_equal_a_plain_forward(smoke_model, pairs, smoke_world):
+    """The prompt runs once and both responses continue from its cache: same log-probs as two full forwards."""
+    from mmstudy.dpo import PairScorer, collate, encode_pairs
+    from mmstudy.generation import chat_prompt
+
+    model, processor, _ = smoke_model
+    encoded, _ = encode_pairs(processor, pairs[:3], smoke_world / "images", 10**6, "error", False)
+    with torch.no_grad():
+        shared = PairScorer(model)(**collate(encoded, processor.tokenizer.pad_token_id)).tolist()
+        plain = []
+        for k in range(2):
+            for pair, enc in zip(pairs[:3], encoded):
+                image = io.load_image(smoke_world / "images" / pair["image"])
+                inputs = processor(images=[image], text=[chat_prompt(processor, pair["prompt"])], return_tensors="pt")
+                ids = torch.cat([inputs["input_ids"], torch.tensor([enc.responses[k]])], dim=1)
+                logp = torch.log_softmax(model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0, :-1], -1)
+                token = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)
+                plain.append(token[-len(enc.responses[k]):].sum().item())
+    assert shared == pytest.approx(plain, abs=1e-4)
