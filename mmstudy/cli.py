@@ -176,7 +176,8 @@ def _train_dpo(args) -> None:
 def _world_prefs(args) -> None:
     from mmstudy.world_prefs import povid_like_pairs
 
-    pairs = povid_like_pairs(args.world, n=args.n, seed=args.seed)
+    pairs = povid_like_pairs(args.world, n=args.n, seed=args.seed, partner_share=args.partner_share,
+                             fresh=args.fresh)
     io.write_jsonl(args.out, pairs)
     logger.info("wrote %d POVID-like pairs to %s", len(pairs), args.out)
 
@@ -333,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="preference JSON lines")
     p.add_argument("--n", type=int, default=None, help="number of pairs (default: every record that admits one)")
+    p.add_argument("--partner-share", type=float, default=0.25,
+                   help="share of balanced yes/no pairs about absent co-occurring partners and present objects")
+    p.add_argument("--fresh", type=int, default=0,
+                   help="build the pairs on this many new scenes (rendered into the world) instead of the SFT data")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_world_prefs)
 

@@ -142,16 +142,46 @@ def partner_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str, 
     return f"Is there {article(name)} {name} in the image?", yes.format(article(name), name), no.format(name)
 
 
+FRESH_SPLIT = "pref"
+
+
+def fresh_records(world_dir: Path, count: int, seed: int) -> tuple[list[dict], dict[str, Scene]]:
+    """`count` new scenes of the world (split "pref": never seen in base training), rendered into images/ if not
+    there yet, each with one LLaVA-Instruct-style record drawn like the SFT data."""
+    from mmstudy import io
+    from mmstudy.world import WorldSpec, render_scene, sample_scene, scene_rng
+    from mmstudy.world_files import CONVERSATION_MIX, _pick, load_world_info
+    from mmstudy.world_text import sample_conversation
+
+    info = load_world_info(world_dir)
+    spec = WorldSpec(**info["spec"])
+    records, scenes = [], {}
+    for i in range(count):
+        scene = sample_scene(spec, info["seed"] + seed, FRESH_SPLIT, i)
+        path = world_dir / "images" / f"{scene.image_id}.png"
+        if not path.is_file():
+            io.write_bytes(path, io.png_bytes(render_scene(spec, scene, info["seed"] + seed)))
+        rng = scene_rng(info["seed"] + seed, FRESH_SPLIT, i, "conversations")
+        conv = sample_conversation(scene, rng, _pick(CONVERSATION_MIX, rng))
+        records.append({"id": scene.image_id, "image": path.name, "conversations": conv})
+        scenes[path.name] = scene
+    return records, scenes
+
+
 def povid_like_pairs(world_dir: str | Path, n: int | None = None, seed: int = 0, split: str = "train",
-                     partner_share: float = 0.25) -> list[dict]:
+                     partner_share: float = 0.25, fresh: int = 0) -> list[dict]:
     """Preference records (mmstudy's schema) from the world's LLaVA-Instruct first turns: chosen = y+, rejected =
     `corrupt(y+)`; and, for a share `partner_share` of the pairs, the injected hallucination of a co-occurring
-    absent object as a short answer (`partner_question`). With `n`, the first n pairs in a seeded order."""
+    absent object as a short answer (`partner_question`). With `n`, the first n pairs in a seeded order. With
+    `fresh`, the pairs come from that many new scenes (`fresh_records`) instead of the SFT records."""
     if not 0.0 <= partner_share <= 1.0:
         raise ValueError(f"partner_share must be in [0, 1], got {partner_share}")
     world_dir = Path(world_dir)
-    records = load_llava_instruct(world_dir / f"llava_instruct_{split}.json")
-    scenes = {f"{s.image_id}.png": s for s in load_scenes(world_dir, split)}
+    if fresh:
+        records, scenes = fresh_records(world_dir, fresh, seed)
+    else:
+        records = load_llava_instruct(world_dir / f"llava_instruct_{split}.json")
+        scenes = {f"{s.image_id}.png": s for s in load_scenes(world_dir, split)}
     order = np.random.default_rng(seed).permutation(len(records))
     pairs = []
     for i in order:
