@@ -19,23 +19,11 @@ import time
 from pathlib import Path
 
 import torch
+from common import smoke_setup
 
 from mmstudy.bdhs import SENTENCE_STOPS, BDHSConfig, ImageLoader, _draw, _one_iteration, load_examples
 from mmstudy.generation import chat_prompt, generate
 from mmstudy.model import load_llava
-
-
-def smoke_setup(root: Path) -> tuple[Path, Path]:
-    from mmstudy.base import BaseTrainConfig, train_base
-    from mmstudy.model import save_llava
-    from mmstudy.world import WorldSpec
-    from mmstudy.world_files import write_world
-
-    world = root / "world"
-    write_world(world, WorldSpec.for_profile("smoke"), seed=0, progress=False)
-    model, processor, _ = train_base(world, BaseTrainConfig.for_profile("smoke"), progress=False)
-    save_llava(model, processor, root / "model")
-    return root / "model", world
 
 
 def loop_generate(model, processor, examples, cfg, images, n_tokens) -> list[str]:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import smoke_setup
 
 LORA_R, LORA_ALPHA, BATCH, LR = 8, 16, 8, 5e-5
 
@@ -87,19 +88,6 @@ def training_flops(model_dir: str, prefs: Path, world: Path, epochs: int) -> flo
     encoded, _ = encode_pairs(processor, load_preferences(prefs), world / "images", 10**9, "error", False)
     tokens = sum(len(p.prompt_ids) + sum(map(len, p.responses)) for p in encoded)
     return 8 * n * tokens * epochs
-
-
-def smoke_setup(root: Path) -> tuple[Path, Path]:
-    from mmstudy.base import BaseTrainConfig, train_base
-    from mmstudy.model import save_llava
-    from mmstudy.world import WorldSpec
-    from mmstudy.world_files import write_world
-
-    world = root / "world"
-    write_world(world, WorldSpec.for_profile("smoke"), seed=0, progress=False)
-    model, processor, _ = train_base(world, BaseTrainConfig.for_profile("smoke"), progress=False)
-    save_llava(model, processor, root / "model")
-    return root / "model", world
 
 
 def worker(args) -> None:

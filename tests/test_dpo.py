@@ -186,10 +186,14 @@ def test_shared_prompt_log_probs_equal_a_plain_forward(smoke_model, pairs, smoke
     assert shared == pytest.approx(plain, abs=1e-4)
 
 
-def test_povid_like_pairs_on_fresh_scenes(smoke_world):
-    pairs = povid_like_pairs(smoke_world, n=10, seed=5, fresh=20)
+def test_povid_like_pairs_on_fresh_scenes(smoke_world, tmp_path):
+    import shutil
+
+    world = tmp_path / "world"          # a copy: fresh scenes add images to the world they are given
+    shutil.copytree(smoke_world, world)
+    pairs = povid_like_pairs(world, n=10, seed=5, fresh=20)
     assert len(pairs) == 10 and all(p["image"].startswith("pref_") for p in pairs)
-    assert all((smoke_world / "images" / p["image"]).is_file() for p in pairs)
-    assert pairs == povid_like_pairs(smoke_world, n=10, seed=5, fresh=20)
+    assert all((world / "images" / p["image"]).is_file() for p in pairs)
+    assert pairs == povid_like_pairs(world, n=10, seed=5, fresh=20)
     with pytest.raises(ValueError, match="partner_share"):
-        povid_like_pairs(smoke_world, partner_share=1.5)
+        povid_like_pairs(world, partner_share=1.5)
