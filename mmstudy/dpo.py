@@ -48,7 +48,6 @@ from mmstudy.model import LORA_TARGET_REGEX, load_llava, save_llava
 
 logger = logging.getLogger(__name__)
 
-IGNORE = -100
 
 
 @dataclass(frozen=True)
