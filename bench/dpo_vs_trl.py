@@ -1,9 +1,11 @@
 """Benchmark: mmstudy's DPO trainer against TRL's `DPOTrainer` (TRL is a benchmark-only dependency here).
 
-Same model, same pairs, same batch size, LoRA settings, learning rate and epochs; each trainer runs in its own
-subprocess (so peak memory, the processes' max RSS, is its own), both in this run. Also measures this machine's
-fp32 matmul peak and our achieved training FLOP/s against it (language-model matmuls only: 2 N per token forward,
-4 N backward, plus 2 N for the reference forward, N = language-model parameters without embeddings).
+Same model, same pairs, same batch size, LoRA settings, learning rate and epochs; each trainer runs in its
+own subprocess (so peak memory, the processes' max RSS, is its own), all in this run. TRL runs twice: with the
+same LoRA settings, and as the two-model setup (full fine-tuning beside a frozen reference copy). On a tiny model
+the RSS is mostly the torch runtime, so the memory ratios only mean something for real checkpoints. Also measures
+this machine's fp32 matmul peak and our achieved training FLOP/s against it (language-model matmuls only: 2 N per
+token forward, 4 N backward, plus 2 N for the reference forward, N = language-model parameters without embeddings).
 
     python bench/dpo_vs_trl.py [--model MODEL_DIR --world WORLD_DIR] [--pairs 256] [--quick]
 
@@ -41,7 +43,9 @@ def run_ours(world: Path, model_dir: str, prefs: Path, out: Path, epochs: int) -
     return {"seconds": summary["setup_seconds"] + summary["seconds"], "pairs": summary["pairs"] * epochs}
 
 
-def run_trl(world: Path, model_dir: str, prefs: Path, out: Path, epochs: int) -> dict:
+def run_trl(world: Path, model_dir: str, prefs: Path, out: Path, epochs: int, two_models: bool = False) -> dict:
+    """TRL's DPOTrainer with the same LoRA settings (reference = adapters disabled), or, with `two_models`, the
+    two-model setup: full fine-tuning of the policy beside an explicit frozen reference copy."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
@@ -60,8 +64,14 @@ def run_trl(world: Path, model_dir: str, prefs: Path, out: Path, epochs: int) ->
                     beta=0.1, logging_steps=10, report_to=[], use_cpu=not torch.cuda.is_available(),
                     save_strategy="no", max_length=None, remove_unused_columns=False, bf16=False,
                     disable_tqdm=True)
+    if two_models:
+        import copy
+
+        extra = {"ref_model": copy.deepcopy(model)}
+    else:
+        extra = {"peft_config": LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGET_REGEX)}
     trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=processor,
-                         peft_config=LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGET_REGEX))
+                         **extra)
     start = time.perf_counter()
     trainer.train()
     return {"seconds": time.perf_counter() - start, "pairs": len(pairs) * epochs}
@@ -91,8 +101,10 @@ def training_flops(model_dir: str, prefs: Path, world: Path, epochs: int) -> flo
 
 
 def worker(args) -> None:
-    fn = run_ours if args.worker == "ours" else run_trl
-    result = fn(args.world, str(args.model), args.prefs, args.out, args.epochs)
+    if args.worker == "ours":
+        result = run_ours(args.world, str(args.model), args.prefs, args.out, args.epochs)
+    else:
+        result = run_trl(args.world, str(args.model), args.prefs, args.out, args.epochs, args.worker == "trl2")
     result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))  # noqa: T201
 
@@ -104,7 +116,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="64 pairs: a run under a minute")
-    parser.add_argument("--worker", choices=["ours", "trl"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "trl", "trl2"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prefs", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,7 +135,7 @@ def main() -> None:
         prefs = tmp / "prefs.jsonl"
         io.write_jsonl(prefs, povid_like_pairs(world, n=n_pairs, seed=0))
         results = {}
-        for name in ("ours", "trl"):
+        for name in ("ours", "trl", "trl2"):
             cmd = [sys.executable, __file__, "--worker", name, "--model", str(model), "--world", str(world),
                    "--prefs", str(prefs), "--out", str(tmp / name), "--epochs", str(args.epochs)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -133,16 +145,18 @@ def main() -> None:
             results[name] = json.loads(line[len("RESULT "):])
         peak = matmul_peak()
         flops = training_flops(str(model), prefs, world, args.epochs)
-    ours, trl = results["ours"], results["trl"]
+    ours, trl, two = results["ours"], results["trl"], results["trl2"]
     rate = {k: v["pairs"] / v["seconds"] for k, v in results.items()}
     print(f"pairs={n_pairs} epochs={args.epochs} batch={BATCH} lora_r={LORA_R} "  # noqa: T201
           f"threads={torch.get_num_threads()}")
-    for name, r in (("ours", ours), ("TRL ", trl)):
+    for name, r in (("ours (LoRA, adapters-off reference)", ours), ("TRL  (LoRA, adapters-off reference)", trl),
+                    ("TRL  (two models: full fine-tuning + reference copy)", two)):
         print(f"{name}: {r['seconds']:.2f} s, {r['pairs'] / r['seconds']:.1f} pairs/s, "  # noqa: T201
               f"peak RSS {r['maxrss_mb']:.0f} MB")
     achieved = flops / ours["seconds"]
     print(f"our training FLOP/s: {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f} % of this "  # noqa: T201
           f"machine's fp32 matmul peak ({peak / 1e9:.0f} GFLOP/s)")
+    print(f"peak memory against the two-model setup: {ours['maxrss_mb'] / two['maxrss_mb']:.2f}")  # noqa: T201
     print(f"pairs_per_s_ratio={rate['ours'] / rate['trl']:.2f} "  # noqa: T201
           f"peak_mem_ratio={ours['maxrss_mb'] / trl['maxrss_mb']:.2f}")
 
