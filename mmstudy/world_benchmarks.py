@@ -26,16 +26,18 @@ import numpy as np
 
 from mmstudy import io
 from mmstudy.runs import derive_seed
-from mmstudy.world import CLASSES, CONTEXTS, POSITIONS, Scene, WorldSpec
+from mmstudy.world import CLASSES, POSITIONS, Scene, WorldSpec
 from mmstudy.world_files import COCO_ID_OFFSET, load_scenes, load_world_info
 from mmstudy.world_text import (
     CONTEXT_OBJECTS,
     DESCRIBE_PROMPTS,
     NUMBERS,
+    PARTNERS,
     POS_PHRASE,
     article,
     context_qa,
     count_qa,
+    likely_absent,
     plural_of,
     size_qa,
     what_at_qa,
@@ -49,7 +51,6 @@ MMHAL_TYPES = ("attribute", "adversarial", "comparison", "counting", "relation",
 HOLISTIC_PROMPT = "Describe this image."
 DETAIL_PROMPT = "Describe the image in detail."
 COMPLEX_PROMPT = "What kind of place is this, and what in the image tells you so?"
-PARTNERS = {a: b for c in CONTEXTS for x, y, _ in c.pairs for a, b in ((x, y), (y, x))}
 
 
 def _rng(seed: int, *parts) -> np.random.Generator:
@@ -62,15 +63,6 @@ def full_description(scene: Scene) -> str:
     for o in scene.objects:
         sentences.append(f"There is {article(o.size)} {o.size} {o.name} {POS_PHRASE[o.position]}.")
     return " ".join(sentences)
-
-
-def _absent_partner(scene: Scene, rng: np.random.Generator) -> str:
-    """An absent class, preferably the co-occurring partner of a present one (what the prior suggests)."""
-    present = scene.classes()
-    partners = [PARTNERS[c] for c in present if c in PARTNERS and PARTNERS[c] not in present]
-    if partners:
-        return str(rng.choice(partners))
-    return str(rng.choice([c.name for c in CLASSES if c.name not in present]))
 
 
 def _comparison_qa(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
@@ -95,7 +87,7 @@ def mmhal_question(scene: Scene, qtype: str, rng: np.random.Generator) -> tuple[
     if qtype == "attribute":
         return size_qa(scene, pick)
     if qtype == "adversarial":
-        absent = _absent_partner(scene, rng)
+        absent = likely_absent(scene, rng, context_first=False)
         return f"Where is the {absent} in the image?", f"There is no {absent} in the image."
     if qtype == "comparison":
         return _comparison_qa(scene, rng)
@@ -175,8 +167,8 @@ def _amber_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, 
     as every existence item of the release), size as the attribute state, count as the attribute number, and
     a vertical relation between two objects in different rows (the world has no actions)."""
     present = scene.classes()
-    out = [("discriminative-hallucination", f"Is there {article(a := _absent_partner(scene, rng))} {a} in this "
-            "image?", "no")]
+    absent = likely_absent(scene, rng, context_first=False)
+    out = [("discriminative-hallucination", f"Is there {article(absent)} {absent} in this image?", "no")]
     obj = scene.objects[int(rng.integers(len(scene.objects)))]
     size = obj.size if rng.random() < 0.5 else ("small" if obj.size == "large" else "large")
     out.append(("discriminative-attribute-state", f"Is the {obj.name} {size} in this image?",
@@ -240,4 +232,3 @@ def write_benchmark_editions(world_dir: str | Path, spec: WorldSpec | None = Non
     return counts
 
 
-__all__ = ["write_benchmark_editions", "mmhal_items", "llava_bench_files", "full_description", "NUMBERS"]

@@ -26,13 +26,12 @@ import numpy as np
 from mmstudy.data import conversation_turns, load_llava_instruct
 from mmstudy.oracle import check_answer
 from mmstudy.runs import derive_seed
-from mmstudy.world import CLASSES, CONTEXTS, POSITIONS, Scene
+from mmstudy.world import CLASSES, POSITIONS, Scene
 from mmstudy.world_files import load_scenes
-from mmstudy.world_text import CONTEXT_OBJECTS, NUMBERS, POS_PHRASE, article
+from mmstudy.world_text import NUMBERS, POS_PHRASE, absent_partners, article, likely_absent
 
 logger = logging.getLogger(__name__)
 
-PARTNERS = {a: b for c in CONTEXTS for x, y, _ in c.pairs for a, b in ((x, y), (y, x))}
 _NOUNS = sorted({n for c in CLASSES for n in (c.name, *c.synonyms)}, key=len, reverse=True)
 _NOUN_RE = re.compile(r"\b(" + "|".join(_NOUNS) + r")\b")
 _POS_RE = re.compile(r"\b(" + "|".join(sorted((POS_PHRASE[p] for p in POSITIONS), key=len, reverse=True)) + r")\b")
@@ -43,22 +42,11 @@ _NO = re.compile(r"^No, there is no (?P<obj>[a-z ]+?) in the image\.$")
 _NUMBER_WORDS = [w for n, w in sorted(NUMBERS.items()) if n > 1]
 
 
-def _absent_likely(scene: Scene, rng: np.random.Generator) -> str:
-    """An absent class: a partner of a present one if any, else one of the context, else any."""
-    present = scene.classes()
-    for pool in ([PARTNERS[c] for c in present if PARTNERS.get(c) not in present and c in PARTNERS],
-                 sorted(CONTEXT_OBJECTS[scene.context] - set(present)),
-                 [c.name for c in CLASSES if c.name not in present]):
-        if pool:
-            return str(rng.choice(pool))
-    raise ValueError(f"scene {scene.image_id} holds every class")
-
-
 def _add(text: str, scene: Scene, rng) -> str | None:
     empty = [p for i, p in enumerate(POSITIONS) if all(o.cell != i for o in scene.objects)]
     if not empty:
         return None
-    name = _absent_likely(scene, rng)
+    name = likely_absent(scene, rng)
     sentence = f"There is {article(name)} {name} {POS_PHRASE[str(rng.choice(empty))]}."
     sentences = re.split(r"(?<=\.)\s+", text.strip())
     at = int(rng.integers(1, len(sentences) + 1)) if len(sentences) > 1 else 1
@@ -75,7 +63,7 @@ def _replace_one(pattern: re.Pattern, text: str, rng, replace) -> str | None:
 
 
 def _object(text, scene, rng):
-    return _replace_one(_NOUN_RE, text, rng, lambda word: _absent_likely(scene, rng))
+    return _replace_one(_NOUN_RE, text, rng, lambda word: likely_absent(scene, rng))
 
 
 def _size(text, scene, rng):
@@ -133,7 +121,7 @@ def partner_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str, 
     present object (the hallucination the prior invites: "No, there is no knife ..." against "Yes, there is a
     knife ..."), half about a present object (its denial rejected), so that no answer is favoured as such."""
     present = scene.classes()
-    partners = sorted({PARTNERS[c] for c in present if c in PARTNERS and PARTNERS[c] not in present})
+    partners = sorted(set(absent_partners(scene)))
     no, yes = "No, there is no {} in the image.", "Yes, there is {} {} in the image."
     if partners and rng.random() < 0.5:
         name = str(rng.choice(partners))

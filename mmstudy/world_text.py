@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from mmstudy.world import CLASS_INDEX, CLASSES, CONTEXTS, POSITIONS, Scene
+from mmstudy.world import CLASS_INDEX, CLASSES, CONTEXTS, POSITIONS, Scene, pair_partners
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ DESCRIBE_PROMPTS = (
 )
 CAPTION_EVAL_PROMPT = "Describe the image in detail."
 CONTEXT_OBJECTS = {c.name: {n for a, b, _ in c.pairs for n in (a, b)} for c in CONTEXTS}
+PARTNERS = pair_partners()   # each paired class -> its co-occurring partner
 QA_KINDS = ("count", "where", "size", "what_at", "context")
 EXISTENCE_PROMPTS = (
     "Is there a {noun} in the image?",
@@ -171,6 +172,26 @@ def sample_existence_qa(scene: Scene, rng: np.random.Generator) -> tuple[str, st
     absent = [c.name for c in CLASSES if c.name not in present]
     local = [n for n in absent if n in CONTEXT_OBJECTS[scene.context]]
     return existence_qa(scene, str(rng.choice(local if local and rng.random() < 0.5 else absent)), rng)
+
+
+def absent_partners(scene: Scene) -> list[str]:
+    """The co-occurring partners of present objects that are absent, one entry per present object (in order)."""
+    present = scene.classes()
+    return [PARTNERS[c] for c in present if c in PARTNERS and PARTNERS[c] not in present]
+
+
+def likely_absent(scene: Scene, rng: np.random.Generator, context_first: bool = True) -> str:
+    """An absent class the prior suggests: an absent partner of a present object if any; else (context_first)
+    an absent object of the scene's context; else any absent class."""
+    present = scene.classes()
+    pools = [absent_partners(scene)]
+    if context_first:
+        pools.append(sorted(CONTEXT_OBJECTS[scene.context] - set(present)))
+    pools.append([c.name for c in CLASSES if c.name not in present])
+    for pool in pools:
+        if pool:
+            return str(rng.choice(pool))
+    raise ValueError(f"scene {scene.image_id} holds every class")
 
 
 def _random_question(scene: Scene, rng: np.random.Generator, kind: str) -> tuple[str, str]:
