@@ -143,17 +143,24 @@ class Result:
 
 def load_examples(sft_path: str | Path, image_root: str | Path, n: int | None = None, seed: int = 0) -> list[Example]:
     """The first turn of every LLaVA-Instruct record with an image, as BDHS examples (POVID's prompts and y+ are
-    LLaVA-Instruct first turns). With `n`, a seeded random subset of n examples, in file order (the paper's 5k).
+    LLaVA-Instruct first turns); or the records of a prompt/answer ("sft") file written by `mmstudy convert`.
+    With `n`, a seeded random subset of n examples, in file order (the paper's 5k).
 
     Raises DataError naming the file and record for a record without an image (BDHS needs one), a prompt without
     the <image> placeholder, an empty answer, or an image file that does not exist."""
-    records = load_llava_instruct(sft_path, image_dir=image_root)
-    examples = []
-    for i, r in enumerate(records):
-        if "image" not in r:
-            raise io.DataError(f"{sft_path}, record {i} (id={r['id']!r}): no field 'image'; BDHS needs an image")
-        question, answer = conversation_turns(r)[0]
-        examples.append(Example(str(r["id"]), r["image"], question, answer.strip()))
+    if Path(sft_path).suffix in (".jsonl", ".parquet") or Path(sft_path).is_dir():   # `mmstudy convert` output
+        from mmstudy.preferences import load_sft
+
+        examples = [Example(str(r["id"]), r["image"], r["prompt"], r["chosen"].strip())
+                    for r in load_sft(sft_path, image_root=image_root)]
+    else:
+        examples = []
+        for i, r in enumerate(load_llava_instruct(sft_path, image_dir=image_root)):
+            if "image" not in r:
+                raise io.DataError(f"{sft_path}, record {i} (id={r['id']!r}): no field 'image'; BDHS needs an "
+                                   f"image")
+            question, answer = conversation_turns(r)[0]
+            examples.append(Example(str(r["id"]), r["image"], question, answer.strip()))
     if len({e.id for e in examples}) != len(examples):
         raise io.DataError(f"{sft_path}: record ids are not unique; BDHS keys its randomness and resuming on them")
     if n is not None and n < len(examples):

@@ -8,6 +8,9 @@
     mmstudy score chair --captions captions.json --coco-annotations world/annotations --synonyms world/synonyms.txt
     mmstudy compare runs/base/samples.jsonl runs/aligned/samples.jsonl
     mmstudy bdhs --model models/base --sft world/llava_instruct_train.json --image-root world/images --out prefs.jsonl
+    mmstudy convert povid --input POVID_preference_data_for_VLLMs.json --image-root coco/train2014 --out povid.jsonl
+    mmstudy prefs-mix povid.jsonl:5000 rlhf_v.jsonl --seed 0 --out mix.jsonl --val 500 --val-out val.jsonl
+    mmstudy review povid.jsonl rlhf_v.parquet --out review --tokenizer models/base
 """
 
 from __future__ import annotations
@@ -153,31 +156,136 @@ def _bdhs(args) -> None:
                 stats["similarity_mean"], stats["length_ratio_mean"])
 
 
-def _train_dpo(args) -> None:
-    from mmstudy.dpo import DPOTrainConfig, train_dpo
+def _dpo_config(args):
+    from mmstudy.dpo import DPOTrainConfig
+
+    return DPOTrainConfig(loss=args.loss, beta=args.beta, gamma=args.gamma, lora_r=args.lora_r,
+                          lora_alpha=args.lora_alpha, lr=args.lr, projector_lr=args.projector_lr,
+                          train_vision=args.train_vision, train_projector=not args.freeze_projector,
+                          train_lm=not args.freeze_lm, epochs=args.epochs, batch_size=args.batch_size,
+                          max_length=args.max_length, on_too_long=args.on_too_long,
+                          precompute_ref=getattr(args, "precompute_ref", False),
+                          checkpoint_every=args.checkpoint_every, merge=not args.adapter_only, seed=args.seed)
+
+
+def _run_trainer(args, pairs_path: Path, online=None) -> None:
+    from mmstudy.dpo import train_dpo
     from mmstudy.preferences import load_preferences
     from mmstudy.runs import build_manifest
 
-    cfg = DPOTrainConfig(loss=args.loss, beta=args.beta, gamma=args.gamma, lora_r=args.lora_r,
-                         lora_alpha=args.lora_alpha, lr=args.lr, projector_lr=args.projector_lr,
-                         train_vision=args.train_vision, train_projector=not args.freeze_projector,
-                         train_lm=not args.freeze_lm, epochs=args.epochs, batch_size=args.batch_size,
-                         max_length=args.max_length, on_too_long=args.on_too_long, precompute_ref=args.precompute_ref,
-                         checkpoint_every=args.checkpoint_every, merge=not args.adapter_only, seed=args.seed)
-    pairs = load_preferences(args.prefs, image_root=args.image_root)
-    summary = train_dpo(args.model, pairs, cfg, args.out, args.image_root, device=args.device,
-                        progress=not args.quiet)
+    pairs = load_preferences(pairs_path, image_root=args.image_root)
+    summary = train_dpo(args.model, pairs, _dpo_config(args), args.out, args.image_root, device=args.device,
+                        progress=not args.quiet, online=online)
     params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
     io.write_json(Path(args.out) / "manifest.json", build_manifest(args.seed, " ".join(sys.argv), params))
-    logger.info("trained %d steps on %d pairs; model in %s", summary["steps"], summary["pairs"],
+    logger.info("trained %d steps on %d records; model in %s%s", summary["steps"], summary["pairs"],
+                Path(args.out) / "model", f"; online: {summary['online']}" if online is not None else "")
+
+
+def _train_dpo(args) -> None:
+    _run_trainer(args, args.prefs)
+
+
+def _params(args) -> dict:
+    return {k: [str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items() if k != "func"}
+
+
+def _rm_accuracies(rm_dir: Path, prefs: list[Path], image_root: Path, args) -> dict:
+    from mmstudy.preferences import load_preferences
+    from mmstudy.reward import accuracy_table, load_reward_model, rm_accuracy
+
+    rm, processor = load_reward_model(rm_dir, device=args.device)
+    result = {str(p): rm_accuracy(rm, processor, load_preferences(p, image_root=image_root), image_root,
+                                  batch_size=args.eval_batch_size, seed=args.seed, progress=not args.quiet)
+              for p in prefs}
+    logger.info("reward-model pairwise accuracy on held-out pairs:\n%s", accuracy_table(result))
+    return result
+
+
+def _train_rm(args) -> None:
+    from mmstudy.preferences import load_preferences
+    from mmstudy.reward import RewardTrainConfig, train_reward_model
+    from mmstudy.runs import build_manifest
+
+    cfg = RewardTrainConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, train_projector=args.train_projector,
+                            lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule,
+                            warmup_ratio=args.warmup_ratio, center=args.center, max_length=args.max_length,
+                            on_too_long=args.on_too_long, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    pairs = load_preferences(args.prefs, image_root=args.image_root)
+    eval_root = args.eval_image_root or args.image_root
+    for path in args.eval_prefs:           # malformed held-out files stop the run before training, not after
+        load_preferences(path, image_root=eval_root)
+    summary = train_reward_model(args.model, pairs, cfg, args.out, args.image_root, device=args.device,
+                                 progress=not args.quiet)
+    out = Path(args.out)
+    manifest = build_manifest(args.seed, " ".join(sys.argv), _params(args))
+    io.write_json(out / "manifest.json", manifest)
+    logger.info("trained the reward model %d steps on %d pairs: %s", summary["steps"], summary["pairs"], out / "rm")
+    if args.eval_prefs:
+        accuracy = _rm_accuracies(out / "rm", args.eval_prefs, eval_root, args)
+        io.write_json(out / "accuracy.json", {"accuracy": accuracy, "manifest": manifest})
+
+
+def _eval_rm(args) -> None:
+    from mmstudy.reward import accuracy_table
+    from mmstudy.runs import build_manifest
+
+    accuracy = _rm_accuracies(args.rm, args.prefs, args.image_root, args)
+    if args.out is not None:
+        io.write_json(args.out, {"accuracy": accuracy,
+                                 "manifest": build_manifest(args.seed, " ".join(sys.argv), _params(args))})
+    print(accuracy_table(accuracy))  # noqa: T201 (the command's output)
+
+
+def _train_rloo(args) -> None:
+    from mmstudy.rloo import RLOOConfig, load_prompts, train_rloo
+    from mmstudy.runs import build_manifest
+
+    cfg = RLOOConfig(k=args.k, beta=args.beta, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                     normalize=args.normalize, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lr=args.lr,
+                     steps=args.steps, batch_size=args.batch_size, micro_batch=args.micro_batch,
+                     log_samples_every=args.log_samples_every, checkpoint_every=args.checkpoint_every,
+                     merge=not args.adapter_only, seed=args.seed)
+    prompts = load_prompts(args.prompts, image_root=args.image_root)
+    summary = train_rloo(args.model, args.rm, prompts, cfg, args.out, args.image_root, device=args.device,
+                         progress=not args.quiet)
+    io.write_json(Path(args.out) / "manifest.json", build_manifest(args.seed, " ".join(sys.argv), _params(args)))
+    logger.info("RLOO: %d steps on %d prompts; model in %s", summary["steps"], summary["prompts"],
                 Path(args.out) / "model")
+
+
+def _train_online(args) -> None:
+    from mmstudy.online import OnlineConfig, OnlinePairs, world_scenes
+
+    cfg = OnlineConfig(mode=args.mode, k=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                       p_offline=args.p_offline, regen_every=args.regen_every, seed=args.seed)
+    judge = bdhs_cfg = embedder = None
+    if cfg.needs_judge:
+        from mmstudy.judges import make_judge
+
+        judge = make_judge(args.judge, seed=args.seed, cache_dir=args.judge_cache, device=args.device)
+    else:
+        from mmstudy.bdhs import BDHSConfig, SentenceEmbedder
+
+        bdhs_cfg = BDHSConfig(variant="attn", rho_th=args.rho, iterations=args.iterations, seed=args.seed)
+        embedder = SentenceEmbedder(args.embedder, device=args.device)
+    scenes = world_scenes(args.world) if args.world is not None else None
+    _run_trainer(args, args.prompts, OnlinePairs(cfg, judge=judge, scenes=scenes, bdhs_cfg=bdhs_cfg,
+                                                 embedder=embedder, image_root=args.image_root))
 
 
 def _world_prefs(args) -> None:
     from mmstudy.world_prefs import povid_like_pairs
 
+    mine_with = None
+    if args.mine_with is not None:
+        from mmstudy.model import load_llava
+
+        model, processor = load_llava(args.mine_with)
+        mine_with = (model.eval(), processor)
     pairs = povid_like_pairs(args.world, n=args.n, seed=args.seed, partner_share=args.partner_share,
-                             fresh=args.fresh)
+                             fresh=args.fresh, mine_with=mine_with, progress=not args.quiet)
     io.write_jsonl(args.out, pairs)
     logger.info("wrote %d POVID-like pairs to %s", len(pairs), args.out)
 
@@ -203,6 +311,109 @@ def _compare(args) -> None:
     if args.out is not None:
         io.write_json(args.out, result)
     print(comparison_table(result))  # noqa: T201 (the command's output)
+
+
+def _convert(args) -> None:
+    from mmstudy.converters import ConvertConfig, convert, write_result
+    from mmstudy.preferences import subsample
+    from mmstudy.runs import build_manifest
+
+    cfg = ConvertConfig(image_root=args.image_root, on_missing="skip" if args.skip_missing_images else "error",
+                        limit=args.limit, seed=args.seed, source=args.source)
+    result = convert(args.dataset, args.input, cfg)
+    if args.n is not None:
+        result.records = subsample(result.records, args.n, args.seed, name=str(args.input))
+    write_result(result, args.out)
+    out = Path(args.out)
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
+    io.write_json(out.with_name(out.stem + ".convert.json"),
+                  {"stats": result.stats, "records": len(result.records), "kind": result.kind,
+                   "manifest": build_manifest(args.seed, " ".join(sys.argv), params)})
+    logger.info("wrote %d %s records to %s", len(result.records), result.kind, out)
+
+
+def _prefs_mix(args) -> None:
+    from mmstudy.preferences import load_preferences, mix, save_preferences, split
+
+    sources = []
+    for spec in args.inputs:
+        path, _, n = spec.rpartition(":")
+        if not (path and n.isdigit()):
+            path, n = spec, None
+        sources.append((path, load_preferences(path), None if n is None else int(n)))
+    records = mix(sources, seed=args.seed)
+    if args.val:
+        if args.val_out is None:
+            raise ValueError("--val needs --val-out")
+        records, val = split(records, args.val, seed=args.seed)
+        save_preferences(val, args.val_out)
+        logger.info("wrote %d held-out pairs to %s", len(val), args.val_out)
+    save_preferences(records, args.out)
+    logger.info("wrote %d pairs to %s", len(records), args.out)
+
+
+def _review(args) -> None:
+    import re
+
+    from mmstudy.preferences import load_preferences
+    from mmstudy.review import load_tokenizer, review, review_figures, review_markdown, table1_markdown
+    from mmstudy.runs import build_manifest
+
+    names = args.names or [Path(p).stem for p in args.prefs]
+    if len(names) != len(args.prefs):
+        raise ValueError(f"--names gives {len(names)} names for {len(args.prefs)} preference files")
+    files = [re.sub(r"[^A-Za-z0-9_.-]+", "_", n) for n in names]
+    if len(set(files)) != len(files) or {"table1", "review", "pairs"} & set(files):
+        raise ValueError(f"dataset names {names} give clashing file names {files}: pass distinct --names")
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer is not None else None
+    embedder = None
+    if args.embed or args.embedder is not None:
+        from mmstudy.bdhs import SentenceEmbedder
+
+        embedder = SentenceEmbedder(args.embedder)
+    result = review({n: load_preferences(p) for n, p in zip(names, args.prefs)}, tokenizer=tokenizer,
+                    embedder=embedder, objects=args.objects, top=args.top)
+    out = Path(args.out)
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
+    params["prefs"] = [str(p) for p in args.prefs]
+    summary = {k: v for k, v in result.items() if k != "pairs"}
+    io.write_json(out / "review.json", {**summary, "manifest": build_manifest(None, " ".join(sys.argv), params)})
+    io.write_jsonl(out / "pairs.jsonl", result["pairs"])
+    io.write_text(out / "table1.md", table1_markdown(result))
+    markdown = review_markdown(result)
+    for name, file in zip(names, files):
+        io.write_text(out / f"{file}.md", markdown[name])
+    for key, fig in review_figures(result).items():
+        with io.atomic_path(out / f"{key}.png") as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    logger.info("reviewed %s (%s pairs; lengths in %s): review.json, table1.md, %s and figures in %s",
+                ", ".join(names), ", ".join(str(r["pairs"]) for r in result["counts"]), result["unit"],
+                ", ".join(f"{f}.md" for f in files), out)
+
+
+def _add_trainer_args(p) -> None:
+    """The options train-dpo and train-online share: model, output, objective, what trains, schedule."""
+    p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint directory")
+    p.add_argument("--image-root", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="run directory: metrics.jsonl, checkpoints/, model/")
+    p.add_argument("--loss", default="dpo", choices=["dpo", "ipo", "slic", "avg_dpo"])
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--gamma", type=float, default=0.5, help="Avg-DPO weight of 'rejected' against 'rejected_2'")
+    p.add_argument("--lora-r", type=int, default=128, help="0: full fine-tuning")
+    p.add_argument("--lora-alpha", type=int, default=256)
+    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--projector-lr", type=float, default=2e-5)
+    p.add_argument("--freeze-projector", action="store_true")
+    p.add_argument("--freeze-lm", action="store_true")
+    p.add_argument("--train-vision", action="store_true")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--on-too-long", default="error", choices=["error", "skip"])
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--adapter-only", action="store_true", help="save the LoRA adapter instead of merged weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,30 +516,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bdhs)
 
     p = sub.add_parser("train-dpo", help="offline preference training: DPO, IPO, SLiC or Avg-DPO, LoRA or full")
-    p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint directory")
     p.add_argument("--prefs", required=True, type=Path, help="preference JSON lines (mmstudy's schema)")
+    p.add_argument("--precompute-ref", action="store_true", help="reference log-probs once per dataset")
+    _add_trainer_args(p)
+    p.set_defaults(func=_train_dpo)
+
+    p = sub.add_parser("train-rm", help="a Bradley-Terry reward model (LLaVA backbone + scalar head) on preference "
+                       "pairs, and its accuracy on held-out pairs (the paper's Table 7)")
+    p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint: the backbone")
+    p.add_argument("--prefs", required=True, type=Path, help="training pairs (.jsonl, .parquet, Arrow folder)")
     p.add_argument("--image-root", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path, help="run directory: metrics.jsonl, checkpoints/, model/")
-    p.add_argument("--loss", default="dpo", choices=["dpo", "ipo", "slic", "avg_dpo"])
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--gamma", type=float, default=0.5, help="Avg-DPO weight of 'rejected' against 'rejected_2'")
-    p.add_argument("--lora-r", type=int, default=128, help="0: full fine-tuning")
+    p.add_argument("--out", required=True, type=Path, help="run directory: rm/, metrics.jsonl, checkpoints/, "
+                   "accuracy.json, manifest.json")
+    p.add_argument("--eval-prefs", nargs="+", type=Path, default=[], help="held-out pair files: accuracy per file "
+                   "and per source, written to accuracy.json")
+    p.add_argument("--eval-image-root", type=Path, default=None, help="image root of --eval-prefs (default: "
+                   "--image-root)")
+    p.add_argument("--lora-r", type=int, default=128, help="0: full fine-tuning of the language model")
     p.add_argument("--lora-alpha", type=int, default=256)
-    p.add_argument("--lr", type=float, default=5e-6)
-    p.add_argument("--projector-lr", type=float, default=2e-5)
-    p.add_argument("--freeze-projector", action="store_true")
-    p.add_argument("--freeze-lm", action="store_true")
-    p.add_argument("--train-vision", action="store_true")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--train-projector", action="store_true")
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--schedule", default="constant", choices=["constant", "linear"])
+    p.add_argument("--warmup-ratio", type=float, default=0.03)
+    p.add_argument("--center", type=float, default=0.0, help="reward-centering coefficient (0.01 is usual)")
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--on-too-long", default="error", choices=["error", "skip"])
-    p.add_argument("--precompute-ref", action="store_true", help="reference log-probs once per dataset")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_rm)
+
+    p = sub.add_parser("eval-rm", help="pairwise accuracy of a reward model on held-out pairs, per source")
+    p.add_argument("--rm", required=True, type=Path, help="reward-model directory (train-rm's RUN_DIR/rm)")
+    p.add_argument("--prefs", required=True, nargs="+", type=Path, help="held-out pair files")
+    p.add_argument("--image-root", required=True, type=Path)
+    p.add_argument("--out", type=Path, default=None, help="also write the accuracies as JSON")
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    p.set_defaults(func=_eval_rm)
+
+    p = sub.add_parser("train-rloo", help="RLOO against a reward model: k samples per prompt, leave-one-out "
+                       "baseline, KL penalty, LoRA")
+    p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint: the policy")
+    p.add_argument("--rm", required=True, type=Path, help="reward-model directory (train-rm's RUN_DIR/rm)")
+    p.add_argument("--prompts", required=True, type=Path, help="preference or sft file: prompts and images")
+    p.add_argument("--image-root", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="run directory: model/, metrics.jsonl, samples.jsonl, "
+                   "checkpoints/, manifest.json")
+    p.add_argument("--k", type=int, default=4, help="samples per prompt")
+    p.add_argument("--beta", type=float, default=0.05, help="KL coefficient (the paper: 0.4)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--normalize", default="dataset", choices=["dataset", "batch", "none"],
+                   help="reward normalization: RM statistics of the prompt file's responses (the paper), per batch, "
+                        "or none")
+    p.add_argument("--lora-r", type=int, default=128)
+    p.add_argument("--lora-alpha", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per step")
+    p.add_argument("--micro-batch", type=int, default=0, help="prompts per forward/backward pass (0: the batch)")
+    p.add_argument("--log-samples-every", type=int, default=10, help="write every sample of every N-th step")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--adapter-only", action="store_true", help="save the LoRA adapter instead of merged weights")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_train_dpo)
+    p.set_defaults(func=_train_rloo)
+
+    p = sub.add_parser("train-online", help="Online-DPO with a judge, Mixed-DPO or Online-BDHS (the same trainer)")
+    p.add_argument("--prompts", required=True, type=Path,
+                   help="preference file whose prompts and images are sampled (its pairs: the offline data)")
+    p.add_argument("--mode", default="online_dpo", choices=["online_dpo", "mixed", "online_bdhs", "online_bdhs_avg"])
+    p.add_argument("--judge", default="oracle", help="oracle[:ERROR_RATE], local:MODEL_DIR or http:URL#MODEL")
+    p.add_argument("--judge-cache", type=Path, default=None, help="cache of HTTP judge replies")
+    p.add_argument("--world", type=Path, default=None,
+                   help="world directory: ground truth for the oracle judge and the judge-agreement metric")
+    p.add_argument("--k", type=int, default=2, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--p-offline", type=float, default=0.5, help="mixed: chance of the offline pair per example")
+    p.add_argument("--regen-every", type=int, default=1, help="online BDHS: regenerate rejected this often (steps)")
+    p.add_argument("--rho", type=float, default=0.99, help="online BDHS masking threshold")
+    p.add_argument("--iterations", type=int, default=5, help="online BDHS iterations N_BDHS")
+    p.add_argument("--embedder", type=Path, default=None, help="online BDHS sentence embedder directory")
+    _add_trainer_args(p)
+    p.set_defaults(func=_train_online)
 
     p = sub.add_parser("world-prefs", help="POVID-like preference pairs on the world (ground truth vs corrupted)")
     p.add_argument("--world", required=True, type=Path)
@@ -338,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of balanced yes/no pairs about absent co-occurring partners and present objects")
     p.add_argument("--fresh", type=int, default=0,
                    help="build the pairs on this many new scenes (rendered into the world) instead of the SFT data")
+    p.add_argument("--mine-with", type=Path, default=None, metavar="MODEL_DIR",
+                   help="keep only the pairs whose prompt this model answers wrongly (by the oracle), existence "
+                        "pairs balanced by answer")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_world_prefs)
 
@@ -358,6 +637,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the comparison as JSON")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("convert", help="a released preference dataset (or LLaVA-Instruct) -> mmstudy's schema")
+    p.add_argument("dataset", choices=["llava_instruct", "povid", "rlhf_v", "vlfeedback", "rlaif_v", "ha_dpo", "trl"])
+    p.add_argument("--input", required=True, type=Path, help="the released file (README: Preference datasets)")
+    p.add_argument("--image-root", required=True, type=Path,
+                   help="folder the records' images are relative to; embedded images are written here")
+    p.add_argument("--out", required=True, type=Path,
+                   help="PREFS.jsonl, PREFS.parquet or an Arrow folder; statistics go to <out stem>.convert.json")
+    p.add_argument("--skip-missing-images", action="store_true", help="skip (and count) records whose image is "
+                   "missing instead of stopping")
+    p.add_argument("--limit", type=int, default=None, help="stop after N converted records")
+    p.add_argument("--n", type=int, default=None, help="then keep a seeded random subset of N (the paper's 5k)")
+    p.add_argument("--source", default=None, help="source name written into the records (default: the dataset)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of VLFeedback / HA-DPO picks")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("prefs-mix", help="seeded subsample, mix and split of preference files")
+    p.add_argument("inputs", nargs="+", help="PREFS[:N]: a preference file (.jsonl, .parquet, Arrow folder), "
+                   "optionally with a seeded subsample size")
+    p.add_argument("--out", required=True, type=Path, help=".jsonl, .parquet or an Arrow folder")
+    p.add_argument("--val", type=int, default=0, help="hold out a seeded random N pairs of the mix")
+    p.add_argument("--val-out", type=Path, default=None, help="where the held-out pairs go")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_prefs_mix)
+
+    p = sub.add_parser("review", help="data review of preference files: lengths, similarity, kinds of difference, "
+                       "objects, Table 1, figures")
+    p.add_argument("prefs", nargs="+", type=Path, help="preference files (.jsonl, .parquet, Arrow folder)")
+    p.add_argument("--out", required=True, type=Path, help="folder for review.json, pairs.jsonl, table1.md, "
+                   "<name>.md and the PNG figures")
+    p.add_argument("--names", nargs="+", default=None, help="dataset names, one per file (default: file stems)")
+    p.add_argument("--tokenizer", type=Path, default=None, metavar="MODEL_DIR",
+                   help="count lengths in this model's tokens (default: whitespace words)")
+    p.add_argument("--embed", action="store_true", help="also the cosine similarity of sentence embeddings "
+                   "(packaged all-MiniLM-L6-v2; slower)")
+    p.add_argument("--embedder", type=Path, default=None, help="sentence-transformers directory (implies --embed)")
+    p.add_argument("--objects", default="auto", choices=["auto", "world", "coco"],
+                   help="object noun list: the world's classes, CHAIR's COCO synonyms, or chosen per dataset")
+    p.add_argument("--top", type=int, default=10, help="objects listed in the top-object tables")
+    p.set_defaults(func=_review)
     return parser
 
 

@@ -25,23 +25,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-import json
 import logging
 import math
-import os
-import random
-import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from mmstudy import io
+from mmstudy.checkpoints import (
+    append_jsonl,
+    epoch_order,
+    lr_schedule,
+    resume_run,
+    save_checkpoint,
+    settings_hash,
+)
 from mmstudy.generation import chat_prompt
 from mmstudy.losses import LOSSES, OBJECTIVES, avg_dpo_loss
 from mmstudy.model import LORA_TARGET_REGEX, load_llava, save_llava
@@ -171,60 +175,71 @@ def collate(batch: Sequence[EncodedPair], pad_id: int) -> dict:
 # ---------------------------------------------------------------- the model side
 
 
-def _llava(model):
+def unwrap_llava(model):
+    """The LLaVA inside a peft wrapper (LoRA layers are injected in place), or the model itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def text_hidden_size(model) -> int:
+    config = unwrap_llava(model).config
+    return int(getattr(config, "text_config", config).hidden_size)
+
+
+def text_max_length(model) -> int:
+    config = unwrap_llava(model).config
+    return int(getattr(config, "text_config", config).max_position_embeddings)
+
+
+def _cache_name(llava) -> str:
+    """The cache keyword of this transformers version's forward ("cache" in 5.x, "past_key_values" before)."""
+    return "cache" if "cache" in inspect.signature(llava.model.forward).parameters else "past_key_values"
+
+
+def shared_prefix_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
+                         image_sizes=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states of `collate` batches: the prompt rows (B, P) (left-padded, image tokens included) run
+    once through the LLaVA's own forward, which encodes and places the image features (LLaVA-NeXT's AnyRes
+    included); the n_responses x B response rows (right-padded; all first responses, then all second, ...) continue
+    from the prompt's KV cache. Returns (hidden of each prompt's last token (B, H), response hiddens (nB, L, H)),
+    after the LM's final norm. `model` is a LLaVA, bare or wrapped by peft."""
+    llava = unwrap_llava(model)
+    name = _cache_name(llava)
+    kwargs = {"image_sizes": image_sizes} if image_sizes is not None else {}
+    prompt = llava.model(input_ids=prompt_ids, pixel_values=pixel_values.to(llava.dtype), attention_mask=prompt_mask,
+                         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **kwargs)
+    cache = prompt[name] if name in prompt else prompt["past_key_values"]
+    shared = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        shared.update(layer.keys.repeat(n_responses, 1, 1, 1), layer.values.repeat(n_responses, 1, 1, 1), i)
+    lengths = prompt_mask.sum(-1).repeat(n_responses)
+    positions = lengths[:, None] + torch.arange(response_ids.shape[1], device=response_ids.device)
+    attention = torch.cat([prompt_mask.repeat(n_responses, 1), response_mask], dim=1)
+    out = llava.model(input_ids=response_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                      **{name: shared})
+    return prompt.last_hidden_state[:, -1], out.last_hidden_state
 
 
 class PairScorer(torch.nn.Module):
     """Summed response log-probs of every response row of a batch. The prompt of a pair (its image tokens
     included) runs once: its image is encoded once, and its chosen and rejected responses both continue from its
-    KV cache, gradients flowing through the shared prefix. Wrapping this module (not the bare model) is what
-    accelerate prepares, so DDP sees the whole computation."""
+    KV cache, gradients flowing through the shared prefix (`shared_prefix_hidden`). Log-probs are those of
+    softmax(logits / temperature) (1 for DPO; RLOO's sampling temperature). Wrapping this module (not the bare
+    model) is what accelerate prepares, so DDP sees the whole computation."""
 
-    def __init__(self, model):
+    def __init__(self, model, temperature: float = 1.0):
         super().__init__()
         self.model = model
-
-    def _image_features(self, pixel_values, image_sizes):
-        llava = _llava(self.model)
-        cfg = llava.config
-        kwargs = {"image_sizes": image_sizes} if image_sizes is not None else {}
-        feats = llava.model.get_image_features(pixel_values=pixel_values.to(llava.dtype),
-                                               vision_feature_layer=cfg.vision_feature_layer,
-                                               vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-                                               **kwargs)
-        feats = getattr(feats, "pooler_output", feats)
-        flat = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats
-        return flat.reshape(-1, flat.shape[-1])
+        self.temperature = temperature
 
     def forward(self, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
-                image_sizes=None):
-        image_token = _llava(self.model).config.image_token_id
-        embeds = self.model.get_input_embeddings()(prompt_ids)
-        flat = self._image_features(pixel_values, image_sizes)
-        image = (prompt_ids == image_token).unsqueeze(-1).expand_as(embeds)
-        if image.sum() != flat.numel():
-            raise ValueError(f"{int(image.sum()) // embeds.shape[-1]} image positions for {flat.shape[0]} image "
-                             f"features")
-        embeds = embeds.masked_scatter(image, flat.to(embeds.dtype))
-        cache_arg = "cache" if "cache" in inspect.signature(_llava(self.model).forward).parameters \
-            else "past_key_values"
-        prompt = self.model(inputs_embeds=embeds, attention_mask=prompt_mask, logits_to_keep=1,
-                            position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
-        cache = prompt[cache_arg] if cache_arg in prompt else prompt["past_key_values"]
-        shared = DynamicCache()
-        for i, layer in enumerate(cache.layers):
-            shared.update(layer.keys.repeat(n_responses, 1, 1, 1), layer.values.repeat(n_responses, 1, 1, 1), i)
-        lengths = prompt_mask.sum(-1).repeat(n_responses)
-        positions = lengths[:, None] + torch.arange(response_ids.shape[1], device=response_ids.device)
-        attention = torch.cat([prompt_mask.repeat(n_responses, 1), response_mask], dim=1)
-        logits = self.model(input_ids=response_ids, attention_mask=attention, position_ids=positions,
-                            use_cache=True, **{cache_arg: shared}).logits
+                image_sizes=None) -> torch.Tensor:
+        last, hidden = shared_prefix_hidden(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                            pixel_values, n_responses, image_sizes)
         # token 0 of a response is predicted by the prompt's last position, token t by response position t - 1
-        first = prompt.logits[:, -1:].repeat(n_responses, 1, 1)
-        logp = torch.log_softmax(torch.cat([first, logits[:, :-1]], dim=1).float(), dim=-1)
-        token_logp = logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-        return (token_logp * response_mask).sum(-1)
+        h = torch.cat([last[:, None].repeat(n_responses, 1, 1), hidden[:, :-1]], dim=1)
+        logp = torch.log_softmax(unwrap_llava(self.model).lm_head(h).float() / self.temperature, dim=-1)
+        token = logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        return (token * response_mask).sum(-1)
 
 
 def prepare_model(model, cfg: DPOTrainConfig):
@@ -256,15 +271,7 @@ def _param_groups(model, cfg: DPOTrainConfig) -> list[dict]:
     return groups
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 # ---------------------------------------------------------------- the loop
-
-
-def _order(n: int, seed: int, epoch: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
 
 
 def _objective(cfg: DPOTrainConfig, policy: torch.Tensor, ref: torch.Tensor, n_pairs: int):
@@ -301,63 +308,38 @@ def _llava_unwrapped(scorer):
     return module.model
 
 
-def _checkpoints(out: Path) -> list[Path]:
-    root = out / "checkpoints"
-    return sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1])) if root.is_dir() else []
-
-
-def _save_checkpoint(out: Path, model, optimizer, scheduler, step: int, cfg: DPOTrainConfig) -> None:
-    final = out / "checkpoints" / f"step_{step:07d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(trainable_state(model), tmp / "trainable.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
-               tmp / "state.pt")
-    io.write_json(tmp / "meta.json", {"step": step, "config_hash": config_hash(cfg)})
-    os.replace(tmp, final)
-    for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
-        shutil.rmtree(old)
-
-
-def config_hash(cfg: DPOTrainConfig) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler, cfg: DPOTrainConfig) -> int:
-    meta = io.read_json(path / "meta.json")
-    if meta["config_hash"] != config_hash(cfg):
-        raise ValueError(f"{path} was written with another training config; use a new --out or the same settings")
-    params = dict(model.named_parameters())
-    for name, value in torch.load(path / "trainable.pt").items():
-        params[name].data.copy_(value)
-    state = torch.load(path / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    return int(meta["step"])
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _online_batch(online, step: int, records: list[dict], scorer, processor, image_root, max_length: int,
+                  cfg: DPOTrainConfig, need_second: bool) -> tuple[list[EncodedPair], dict]:
+    """This step's pairs from the current policy (generation in eval mode, no gradients), encoded."""
+    policy = _llava_unwrapped(scorer)
+    policy.eval()
+    made, stats = online.make(step, records, policy, processor)
+    if not made:
+        return [], stats
+    encoded, skipped = encode_pairs(processor, made, image_root, max_length, cfg.on_too_long, need_second)
+    if skipped:
+        stats["online/too_long"] = skipped
+    return encoded, stats
 
 
 def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig, out_dir: str | Path,
               image_root: str | Path, device: str = "cpu", progress: bool = True,
-              stop_after_steps: int | None = None) -> dict:
+              stop_after_steps: int | None = None, online=None) -> dict:
     """Train on `pairs` (mmstudy's preference schema) and save the model to `out_dir/model`; resumes from the
     last checkpoint in `out_dir/checkpoints`. `stop_after_steps` ends the run early (as an interruption would,
-    after that many optimizer steps) without saving the final model: for tests and time-boxed runs."""
+    after that many optimizer steps) without saving the final model: for tests and time-boxed runs.
+
+    With `online` (a `mmstudy.online.OnlinePairs`), each step's records are turned into pairs by the current
+    policy (Online-DPO, Mixed-DPO, Online-BDHS) before the same loss and update; a step left without pairs (judge
+    failures, identical samples) still steps the schedule, with a zero loss."""
     from accelerate import Accelerator
 
+    if online is not None and online.cfg.needs_second_rejected and cfg.loss != "avg_dpo":
+        raise ValueError(f"online mode {online.cfg.mode!r} trains with loss avg_dpo (two rejected responses)")
+    if online is not None and cfg.loss == "avg_dpo" and not online.cfg.needs_second_rejected:
+        raise ValueError(f"loss avg_dpo needs two rejected responses: online mode {online.cfg.mode!r} makes one")
+    if online is not None and cfg.precompute_ref:
+        raise ValueError("online pairs change with the policy: precompute_ref is for offline data only")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=(device == "cpu"))
@@ -366,10 +348,14 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
     setup_start = time.time()
     text_cfg = getattr(model.config, "text_config", model.config)
     max_length = cfg.max_length or int(text_cfg.max_position_embeddings)
-    encoded, skipped = encode_pairs(processor, pairs, image_root, max_length, cfg.on_too_long,
-                                    need_second=cfg.loss == "avg_dpo")
+    need_second = cfg.loss == "avg_dpo"
+    if online is None:
+        encoded, skipped = encode_pairs(processor, pairs, image_root, max_length, cfg.on_too_long, need_second)
+    else:
+        encoded, skipped = list(pairs), 0      # records: their pairs are made step by step
     if not encoded:
         raise ValueError("no pair left to train on")
+    run_hash = settings_hash(cfg) if online is None else settings_hash(cfg, online.cfg)
     frozen = None
     if cfg.lora_r == 0 and not cfg.precompute_ref:
         frozen = PairScorer(copy.deepcopy(model).requires_grad_(False).eval()).to(accelerator.device)
@@ -381,69 +367,82 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
 
-    def lr_factor(s: int) -> float:   # linear warm-up, then linear decay to 0
-        return (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", total_steps, warmup))
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     pad_id = processor.tokenizer.pad_token_id
     ref_cache = None
     if cfg.precompute_ref:  # before any checkpoint is loaded: the weights are still the reference's
-        ref_cache = _reference_cache(out, scorer, frozen, encoded, pad_id, cfg, accelerator.device)
+        ref_cache = _reference_cache(out, scorer, frozen, encoded, pad_id, cfg, accelerator.device, run_hash)
     reference = _Reference(scorer, frozen, ref_cache)
-    step = 0
-    found = _checkpoints(out)
-    if found:
-        step = _load_checkpoint(found[-1], _llava_unwrapped(scorer), optimizer, scheduler, cfg)
-        logger.info("resuming from %s (step %d of %d)", found[-1], step, total_steps)
+    step, extra = resume_run(out, _llava_unwrapped(scorer), optimizer, scheduler, run_hash)
+    online_totals = Counter()
+    if online is not None and extra is not None:
+        online.load_state_dict(extra["source"])
+        online_totals.update(extra["totals"])
     metrics_path = out / "metrics.jsonl"
-    if step == 0 and metrics_path.exists():
-        metrics_path.unlink()
     bar = tqdm(total=total_steps, initial=step, desc="DPO", unit="step", disable=not progress)
     start_time = time.time()
     setup_seconds = round(start_time - setup_start, 3)   # encoding the pairs (and the reference cache)
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        order = _order(len(encoded), cfg.seed, epoch)
+        order = epoch_order(len(encoded), cfg.seed, epoch)
         chunk = order[in_epoch * cfg.batch_size:(in_epoch + 1) * cfg.batch_size]
         mine = chunk[accelerator.process_index::world]
-        batch_pairs = [encoded[i] for i in mine]
-        batch = collate(batch_pairs, pad_id)
-        batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if online is None:
+            batch_pairs = [encoded[i] for i in mine]
+        else:
+            batch_pairs, stats = _online_batch(online, step, [encoded[i] for i in mine], scorer, processor,
+                                               image_root, max_length, cfg, need_second)
+            online_totals.update(stats)
+        n = len(batch_pairs)
+        record = {"step": step + 1, "epoch": epoch}
         scorer.train()
-        policy = scorer(**batch)
-        ref = reference(batch, [p.id for p in batch_pairs], accelerator.device)
-        loss, reward_chosen, reward_rejected = _objective(cfg, policy, ref, len(batch_pairs))
-        accelerator.backward(loss.mean())
+        if n:
+            batch = collate(batch_pairs, pad_id)
+            batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            policy = scorer(**batch)
+            ref = reference(batch, [p.id for p in batch_pairs], accelerator.device)
+            loss, reward_chosen, reward_rejected = _objective(cfg, policy, ref, n)
+            loss = loss.mean()
+            record.update({"rewards/chosen": float(reward_chosen.mean()),
+                           "rewards/rejected": float(reward_rejected.mean()),
+                           "rewards/margins": float((reward_chosen - reward_rejected).mean()),
+                           "rewards/accuracies": float((reward_chosen > reward_rejected).float().mean()),
+                           "logps/chosen": policy[:n].detach().mean().item(),
+                           "logps/rejected": policy[n:2 * n].detach().mean().item()})
+        else:   # nothing to learn from this step (online: judge failures, identical samples); keep in step
+            loss = sum(p.sum() for p in scorer.parameters() if p.requires_grad) * 0.0
+        accelerator.backward(loss)
         if cfg.max_grad_norm:
             accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        n = len(batch_pairs)
-        record = {"step": step, "epoch": epoch, "loss": loss.detach().mean().item(), "lr": scheduler.get_last_lr()[0],
-                  "rewards/chosen": float(reward_chosen.mean()), "rewards/rejected": float(reward_rejected.mean()),
-                  "rewards/margins": float((reward_chosen - reward_rejected).mean()),
-                  "rewards/accuracies": float((reward_chosen > reward_rejected).float().mean()),
-                  "logps/chosen": policy[:n].detach().mean().item(),
-                  "logps/rejected": policy[n:2 * n].detach().mean().item(),
-                  "pairs": n * world, "seconds": round(time.time() - start_time, 3)}
+        record.update({"loss": loss.detach().item(), "lr": scheduler.get_last_lr()[0], "pairs": n * world,
+                       "seconds": round(time.time() - start_time, 3)})
+        if online is not None:
+            record.update(stats)
+        stopping = stop_after_steps is not None and step >= stop_after_steps and step < total_steps
         if accelerator.is_main_process:
-            _append_metrics(metrics_path, record)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                _save_checkpoint(out, _llava_unwrapped(scorer), optimizer, scheduler, step, cfg)
+            append_jsonl(metrics_path, [record])
+            if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps):
+                save_checkpoint(out, _llava_unwrapped(scorer), optimizer, scheduler, step, run_hash,
+                                cfg.keep_checkpoints, None if online is None else
+                                {"source": online.state_dict(), "totals": dict(online_totals)})
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['rewards/accuracies']:.2f}")
-        if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
-            if accelerator.is_main_process:
-                _save_checkpoint(out, _llava_unwrapped(scorer), optimizer, scheduler, step, cfg)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record.get('rewards/accuracies', float('nan')):.2f}")
+        if stopping:
             bar.close()
             return {"stopped_at": step, "total_steps": total_steps}
     bar.close()
     summary = {"steps": step, "pairs": len(encoded), "skipped_too_long": skipped, "epochs": cfg.epochs,
                "config": dataclasses.asdict(cfg), "seconds": round(time.time() - start_time, 3),
                "setup_seconds": setup_seconds}
+    if online is not None:
+        from mmstudy.online import summarize_online
+
+        summary.update({"online": summarize_online(online_totals), "online_config": dataclasses.asdict(online.cfg)})
     if accelerator.is_main_process:
         _save_final(_llava_unwrapped(scorer), processor, out / "model", cfg)
         io.write_json(out / "train_summary.json", summary)
@@ -464,12 +463,12 @@ def _save_final(model, processor, path: Path, cfg: DPOTrainConfig) -> None:
 
 @torch.no_grad()
 def _reference_cache(out: Path, scorer, frozen, encoded: list[EncodedPair], pad_id: int, cfg: DPOTrainConfig,
-                     device) -> dict[str, list[float]]:
+                     device, run_hash: str) -> dict[str, list[float]]:
     """Reference log-probs of every pair, computed once and kept in out/ref_logps.json (reused on resume)."""
     path = out / "ref_logps.json"
     if path.is_file():
         cached = io.read_json(path)
-        if cached.get("config_hash") == config_hash(cfg) and set(cached["logps"]) >= {p.id for p in encoded}:
+        if cached.get("config_hash") == run_hash and set(cached["logps"]) >= {p.id for p in encoded}:
             return cached["logps"]
     reference = _Reference(scorer, frozen, None)
     logps: dict[str, list[float]] = {}
@@ -481,5 +480,5 @@ def _reference_cache(out: Path, scorer, frozen, encoded: list[EncodedPair], pad_
         n = len(chunk)
         for j, p in enumerate(chunk):
             logps[p.id] = [values[k * n + j] for k in range(batch["n_responses"])]
-    io.write_json(path, {"config_hash": config_hash(cfg), "logps": logps})
+    io.write_json(path, {"config_hash": run_hash, "logps": logps})
     return logps

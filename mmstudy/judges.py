@@ -116,11 +116,22 @@ def _oracle_objects(request: JudgeRequest, rng: random.Random, error_rate: float
     return json.dumps(words)
 
 
+def _prefer(checks: Sequence[oracle.Check]) -> int | None:
+    keys = [(len(c.hallucinations), -c.coverage) for c in checks]
+    return None if keys[0] == keys[1] else int(keys[1] < keys[0])
+
+
+def oracle_preference(first: str, second: str, scene: Scene, gt_answer: str | None = None) -> int | None:
+    """The world's preference between two responses: 0 (first), 1 (second), or None for a tie. Fewer false claims
+    win, then more of the standard answer's facts."""
+    return _prefer([oracle.check_answer(r, scene, gt_answer) for r in (first, second)])
+
+
 def _oracle_pairwise(request: JudgeRequest, rng: random.Random, error_rate: float) -> str:
-    """Prefer fewer false claims, then more of the standard answer's facts; ties go to Response 1."""
+    """`oracle_preference`; ties go to Response 1."""
     scene, gt = _scene(request), request.context.get("gt_answer")
     checks = [oracle.check_answer(r, scene, gt) for r in request.context["responses"]]
-    better = min((0, 1), key=lambda i: (len(checks[i].hallucinations), -checks[i].coverage, i))
+    better = _prefer(checks) or 0
     if rng.random() < error_rate:
         better = 1 - better
     found = "; ".join(checks[1 - better].hallucinations) or "it says less about the image"

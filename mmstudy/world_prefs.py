@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -130,12 +131,15 @@ def partner_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str, 
     return f"Is there {article(name)} {name} in the image?", yes.format(article(name), name), no.format(name)
 
 
-FRESH_SPLIT = "pref"
+def fresh_split(seed: int) -> str:
+    """The split name of the fresh scenes drawn with `seed` ("pref<seed>"): their images are named after it, so
+    fresh scenes of different seeds never share a file."""
+    return f"pref{seed}"
 
 
 def fresh_records(world_dir: Path, count: int, seed: int) -> tuple[list[dict], dict[str, Scene]]:
-    """`count` new scenes of the world (split "pref": never seen in base training), rendered into images/ if not
-    there yet, each with one LLaVA-Instruct-style record drawn like the SFT data."""
+    """`count` new scenes of the world (split `fresh_split(seed)`: never seen in base training), rendered into
+    images/ if not there yet, each with one LLaVA-Instruct-style record drawn like the SFT data."""
     from mmstudy import io
     from mmstudy.world import WorldSpec, render_scene, sample_scene, scene_rng
     from mmstudy.world_files import CONVERSATION_MIX, _pick, load_world_info
@@ -143,25 +147,76 @@ def fresh_records(world_dir: Path, count: int, seed: int) -> tuple[list[dict], d
 
     info = load_world_info(world_dir)
     spec = WorldSpec(**info["spec"])
+    split = fresh_split(seed)
     records, scenes = [], {}
     for i in range(count):
-        scene = sample_scene(spec, info["seed"] + seed, FRESH_SPLIT, i)
+        scene = sample_scene(spec, info["seed"], split, i)
         path = world_dir / "images" / f"{scene.image_id}.png"
         if not path.is_file():
-            io.write_bytes(path, io.png_bytes(render_scene(spec, scene, info["seed"] + seed)))
-        rng = scene_rng(info["seed"] + seed, FRESH_SPLIT, i, "conversations")
+            io.write_bytes(path, io.png_bytes(render_scene(spec, scene, info["seed"])))
+        rng = scene_rng(info["seed"], split, i, "conversations")
         conv = sample_conversation(scene, rng, _pick(CONVERSATION_MIX, rng))
         records.append({"id": scene.image_id, "image": path.name, "conversations": conv})
         scenes[path.name] = scene
     return records, scenes
 
 
+def is_existence(pair: dict) -> bool:
+    """Whether a pair answers an existence question (chosen and rejected are "Yes, there ..." / "No, there ...")."""
+    return bool({"partner", "yes/no"} & set(pair.get("provenance", {}).get("edits", ())))
+
+
+def answer_prompts(model, processor, pairs: Sequence[dict], image_root: str | Path, batch_size: int = 64,
+                   progress: bool = True) -> list[str]:
+    """The model's greedy answer to each pair's prompt, with the evaluation's settings: existence questions stop
+    at the first period (the answer POPE reads), other prompts get the description budget."""
+    from mmstudy import io
+    from mmstudy.benchmarks.registry import REGISTRY
+    from mmstudy.generation import chat_prompt, generate
+
+    answers: list[str | None] = [None] * len(pairs)
+    for kind, budget in (("pope", True), ("chair", False)):
+        spec = REGISTRY[kind]
+        idx = [i for i, p in enumerate(pairs) if is_existence(p) == budget]
+        if not idx:
+            continue
+        images = [io.load_image(Path(image_root) / pairs[i]["image"], where=f"pair {i} (id={pairs[i]['id']!r})")
+                  for i in idx]
+        texts = generate(model, processor, images, [chat_prompt(processor, pairs[i]["prompt"]) for i in idx],
+                         max_new_tokens=spec.max_new_tokens, batch_size=batch_size, stop_after=spec.stop_after,
+                         progress=progress)
+        for i, text in zip(idx, texts):
+            answers[i] = text
+    return answers
+
+
+def keep_model_errors(pairs: Sequence[dict], answers: Sequence[str], scenes: dict[str, Scene],
+                      seed: int = 0) -> list[dict]:
+    """The pairs whose prompt the model answered wrongly (the oracle finds a hallucination in its answer, or the
+    wrong yes/no), each with the model's answer in provenance["model_answer"]. Existence pairs are then balanced
+    by their chosen answer (the larger side subsampled, seeded), so that the data favours neither "yes" nor "no"
+    as such; other pairs are kept as they are. Order: that of `pairs`."""
+    wrong = [{**p, "provenance": {**p.get("provenance", {}), "model_answer": a}} for p, a in zip(pairs, answers)
+             if check_answer(a, scenes[p["image"]], p["chosen"]).hallucinated]
+    sides = {ans: [i for i, p in enumerate(wrong) if is_existence(p) and p["chosen"].startswith(ans)]
+             for ans in ("Yes", "No")}
+    n = min(len(v) for v in sides.values())
+    rng = np.random.default_rng(derive_seed(seed, "balance"))
+    drop = {i for v in sides.values() for i in (rng.choice(v, size=len(v) - n, replace=False) if v else [])}
+    logger.info("model errors: %d of %d pairs (existence: %d yes-chosen, %d no-chosen; %d kept of each)",
+                len(wrong), len(pairs), len(sides["Yes"]), len(sides["No"]), n)
+    return [p for i, p in enumerate(wrong) if i not in drop]
+
+
 def povid_like_pairs(world_dir: str | Path, n: int | None = None, seed: int = 0, split: str = "train",
-                     partner_share: float = 0.25, fresh: int = 0) -> list[dict]:
+                     partner_share: float = 0.25, fresh: int = 0, mine_with: tuple | None = None,
+                     progress: bool = True) -> list[dict]:
     """Preference records (mmstudy's schema) from the world's LLaVA-Instruct first turns: chosen = y+, rejected =
     `corrupt(y+)`; and, for a share `partner_share` of the pairs, the injected hallucination of a co-occurring
     absent object as a short answer (`partner_question`). With `n`, the first n pairs in a seeded order. With
-    `fresh`, the pairs come from that many new scenes (`fresh_records`) instead of the SFT records."""
+    `fresh`, the pairs come from that many new scenes (`fresh_records`) instead of the SFT records. With
+    `mine_with=(model, processor)`, only the pairs whose prompt that model answers wrongly are kept, existence
+    pairs balanced by answer (`keep_model_errors`); n then counts the kept pairs."""
     if not 0.0 <= partner_share <= 1.0:
         raise ValueError(f"partner_share must be in [0, 1], got {partner_share}")
     world_dir = Path(world_dir)
@@ -181,7 +236,7 @@ def povid_like_pairs(world_dir: str | Path, n: int | None = None, seed: int = 0,
                 pairs.append({"id": f"{r['id']}_partner", "image": r["image"], "prompt": made[0], "chosen": made[1],
                               "rejected": made[2], "source": "world_povid",
                               "provenance": {"generator": "world_povid", "edits": ["partner"], "seed": seed}})
-                if n is not None and len(pairs) == n:
+                if n is not None and len(pairs) == n and mine_with is None:
                     break
                 continue
         r = records[int(i)]
@@ -194,7 +249,10 @@ def povid_like_pairs(world_dir: str | Path, n: int | None = None, seed: int = 0,
         pairs.append({"id": str(r["id"]), "image": r["image"], "prompt": prompt, "chosen": chosen,
                       "rejected": rejected, "source": "world_povid",
                       "provenance": {"generator": "world_povid", "edits": edits, "seed": seed}})
-        if n is not None and len(pairs) == n:
+        if n is not None and len(pairs) == n and mine_with is None:
             break
+    if mine_with is not None:
+        answers = answer_prompts(*mine_with, pairs, world_dir / "images", progress=progress)
+        pairs = keep_model_errors(pairs, answers, scenes, seed)[:n]
     logger.info("POVID-like world pairs: %d (from %d records)", len(pairs), len(records))
     return pairs

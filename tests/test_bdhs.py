@@ -302,3 +302,14 @@ def test_fast_path_equals_generate_per_sentence(smoke_model, examples, loader, c
     slow = _one_iteration(model, processor, examples, 1, cfg, loader, n, 8, False, fast=False)
     fast = _one_iteration(model, processor, examples, 1, cfg, loader, n, 8, False, fast=True)
     assert fast == slow
+
+
+def test_examples_from_a_converted_sft_file_equal_the_llava_json(smoke_world, tmp_path):
+    from mmstudy.converters import ConvertConfig, convert, write_result
+
+    source = smoke_world / "llava_instruct_train.json"
+    result = convert("llava_instruct", source, ConvertConfig(image_root=smoke_world / "images"))
+    write_result(result, tmp_path / "sft.jsonl")
+    direct = load_examples(source, smoke_world / "images", n=12, seed=0)
+    converted = load_examples(tmp_path / "sft.jsonl", smoke_world / "images", n=12, seed=0)
+    assert converted == direct

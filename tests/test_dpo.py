@@ -192,8 +192,114 @@ def test_povid_like_pairs_on_fresh_scenes(smoke_world, tmp_path):
     world = tmp_path / "world"          # a copy: fresh scenes add images to the world they are given
     shutil.copytree(smoke_world, world)
     pairs = povid_like_pairs(world, n=10, seed=5, fresh=20)
-    assert len(pairs) == 10 and all(p["image"].startswith("pref_") for p in pairs)
+    assert len(pairs) == 10 and all(p["image"].startswith("pref5_") for p in pairs)
     assert all((world / "images" / p["image"]).is_file() for p in pairs)
     assert pairs == povid_like_pairs(world, n=10, seed=5, fresh=20)
+    # another seed draws other scenes into other files: it never reads the images of seed 5's scenes
+    other = povid_like_pairs(world, n=10, seed=6, fresh=20)
+    assert all(p["image"].startswith("pref6_") for p in other)
+    assert io.load_image(world / "images" / "pref5_000000.png").tobytes() != \
+        io.load_image(world / "images" / "pref6_000000.png").tobytes()
     with pytest.raises(ValueError, match="partner_share"):
         povid_like_pairs(world, partner_share=1.5)
+
+
+def _existence_pair(scene, name, present: bool) -> dict:
+    yes, no = f"Yes, there is a {name} in the image.", f"No, there is no {name} in the image."
+    chosen, rejected = (yes, no) if present else (no, yes)
+    return {"id": f"{scene.image_id}_{name}", "image": f"{scene.image_id}.png", "prompt": f"Is there a {name}?",
+            "chosen": chosen, "rejected": rejected, "source": "world_povid", "provenance": {"edits": ["partner"]}}
+
+
+def test_keep_model_errors_keeps_wrong_answers_and_balances_yes_no(smoke_world):
+    from mmstudy.world import CLASSES
+    from mmstudy.world_prefs import keep_model_errors
+
+    scenes = load_scenes(smoke_world, "val")[:6]
+    pairs, answers, absents = [], [], []
+    for k, scene in enumerate(scenes):
+        present = scene.classes()[0]
+        absent = next(c.name for c in CLASSES if c.name not in scene.classes() and " " not in c.name)
+        absents.append(absent)
+        pairs += [_existence_pair(scene, present, True), _existence_pair(scene, absent, False)]
+        # the model denies every present object; it affirms the absent one in the first four scenes only
+        answers += [f"No, there is no {present} in the image.",
+                    f"Yes, there is a {absent} in the image." if k < 4 else f"No, there is no {absent} in the image."]
+    description = {"id": "d", "image": pairs[0]["image"], "prompt": "Describe the image.", "chosen": "x",
+                   "rejected": "y", "source": "world_povid", "provenance": {"edits": ["add"]}}
+    pairs.append(description)
+    answers.append(f"There is a {absents[0]} in the middle.")
+    by_image = {f"{s.image_id}.png": s for s in scenes}
+    kept = keep_model_errors(pairs, answers, by_image, seed=0)
+    yes = [p for p in kept if p["chosen"].startswith("Yes")]
+    no = [p for p in kept if p["chosen"].startswith("No")]
+    assert len(yes) == len(no) == 4          # 6 wrong denials subsampled to the 4 wrong affirmations
+    assert {p["id"] for p in no} == {pairs[2 * k + 1]["id"] for k in range(4)}
+    assert kept[-1]["id"] == "d" and kept[-1]["provenance"]["model_answer"].startswith("There is a")
+    assert all(p["provenance"]["model_answer"] for p in kept)
+    assert kept == keep_model_errors(pairs, answers, by_image, seed=0)
+    assert [p["id"] for p in keep_model_errors(pairs, answers, by_image, seed=1)] != [p["id"] for p in kept]
+
+
+def test_answer_prompts_uses_the_evaluation_settings(smoke_world, smoke_model):
+    from mmstudy.world_prefs import answer_prompts, is_existence
+
+    model, processor, _ = smoke_model
+    pairs = povid_like_pairs(smoke_world, n=12, seed=3, partner_share=0.5)
+    answers = answer_prompts(model, processor, pairs, smoke_world / "images", progress=False)
+    assert len(answers) == len(pairs) and all(isinstance(a, str) for a in answers)
+    for p, a in zip(pairs, answers):
+        if is_existence(p):        # POPE's budget: the answer ends at its first period
+            assert "." not in a[:-1]
+    assert any(is_existence(p) for p in pairs) and any(not is_existence(p) for p in pairs)
+
+
+def test_mining_keeps_the_pairs_the_model_gets_wrong(smoke_world, smoke_model, tmp_path, monkeypatch):
+    """povid_like_pairs(mine_with=...) keeps exactly the pairs whose prompt the model answers with a false claim.
+    The smoke model's answers are degenerate (no claims), so the model's answers are scripted: the rejected
+    response for every other pair, the chosen one for the rest."""
+    import shutil
+
+    from mmstudy import world_prefs
+
+    world = tmp_path / "world"
+    shutil.copytree(smoke_world, world)
+    everything = povid_like_pairs(world, seed=3, fresh=30, partner_share=0.5)
+    scripted = {p["id"]: p["rejected"] if i % 2 else p["chosen"] for i, p in enumerate(everything)}
+    monkeypatch.setattr(world_prefs, "answer_prompts",
+                        lambda model, processor, pairs, root, progress: [scripted[p["id"]] for p in pairs])
+    mined = povid_like_pairs(world, seed=3, fresh=30, partner_share=0.5, mine_with=smoke_model[:2])
+    wrong = [p for i, p in enumerate(everything) if i % 2]
+    assert mined and {p["id"] for p in mined} <= {p["id"] for p in wrong}
+    assert all(p["provenance"]["model_answer"] == p["rejected"] for p in mined)
+    existence = [p for p in mined if world_prefs.is_existence(p)]
+    assert sum(p["chosen"].startswith("Yes") for p in existence) * 2 == len(existence)
+    others = {p["id"] for p in wrong if not world_prefs.is_existence(p)}
+    assert others <= {p["id"] for p in mined}              # wrong non-existence answers are all kept
+
+
+def test_two_process_ddp_run_equals_the_single_process_run(base_dir, pairs, smoke_world, tmp_path):
+    """`accelerate launch` with two CPU processes (DDP over gloo): each process takes half of every global batch
+    and the averaged gradients give the single-process run's weights."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    prefs = tmp_path / "prefs.jsonl"
+    io.write_jsonl(prefs, pairs)
+    args = ["-q", "train-dpo", "--model", str(base_dir), "--prefs", str(prefs), "--image-root",
+            str(smoke_world / "images"), "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-3", "--epochs", "1",
+            "--batch-size", "8", "--seed", "3"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmstudy", *args,
+                           "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
+    assert set(one) == set(two)
+    assert max((one[n] - two[n]).abs().max().item() for n in one) < 1e-5
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["pairs"] for r in lines] == [8, 8]      # the main process logs each global batch once

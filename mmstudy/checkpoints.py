@@ -1,0 +1,140 @@
+"""Training-loop plumbing shared by the trainers (DPO and online DPO, reward model, RLOO): checkpoints, exact
+resume, per-step logs, the seeded example order and the learning-rate schedule.
+
+A checkpoint is `out/checkpoints/step_N/`: the trainable parameters, optimizer, scheduler and RNG states, the run's
+settings hash (a checkpoint of other settings is refused), and optionally a JSON `extra` state (e.g. the online
+pair source's cache). It is written to a temp dir and renamed. On resume the per-step logs are cut back to the
+checkpoint's step, so a crash between checkpoints never leaves duplicate lines.
+
+    >>> step, extra = resume_run(out, model, optimizer, scheduler, settings_hash(cfg))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mmstudy import io
+
+logger = logging.getLogger(__name__)
+
+
+def settings_hash(*configs) -> str:
+    """A short hash of one or more dataclass configs (or dicts): what a checkpoint or a cache belongs to."""
+    settings = [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded order of n examples in one epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+
+
+SCHEDULES = ("constant", "linear")
+
+
+def lr_schedule(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LambdaLR factor: linear warm-up over `warmup_steps`, then constant or linear decay to 0 at `total_steps`."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    root = Path(out) / "checkpoints"
+    return sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1])) if root.is_dir() else []
+
+
+def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, run_hash: str, keep: int = 2,
+                    extra: dict | None = None) -> None:
+    """Write out/checkpoints/step_N (see the module docstring); only the last `keep` checkpoints are kept."""
+    final = Path(out) / "checkpoints" / f"step_{step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(trainable_state(module), tmp / "trainable.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
+               tmp / "state.pt")
+    io.write_json(tmp / "meta.json", {"step": step, "config_hash": run_hash})
+    if extra is not None:
+        io.write_json(tmp / "extra.json", extra)
+    os.replace(tmp, final)
+    for old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old)
+
+
+def load_checkpoint(path: Path, module, optimizer, scheduler, run_hash: str) -> tuple[int, dict | None]:
+    """Restore a checkpoint into `module`, optimizer, scheduler and the RNGs -> (its step, its extra state or None).
+    ValueError when it was written with other settings."""
+    meta = io.read_json(path / "meta.json")
+    if meta.get("config_hash") != run_hash:
+        raise ValueError(f"{path} was written with another training config; use a new --out or the same settings")
+    params = dict(module.named_parameters())
+    for name, value in torch.load(path / "trainable.pt").items():
+        params[name].data.copy_(value)
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    extra = io.read_json(path / "extra.json") if (path / "extra.json").is_file() else None
+    return int(meta["step"]), extra
+
+
+def append_jsonl(path: Path, records: Sequence[dict]) -> None:
+    """Append whole lines in one flushed write (a per-step log)."""
+    with Path(path).open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def keep_records_up_to(path: Path, step: int) -> None:
+    """Drop the lines of a per-step JSON-lines log written after `step` (a crash after the last checkpoint);
+    rewritten atomically, only when something has to go."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        io.write_text(path, "".join(line + "\n" for line in kept))
+
+
+def resume_run(out: Path, module, optimizer, scheduler, run_hash: str,
+               logs: Sequence[str] = ("metrics.jsonl",)) -> tuple[int, dict | None]:
+    """Load the last checkpoint of `out` (refusing one written with other settings) and cut the step logs back to
+    it -> (the step to continue from, the checkpoint's extra state). Step 0: a fresh run, its old logs removed."""
+    found = list_checkpoints(out)
+    step, extra = load_checkpoint(found[-1], module, optimizer, scheduler, run_hash) if found else (0, None)
+    if found:
+        logger.info("resuming from %s (step %d)", found[-1], step)
+    for name in logs:
+        if step == 0:
+            (Path(out) / name).unlink(missing_ok=True)
+        keep_records_up_to(Path(out) / name, step)
+    return step, extra

@@ -1,0 +1,136 @@
+"""VLFeedback -> preference pairs, one per prompt: the best-rated completion against a lower-rated one.
+
+Released data: https://huggingface.co/datasets/MMInstruction/VLFeedback (80k rows, parquet; JSON lines or a JSON
+list with the same fields are read too), images in the same repository's image archive: `--image-root` is the
+folder the rows' `img_path` is relative to. A row is `{"id", "prompt", "models", "completions", "img_path"}`;
+`completions` holds 4 model responses with GPT-4V annotations, either column-wise as the Hugging Face `datasets`
+release stores it (`{"annotations": [...], "model": [...], "response": [...]}`) or as a list of `{"annotations",
+"model", "response"}`. Each annotation maps an aspect ("Helpfulness", "Visual Faithfulness", "Ethical
+Considerations") to `{"Rating": "1".."5", "Rationale": ...}`.
+
+The pairing rule (the paper does not give its own; Silkie, VLFeedback's authors, used every pair with different
+mean ratings; this is [ours], PAPER.md §5.2):
+  1. A completion's score is the mean of its aspect ratings. A completion with a missing or non-numeric rating
+     (e.g. "N/A"), or an empty response, takes no part (counted as `completions_unrated` / `completions_empty`).
+  2. Fewer than two scored completions: no pair (`skipped_fewer_than_two_rated`). All scores equal: no pair
+     (`skipped_all_tied`).
+  3. chosen = a completion with the highest score; rejected = one of those scoring strictly lower. Each is a
+     seeded pick (`derive_seed(seed, "vlfeedback", id)`), so the same seed gives the same pairs.
+The scores go into `chosen_score` / `rejected_score`, the two models into the provenance.
+
+    >>> result = convert_vlfeedback("vlfeedback.parquet", ConvertConfig(image_root="vlfeedback/images", seed=0))
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from fractions import Fraction
+from pathlib import Path
+
+from mmstudy.converters.common import (
+    Context,
+    ConvertConfig,
+    ConvertResult,
+    SkipRecord,
+    collect,
+    fail,
+    get,
+    iter_table,
+    obj,
+    record_id,
+    text,
+)
+from mmstudy.preferences import PREFERENCE
+from mmstudy.runs import derive_seed
+
+SOURCE = "vlfeedback"
+DATASET = "MMInstruction/VLFeedback"
+
+
+def _completions(r: dict, where: str) -> list[dict]:
+    value = get(r, "completions", where)
+    if isinstance(value, dict):  # the datasets release: one list per field
+        columns = {k: get(value, k, where, f"completions.{k}") for k in ("annotations", "response")}
+        columns["model"] = value.get("model")
+        if columns["model"] is None:
+            columns["model"] = [None] * len(columns["response"])
+        for k, col in columns.items():
+            if not isinstance(col, list):
+                raise fail(where, f"completions.{k}", f"must be a list, got {type(col).__name__}")
+        if len({len(col) for col in columns.values()}) != 1:
+            raise fail(where, "completions", "its annotations, model and response lists differ in length")
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
+    if not isinstance(value, list):
+        raise fail(where, "completions", f"must be a list or an object of lists, got {type(value).__name__}")
+    return [obj(c, where, f"completions[{k}]") for k, c in enumerate(value)]
+
+
+def _rating(value, where: str, field: str) -> Fraction | None:
+    """A rating as an exact number; None for a missing or non-numeric one ("N/A")."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise fail(where, field, f"must be a number or a numeric string, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return Fraction(number) if math.isfinite(number) else None
+
+
+def _score(annotations, where: str, field: str) -> Fraction | None:
+    """Mean rating over the aspects; None when the completion is not fully rated."""
+    annotations = obj(annotations, where, field)
+    ratings = []
+    for aspect, note in annotations.items():
+        if note is None:
+            return None
+        note = obj(note, where, f"{field}.{aspect}")
+        ratings.append(_rating(note.get("Rating"), where, f"{field}.{aspect}.Rating"))
+    if not ratings or any(x is None for x in ratings):
+        return None
+    return sum(ratings) / len(ratings)
+
+
+def vlfeedback_pair(row, where: str, index: int, ctx: Context) -> dict:
+    r = obj(row, where)
+    rid = record_id(r, "id", where)
+    prompt = text(r, "prompt", where, prompt=True)
+    scored = []
+    for k, c in enumerate(_completions(r, where)):
+        response, model = c.get("response"), c.get("model")
+        if not isinstance(response, str):
+            raise fail(where, f"completions[{k}].response", f"must be a string, got {type(response).__name__}")
+        if model is not None and not isinstance(model, str):
+            raise fail(where, f"completions[{k}].model", f"must be a string, got {type(model).__name__}")
+        score = _score(get(c, "annotations", where, f"completions[{k}].annotations"), where,
+                       f"completions[{k}].annotations")
+        if score is None:
+            ctx.stats["completions_unrated"] += 1
+        elif not response.strip():
+            ctx.stats["completions_empty"] += 1
+        else:
+            scored.append((score, text(c, "response", where, field=f"completions[{k}].response"), model))
+    img_path = ctx.images.relative(get(r, "img_path", where), where, "img_path")
+    if len(scored) < 2:
+        raise SkipRecord("fewer_than_two_rated")
+    best = max(s for s, _, _ in scored)
+    lower = [c for c in scored if c[0] < best]
+    if not lower:
+        raise SkipRecord("all_tied")
+    rng = random.Random(derive_seed(ctx.cfg.seed, "vlfeedback", rid))
+    chosen = rng.choice([c for c in scored if c[0] == best])
+    rejected = rng.choice(lower)
+    image = ctx.images.existing(img_path, where, "img_path")
+    source = ctx.cfg.source or SOURCE
+    provenance = {"dataset": DATASET, "original_id": rid, "rule": "best_mean_rating_vs_seeded_lower"}
+    provenance.update({k: m for k, m in (("chosen_model", chosen[2]), ("rejected_model", rejected[2])) if m})
+    return {"id": f"{source}-{rid}", "image": image, "prompt": prompt, "chosen": chosen[1], "rejected": rejected[1],
+            "source": source, "chosen_score": float(chosen[0]), "rejected_score": float(rejected[0]),
+            "provenance": provenance}
+
+
+def convert_vlfeedback(path: str | Path, cfg: ConvertConfig) -> ConvertResult:
+    path = Path(path)
+    return collect(path, iter_table(path), vlfeedback_pair, cfg, PREFERENCE, cfg.source or SOURCE)
