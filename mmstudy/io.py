@@ -74,6 +74,10 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from e
+    except ValueError as e:  # json's limit on integer digits
+        raise DataError(f"{path}: malformed JSON: {e}") from e
 
 
 def check_fields(record: Any, required: Sequence[str], where: str) -> dict:

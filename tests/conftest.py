@@ -26,3 +26,14 @@ def smoke_model(smoke_world):
 
     logging.getLogger("mmstudy").setLevel(logging.WARNING)
     return train_base(smoke_world, BaseTrainConfig.for_profile("smoke"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def base_dir(smoke_model, tmp_path_factory):
+    """The smoke model saved as a Hugging Face directory (what the trainers load)."""
+    from mmstudy.model import save_llava
+
+    model, processor, _ = smoke_model
+    path = tmp_path_factory.mktemp("smoke_model") / "base"
+    save_llava(model, processor, path)
+    return path

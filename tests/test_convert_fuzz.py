@@ -98,6 +98,8 @@ def image_root(tmp_path_factory):
 def _strings(value):
     if isinstance(value, str):
         yield value
+    elif isinstance(value, bytes):      # the LLaVA fuzz test writes bytes into its JSON as latin-1 text
+        yield value.decode("latin-1")
     elif isinstance(value, dict):
         for k, v in value.items():
             yield from _strings(k)

@@ -17,16 +17,6 @@ from mmstudy.world_prefs import povid_like_pairs
 
 
 @pytest.fixture(scope="module")
-def base_dir(smoke_model, tmp_path_factory):
-    from mmstudy.model import save_llava
-
-    model, processor, _ = smoke_model
-    path = tmp_path_factory.mktemp("dpo") / "base"
-    save_llava(model, processor, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def pairs(smoke_world):
     return povid_like_pairs(smoke_world, n=16, seed=0)
 

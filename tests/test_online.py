@@ -35,16 +35,6 @@ class FailingJudge:
 
 
 @pytest.fixture(scope="module")
-def base_dir(smoke_model, tmp_path_factory):
-    from mmstudy.model import save_llava
-
-    model, processor, _ = smoke_model
-    path = tmp_path_factory.mktemp("online") / "base"
-    save_llava(model, processor, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def pairs(smoke_world):
     return povid_like_pairs(smoke_world, n=8, seed=0, partner_share=0.0)
 

@@ -35,16 +35,6 @@ ADAPTED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 @pytest.fixture(scope="module")
-def base_dir(smoke_model, tmp_path_factory):
-    from mmstudy.model import save_llava
-
-    model, processor, _ = smoke_model
-    path = tmp_path_factory.mktemp("rm") / "base"
-    save_llava(model, processor, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def pairs(smoke_world):
     return povid_like_pairs(smoke_world, n=8, seed=0)
 

@@ -39,16 +39,6 @@ ADAPTED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 @pytest.fixture(scope="module")
-def base_dir(smoke_model, tmp_path_factory):
-    from mmstudy.model import save_llava
-
-    model, processor, _ = smoke_model
-    path = tmp_path_factory.mktemp("rloo") / "base"
-    save_llava(model, processor, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def rm_dir(smoke_model, tmp_path_factory):
     """An untrained RM (random head) on the smoke model: its scores vary with the response, which is all the
     mechanics need."""

@@ -221,20 +221,8 @@ class ImageStore:
 # ---------------------------------------------------------------- readers
 
 
-def read_json(path: Path) -> Any:
-    """io.read_json, with a file that is not UTF-8 text a DataError too."""
-    try:
-        return io.read_json(path)
-    except UnicodeDecodeError as e:
-        raise io.DataError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from e
-    except io.DataError:
-        raise
-    except ValueError as e:  # json's limit on integer digits
-        raise io.DataError(f"{path}: malformed JSON: {e}") from e
-
-
 def read_json_list(path: Path) -> list:
-    records = read_json(path)
+    records = io.read_json(path)
     if not isinstance(records, list):
         raise io.DataError(f"{path}: expected a JSON list of records, got {_kind(records)}")
     return records

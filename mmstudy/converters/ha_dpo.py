@@ -33,7 +33,6 @@ from mmstudy.converters.common import (
     fail,
     get,
     obj,
-    read_json,
     text,
 )
 from mmstudy.preferences import PREFERENCE, show
@@ -100,7 +99,7 @@ def ha_dpo_pope_pair(record, where: str, index: int, ctx: Context) -> dict:
 
 def convert_ha_dpo(path: str | Path, cfg: ConvertConfig) -> ConvertResult:
     path = Path(path)
-    data = read_json(path)
+    data = io.read_json(path)
     source = cfg.source or SOURCE
     if isinstance(data, dict):
         return collect(path, list(data.items()), ha_dpo_desc_pair, cfg, PREFERENCE, source, id_of=lambda it: it[0])

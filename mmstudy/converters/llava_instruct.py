@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmstudy import io
 from mmstudy.converters.common import Context, ConvertConfig, ConvertResult, SkipRecord, clean_text, collect, record_id
 from mmstudy.data import conversation_turns, load_llava_instruct
 from mmstudy.preferences import SFT
@@ -42,12 +41,4 @@ def llava_sft_record(record: dict, where: str, index: int, ctx: Context) -> dict
 def convert_llava_instruct(path: str | Path, cfg: ConvertConfig) -> ConvertResult:
     """LLaVA-Instruct JSON -> sft records (conversations validated up front by `load_llava_instruct`)."""
     path = Path(path)
-    try:
-        records = load_llava_instruct(path)
-    except UnicodeDecodeError as e:
-        raise io.DataError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from e
-    except io.DataError:
-        raise
-    except ValueError as e:  # json's limit on integer digits
-        raise io.DataError(f"{path}: malformed JSON: {e}") from e
-    return collect(path, records, llava_sft_record, cfg, SFT, cfg.source or SOURCE)
+    return collect(path, load_llava_instruct(path), llava_sft_record, cfg, SFT, cfg.source or SOURCE)
