@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -56,6 +57,16 @@ def lr_schedule(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return factor
+
+
+def optimizer_step(accelerator, module, optimizer, scheduler, max_grad_norm: float | None) -> float:
+    """Clip the accumulated gradients (when max_grad_norm), step the optimizer and the schedule, clear the
+    gradients -> the gradient norm before clipping."""
+    norm = accelerator.clip_grad_norm_(module.parameters(), max_grad_norm or math.inf)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

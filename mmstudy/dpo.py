@@ -42,6 +42,7 @@ from mmstudy.checkpoints import (
     append_jsonl,
     epoch_order,
     lr_schedule,
+    optimizer_step,
     resume_run,
     save_checkpoint,
     settings_hash,
@@ -413,11 +414,7 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
         else:   # nothing to learn from this step (online: judge failures, identical samples); keep in step
             loss = sum(p.sum() for p in scorer.parameters() if p.requires_grad) * 0.0
         accelerator.backward(loss)
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, scorer, optimizer, scheduler, cfg.max_grad_norm)
         step += 1
         record.update({"loss": loss.detach().item(), "lr": scheduler.get_last_lr()[0], "pairs": n * world,
                        "seconds": round(time.time() - start_time, 3)})

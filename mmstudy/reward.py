@@ -49,6 +49,7 @@ from mmstudy.checkpoints import (
     append_jsonl,
     epoch_order,
     lr_schedule,
+    optimizer_step,
     resume_run,
     save_checkpoint,
     settings_hash,
@@ -383,11 +384,7 @@ def train_reward_model(model_dir: str | Path, pairs: Sequence[dict], cfg: Reward
         n = len(batch_pairs)
         loss = bradley_terry_loss(rewards[:n], rewards[n:], cfg.center).mean()
         accelerator.backward(loss)
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, model, optimizer, scheduler, cfg.max_grad_norm)
         step += 1
         record = _rm_record(loss.detach(), rewards[:n].detach(), rewards[n:].detach(), step, epoch,
                             scheduler.get_last_lr()[0], n * world, time.time() - start)

@@ -52,7 +52,15 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from mmstudy import io
-from mmstudy.checkpoints import append_jsonl, epoch_order, lr_schedule, resume_run, save_checkpoint, settings_hash
+from mmstudy.checkpoints import (
+    append_jsonl,
+    epoch_order,
+    lr_schedule,
+    optimizer_step,
+    resume_run,
+    save_checkpoint,
+    settings_hash,
+)
 from mmstudy.dpo import DPOTrainConfig, EncodedPair, PairScorer, collate, prepare_model, unwrap_llava
 from mmstudy.generation import chat_prompt, prepare_inputs, to_model
 from mmstudy.model import LORA_TARGET_REGEX, load_llava, save_llava
@@ -399,10 +407,7 @@ def train_rloo(model_dir: str | Path, rm_dir: str | Path, prompts: Sequence[dict
         records = step_records(prompts, cfg, step)[rank::world]
         metrics, samples = rloo_step(scorer, accelerator, processor, rm, rm_processor, records, image_root, cfg, step,
                                      stats)
-        grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm or math.inf)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(accelerator, scorer, optimizer, scheduler, cfg.max_grad_norm)
         step += 1
         record = {"step": step, **metrics, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
                   "prompts": len(records) * world, "seconds": round(time.time() - start, 3)}
