@@ -27,7 +27,6 @@ truth (`scenes`), each online verdict is also checked against the world's strict
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from collections import Counter
@@ -141,18 +140,15 @@ class OnlinePairs:
         stats = Counter()
         if self.cfg.mode in ("online_bdhs", "online_bdhs_avg"):
             return self._bdhs_pairs(step, records, model, processor, stats), dict(stats)
-        online = list(records)
-        pairs: dict[int, dict] = {}
+        offline: set[int] = set()
         if self.cfg.mode == "mixed":
-            draws = [random.Random(derive_seed(self.cfg.seed, "mixed", step, r["id"])).random() for r in records]
-            pairs = {i: r for i, (r, u) in enumerate(zip(records, draws)) if u < self.cfg.p_offline}
-            online = [r for i, r in enumerate(records) if i not in pairs]
-            stats["online/offline_pairs"] = len(pairs)
-        made = self._judged_pairs(step, online, model, processor, stats)
-        index = iter(i for i in range(len(records)) if i not in pairs)
-        for made_pair in made:
-            pairs[next(index)] = made_pair
-        return [p for _, p in sorted(pairs.items()) if p is not None], dict(stats)
+            draw = [random.Random(derive_seed(self.cfg.seed, "mixed", step, r["id"])).random() for r in records]
+            offline = {i for i, u in enumerate(draw) if u < self.cfg.p_offline}
+            stats["online/offline_pairs"] = len(offline)
+        made = iter(self._judged_pairs(step, [r for i, r in enumerate(records) if i not in offline], model, processor,
+                                       stats))
+        pairs = [r if i in offline else next(made) for i, r in enumerate(records)]
+        return [p for p in pairs if p is not None], dict(stats)
 
     def _samples(self, step: int, records: Sequence[dict], model, processor) -> list[list[str]]:
         images = [io.load_image(Path(self.image_root) / r["image"], where=f"record {r['id']!r}") for r in records]
@@ -252,6 +248,3 @@ def summarize_online(totals: dict) -> dict:
         out["online/agreement"] = round(totals["online/agree"] / totals["online/judged"], 4)
     return out
 
-
-def online_config_dict(cfg: OnlineConfig) -> dict:
-    return dataclasses.asdict(cfg)
