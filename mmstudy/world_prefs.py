@@ -12,7 +12,11 @@ one or two of these edits, each checked to be false for the scene:
     position  a position phrase moved to another cell
     yes/no    an existence answer flipped ("Yes, there is a cup ..." <-> "No, there is no cup ...")
 
+Mined with a model (`mine_with`), only the pairs whose prompt that model answers wrongly are kept: the edition on
+which DPO improves POPE and CHAIR here (README, "Offline alignment").
+
     >>> pairs = povid_like_pairs("world", n=2000, seed=0)
+    >>> mined = povid_like_pairs("world", seed=0, fresh=8000, partner_share=0.5, mine_with=(model, processor))
 """
 
 from __future__ import annotations
@@ -175,9 +179,9 @@ def answer_prompts(model, processor, pairs: Sequence[dict], image_root: str | Pa
     from mmstudy.generation import chat_prompt, generate
 
     answers: list[str | None] = [None] * len(pairs)
-    for kind, budget in (("pope", True), ("chair", False)):
+    for kind, existence in (("pope", True), ("chair", False)):
         spec = REGISTRY[kind]
-        idx = [i for i, p in enumerate(pairs) if is_existence(p) == budget]
+        idx = [i for i, p in enumerate(pairs) if is_existence(p) == existence]
         if not idx:
             continue
         images = [io.load_image(Path(image_root) / pairs[i]["image"], where=f"pair {i} (id={pairs[i]['id']!r})")
