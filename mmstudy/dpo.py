@@ -148,9 +148,10 @@ def encode_pairs(processor, pairs: Sequence[dict], image_root: str | Path, max_l
     return encoded, skipped
 
 
-def collate(batch: Sequence[EncodedPair], pad_id: int) -> dict:
+def collate(batch: Sequence[EncodedPair], pad_id: int, device=None) -> dict:
     """One left-padded prompt row per pair (image tokens included) and right-padded response rows: all chosen,
-    then all rejected (then all second rejected), each response ending with EOS. Pixel values once per pair."""
+    then all rejected (then all second rejected), each response ending with EOS. Pixel values once per pair. With
+    `device`, the tensors are moved there."""
     n_resp = len(batch[0].responses)
     width = max(len(p.prompt_ids) for p in batch)
     prompt_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -170,6 +171,8 @@ def collate(batch: Sequence[EncodedPair], pad_id: int) -> dict:
            "pixel_values": torch.cat([p.pixel_values for p in batch])}
     if batch[0].image_sizes is not None:
         out["image_sizes"] = torch.cat([p.image_sizes for p in batch])
+    if device is not None:
+        out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
     return out
 
 
@@ -347,8 +350,7 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
     torch.manual_seed(cfg.seed)
     model, processor = load_llava(model_dir)
     setup_start = time.time()
-    text_cfg = getattr(model.config, "text_config", model.config)
-    max_length = cfg.max_length or int(text_cfg.max_position_embeddings)
+    max_length = cfg.max_length or text_max_length(model)
     need_second = cfg.loss == "avg_dpo"
     if online is None:
         encoded, skipped = encode_pairs(processor, pairs, image_root, max_length, cfg.on_too_long, need_second)
@@ -399,8 +401,7 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
         record = {"step": step + 1, "epoch": epoch}
         scorer.train()
         if n:
-            batch = collate(batch_pairs, pad_id)
-            batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = collate(batch_pairs, pad_id, accelerator.device)
             policy = scorer(**batch)
             ref = reference(batch, [p.id for p in batch_pairs], accelerator.device)
             loss, reward_chosen, reward_rejected = _objective(cfg, policy, ref, n)
@@ -471,8 +472,7 @@ def _reference_cache(out: Path, scorer, frozen, encoded: list[EncodedPair], pad_
     logps: dict[str, list[float]] = {}
     for start in range(0, len(encoded), 4 * cfg.batch_size):   # no gradients: larger batches
         chunk = encoded[start:start + 4 * cfg.batch_size]
-        batch = collate(chunk, pad_id)
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = collate(chunk, pad_id, device)
         values = reference(batch, [p.id for p in chunk], device).tolist()
         n = len(chunk)
         for j, p in enumerate(chunk):

@@ -215,10 +215,6 @@ def encode_responses(processor, images: Sequence, prompts: Sequence[str], respon
     return encoded
 
 
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 @torch.no_grad()
 def score_responses(rm: RewardModel, processor, images: Sequence, prompts: Sequence[str],
                     responses: Sequence[Sequence[str]], batch_size: int = 16) -> torch.Tensor:
@@ -230,7 +226,7 @@ def score_responses(rm: RewardModel, processor, images: Sequence, prompts: Seque
         stop = start + batch_size
         part = encode_responses(processor, images[start:stop], prompts[start:stop], responses[start:stop],
                                 [str(i) for i in range(start, min(stop, len(prompts)))])
-        values = rm(**_to(collate(part, pad), device))
+        values = rm(**collate(part, pad, device))
         out.append(values.view(len(responses[0]), len(part)).T.cpu())
     return torch.cat(out) if out else torch.zeros(0, len(responses[0]) if responses else 0)
 
@@ -247,7 +243,7 @@ def score_pairs(rm: RewardModel, processor, pairs: Sequence[dict], image_root: s
     for start in tqdm(range(0, len(pairs), batch_size), desc="RM scores", unit="batch", disable=not progress):
         part = list(pairs[start:start + batch_size])
         encoded, _ = encode_pairs(processor, part, image_root, text_max_length(rm.backbone), "error", False)
-        values = rm(**_to(collate(encoded, pad), device)).cpu()
+        values = rm(**collate(encoded, pad, device)).cpu()
         chosen.extend(values[:len(part)].tolist())
         rejected.extend(values[len(part):].tolist())
     return np.array(chosen), np.array(rejected)
@@ -380,7 +376,7 @@ def train_reward_model(model_dir: str | Path, pairs: Sequence[dict], cfg: Reward
         chunk = epoch_order(len(encoded), cfg.seed, epoch)[in_epoch * cfg.batch_size:(in_epoch + 1) * cfg.batch_size]
         batch_pairs = [encoded[i] for i in chunk[rank::world]]
         model.train()
-        rewards = model(**_to(collate(batch_pairs, pad), accelerator.device))
+        rewards = model(**collate(batch_pairs, pad, accelerator.device))
         n = len(batch_pairs)
         loss = bradley_terry_loss(rewards[:n], rewards[n:], cfg.center).mean()
         accelerator.backward(loss)

@@ -341,8 +341,7 @@ def rloo_step(scorer, accelerator, processor, rm, rm_processor, records: Sequenc
     for start in range(0, len(records), micro):
         sl = slice(start, start + micro)
         examples = policy_examples(processor, images[sl], prompts[sl], ids[sl], tokens[sl])
-        batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
-                 for k, v in collate(examples, processor.tokenizer.pad_token_id).items()}
+        batch = collate(examples, processor.tokenizer.pad_token_id, accelerator.device)
         share = len(examples) / len(records)
         parts.append(_forward_backward(scorer, accelerator, batch, rewards[sl], cfg.beta, share))
     got = {name: torch.cat([p[name] for p in parts]).cpu() for name in ("logp", "kl", "returns", "advantages")}
