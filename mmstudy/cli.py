@@ -271,11 +271,20 @@ def _train_online(args) -> None:
         bdhs_cfg = BDHSConfig(variant="attn", rho_th=args.rho, iterations=args.iterations, seed=args.seed)
         embedder = SentenceEmbedder(args.embedder, device=args.device)
     scenes = world_scenes(args.world) if args.world is not None else None
+    sampler = None
+    if args.sampler == "vllm":
+        from mmstudy.sampling import make_sampler
+
+        sampler = make_sampler("vllm", args.model, gpu_memory_utilization=args.vllm_memory)
     _run_trainer(args, args.prompts, OnlinePairs(cfg, judge=judge, scenes=scenes, bdhs_cfg=bdhs_cfg,
-                                                 embedder=embedder, image_root=args.image_root))
+                                                 embedder=embedder, image_root=args.image_root, sampler=sampler))
 
 
 def _world_prefs(args) -> None:
+    kinds = args.kind.split(",")
+    if kinds != ["povid"]:
+        _world_editions(args, kinds)
+        return
     from mmstudy.world_prefs import povid_like_pairs
 
     mine_with = None
@@ -288,6 +297,30 @@ def _world_prefs(args) -> None:
                              fresh=args.fresh, mine_with=mine_with, progress=not args.quiet)
     io.write_jsonl(args.out, pairs)
     logger.info("wrote %d POVID-like pairs to %s", len(pairs), args.out)
+
+
+def _world_editions(args, kinds: list[str]) -> None:
+    from mmstudy import world_editions as we
+
+    if "povid" in kinds:
+        raise ValueError("world-prefs: build --kind povid on its own (it takes no responders)")
+    if args.responder:
+        responders = [we.parse_responder(s) for s in args.responder]
+    elif args.model is not None:
+        responders = we.default_responders(args.model)
+    else:
+        raise ValueError(f"world-prefs --kind {args.kind}: give --model MODEL_DIR or --responder NAME=...")
+    pairs, rows = we.world_editions(kinds, args.world, responders, n=args.prompts, seed=args.seed,
+                                    max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+    outs = {k: args.out if len(kinds) == 1 else args.out / f"{k}.jsonl" for k in kinds}
+    for kind, out in outs.items():
+        io.write_jsonl(out, pairs[kind])
+        logger.info("wrote %d %s pairs to %s", len(pairs[kind]), kind, out)
+    if args.rows_out is not None:
+        for source, rated in rows.items():
+            out = args.rows_out / f"{source}_vlfeedback.jsonl"
+            io.write_jsonl(out, we.vlfeedback_rows(rated))
+            logger.info("wrote %d rated rows (VLFeedback format) to %s", len(rated), out)
 
 
 def _pope_build(args) -> None:
@@ -353,18 +386,14 @@ def _prefs_mix(args) -> None:
 
 
 def _review(args) -> None:
-    import re
-
     from mmstudy.preferences import load_preferences
-    from mmstudy.review import load_tokenizer, review, review_figures, review_markdown, table1_markdown
+    from mmstudy.review import load_tokenizer, review, review_file_names, save_review
     from mmstudy.runs import build_manifest
 
     names = args.names or [Path(p).stem for p in args.prefs]
     if len(names) != len(args.prefs):
         raise ValueError(f"--names gives {len(names)} names for {len(args.prefs)} preference files")
-    files = [re.sub(r"[^A-Za-z0-9_.-]+", "_", n) for n in names]
-    if len(set(files)) != len(files) or {"table1", "review", "pairs"} & set(files):
-        raise ValueError(f"dataset names {names} give clashing file names {files}: pass distinct --names")
+    review_file_names(names)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer is not None else None
     embedder = None
     if args.embed or args.embedder is not None:
@@ -373,22 +402,27 @@ def _review(args) -> None:
         embedder = SentenceEmbedder(args.embedder)
     result = review({n: load_preferences(p) for n, p in zip(names, args.prefs)}, tokenizer=tokenizer,
                     embedder=embedder, objects=args.objects, top=args.top)
-    out = Path(args.out)
     params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
     params["prefs"] = [str(p) for p in args.prefs]
-    summary = {k: v for k, v in result.items() if k != "pairs"}
-    io.write_json(out / "review.json", {**summary, "manifest": build_manifest(None, " ".join(sys.argv), params)})
-    io.write_jsonl(out / "pairs.jsonl", result["pairs"])
-    io.write_text(out / "table1.md", table1_markdown(result))
-    markdown = review_markdown(result)
-    for name, file in zip(names, files):
-        io.write_text(out / f"{file}.md", markdown[name])
-    for key, fig in review_figures(result).items():
-        with io.atomic_path(out / f"{key}.png") as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    logger.info("reviewed %s (%s pairs; lengths in %s): review.json, table1.md, %s and figures in %s",
-                ", ".join(names), ", ".join(str(r["pairs"]) for r in result["counts"]), result["unit"],
-                ", ".join(f"{f}.md" for f in files), out)
+    save_review(result, args.out, build_manifest(None, " ".join(sys.argv), params))
+    logger.info("reviewed %s (%s pairs; lengths in %s) into %s", ", ".join(names),
+                ", ".join(str(r["pairs"]) for r in result["counts"]), result["unit"], args.out)
+
+
+def _execute(args) -> None:
+    import yaml
+
+    from mmstudy.notebooks import execute, load_params
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    metrics = execute(args.notebook, load_params(*args.params, **overrides), args.run_dir, force=args.force,
+                      progress=not args.quiet)
+    logger.info("%s: %d metrics in %s", args.notebook.name, len(metrics), Path(args.run_dir) / "metrics.json")
 
 
 def _add_trainer_args(p) -> None:
@@ -603,12 +637,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rho", type=float, default=0.99, help="online BDHS masking threshold")
     p.add_argument("--iterations", type=int, default=5, help="online BDHS iterations N_BDHS")
     p.add_argument("--embedder", type=Path, default=None, help="online BDHS sentence embedder directory")
+    p.add_argument("--sampler", default="hf", choices=["hf", "vllm"],
+                   help="online_dpo / mixed sampling backend: Hugging Face generate, or vLLM (GPU, optional install)")
+    p.add_argument("--vllm-memory", type=float, default=0.3,
+                   help="vllm sampler: share of GPU memory for the engine (vLLM's gpu_memory_utilization)")
     _add_trainer_args(p)
     p.set_defaults(func=_train_online)
 
-    p = sub.add_parser("world-prefs", help="POVID-like preference pairs on the world (ground truth vs corrupted)")
+    p = sub.add_parser("world-prefs", help="world editions of preference datasets (POVID-like, ranking, correction, "
+                                           "Table 4 variants)")
     p.add_argument("--world", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path, help="preference JSON lines")
+    p.add_argument("--out", required=True, type=Path,
+                   help="preference JSON lines; with several --kind values, a directory of <kind>.jsonl")
+    p.add_argument("--kind", default="povid",
+                   help="povid, or a comma-separated list of: ranking, correction, ranked_corrupted, sft_prompts, "
+                        "reference_chosen, model_chosen (mmstudy.world_editions)")
     p.add_argument("--n", type=int, default=None, help="number of pairs (default: every record that admits one)")
     p.add_argument("--partner-share", type=float, default=0.25,
                    help="share of balanced yes/no pairs about absent co-occurring partners and present objects")
@@ -617,6 +660,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mine-with", type=Path, default=None, metavar="MODEL_DIR",
                    help="keep only the pairs whose prompt this model answers wrongly (by the oracle), existence "
                         "pairs balanced by answer")
+    p.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
+                   help="sampled editions: the checkpoint behind the default responders (reference, T 0.7, T 1.3, "
+                        "T 0.7 with 90%% of the image tokens masked)")
+    p.add_argument("--responder", action="append", default=[], metavar="NAME=SOURCE",
+                   help="sampled editions, repeatable: NAME=reference or NAME=MODEL_DIR[,t=T][,rho=RHO_TH]")
+    p.add_argument("--prompts", type=int, default=1000, help="sampled editions: prompts per prompt source")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="sampled editions: completion budget")
+    p.add_argument("--rows-out", type=Path, default=None, metavar="DIR",
+                   help="sampled editions: also write the rated completions in VLFeedback's format here")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_world_prefs)
 
@@ -677,6 +729,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="object noun list: the world's classes, CHAIR's COCO synonyms, or chosen per dataset")
     p.add_argument("--top", type=int, default=10, help="objects listed in the top-object tables")
     p.set_defaults(func=_review)
+
+    p = sub.add_parser("execute", help="execute one parameterized notebook into a run directory (papermill)")
+    p.add_argument("notebook", type=Path, help="e.g. notebooks/04_data_review.ipynb")
+    p.add_argument("--params", nargs="*", type=Path, default=[], help="flat YAML params files, merged in order")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter (the value is read as YAML: 3, 0.5, [a, b], text)")
+    p.add_argument("--run-dir", required=True, type=Path, help="where the executed notebook and outputs go")
+    p.add_argument("--force", action="store_true", help="rerun a complete run directory with other params")
+    p.set_defaults(func=_execute)
     return parser
 
 

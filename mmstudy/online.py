@@ -3,7 +3,8 @@
 Each step of `mmstudy.dpo.train_dpo(..., online=OnlinePairs(...))` draws its batch of records from the offline
 preference file as usual, then asks `OnlinePairs.make` for the pairs it trains on, built with the current policy:
 
-    online_dpo       k samples per prompt from the policy (temperature, KV cache, batched), ranked by a judge
+    online_dpo       k samples per prompt from the policy (`mmstudy.sampling`: Hugging Face generate with the KV
+                     cache, batched, or optionally a vLLM engine), ranked by a judge
                      (pairwise, the order shown randomized; with k > 2 every pair is compared and the most and
                      least preferred samples are kept): (y~+, y~-). The paper's Online-DPO (k = 2).
     mixed            per example, alpha ~ Bernoulli(p_offline) picks the offline pair, else an online pair (Eq. 4)
@@ -37,9 +38,9 @@ from typing import Callable, Sequence
 import torch
 
 from mmstudy import io
-from mmstudy.generation import chat_prompt, generate
 from mmstudy.judges import Judge, OracleJudge, judge_pairs, oracle_preference
 from mmstudy.runs import derive_seed
+from mmstudy.sampling import HFSampler, Sampler
 from mmstudy.world import Scene
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class OnlinePairs:
 
     def __init__(self, cfg: OnlineConfig, judge: Judge | None = None,
                  scenes: Callable[[str], Scene | None] | None = None, bdhs_cfg=None, embedder=None,
-                 image_root: str | Path | None = None, batch_size: int = 64):
+                 image_root: str | Path | None = None, batch_size: int = 64, sampler: Sampler | None = None):
         if cfg.needs_judge and judge is None:
             raise ValueError(f"online mode {cfg.mode!r} needs a judge")
         if isinstance(judge, OracleJudge) and scenes is None:
@@ -125,6 +126,7 @@ class OnlinePairs:
         self.cfg, self.judge, self.scenes = cfg, judge, scenes
         self.bdhs_cfg, self.embedder, self.image_root = bdhs_cfg, embedder, image_root
         self.batch_size = batch_size
+        self.sampler = sampler if sampler is not None else HFSampler()
         self.rejected: dict[str, tuple[str, int]] = {}     # online BDHS: id -> (text, step it was generated at)
 
     # checkpoints carry this state, so that resumed online-BDHS runs reuse the same cached rejections
@@ -152,14 +154,9 @@ class OnlinePairs:
 
     def _samples(self, step: int, records: Sequence[dict], model, processor) -> list[list[str]]:
         images = [io.load_image(Path(self.image_root) / r["image"], where=f"record {r['id']!r}") for r in records]
-        k = self.cfg.k
-        texts = generate(model, processor, [im for im in images for _ in range(k)],
-                         [chat_prompt(processor, r["prompt"]) for r in records for _ in range(k)],
-                         max_new_tokens=self.cfg.max_new_tokens, batch_size=max(1, len(records) * k),
-                         do_sample=True, temperature=self.cfg.temperature,
-                         seed=derive_seed(self.cfg.seed, "samples", step, *[r["id"] for r in records]),
-                         progress=False)
-        return [texts[i * k:(i + 1) * k] for i in range(len(records))]
+        return self.sampler(model, processor, images, [r["prompt"] for r in records], k=self.cfg.k,
+                            temperature=self.cfg.temperature, max_new_tokens=self.cfg.max_new_tokens,
+                            seed=derive_seed(self.cfg.seed, "samples", step, *[r["id"] for r in records]), step=step)
 
     def _judged_pairs(self, step: int, records: Sequence[dict], model, processor, stats: Counter) -> list:
         """One entry per record: an online pair, or None (identical samples, or a judge failure)."""

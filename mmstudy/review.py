@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("existence", "object", "count", "attribute", "other")  # also the priority of a pair's main kind
 EDIT_KINDS = {"add": "object", "object": "object", "size": "attribute", "position": "attribute", "count": "count",
-              "yes/no": "existence", "partner": "existence"}  # mmstudy.world_prefs edit names -> kind
+              "yes/no": "existence", "partner": "existence",  # mmstudy.world_prefs edit names -> kind
+              "fix_position": "attribute", "fix_size": "attribute", "fix_count": "count", "fix_context": "other",
+              "drop_sentence": "object"}  # mmstudy.world_editions.correct's edits
 EXISTENCE_WORDS = frozenset("yes no not none nothing never nobody without".split())
 COUNT_WORDS = frozenset(
     "zero one two three four five six seven eight nine ten eleven twelve twenty hundred dozen dozens single "
@@ -68,6 +70,24 @@ SOURCES = {
                "LLaVA 1.5 (GPT-4 corrected)", "LLaVA 1.5 (hallucinated)", "GPT-4", "correction"),
     "world_povid": ("synthetic", "POVID-like (world)", "world LLaVA-Instruct", "world scenes", "SFT ground truth",
                     "SFT ground truth (rule edits)", "world oracle", "construction"),
+    "world_ranking": ("synthetic", "VLFeedback-like (world)", "world LLaVA-Instruct (novel scenes)",
+                      "world scenes", "reference + model samples (best oracle rating)",
+                      "reference + model samples (lower rating)", "world oracle", "ranking"),
+    "world_correction": ("synthetic", "RLHF-V-like (world)", "world LLaVA-Instruct (novel scenes)", "world scenes",
+                         "model sample (oracle-corrected)", "model sample (hallucinated)", "world oracle",
+                         "correction"),
+    "world_ranked_corrupted": ("synthetic", "+ corrupting strategy (world)", "world LLaVA-Instruct (novel scenes)",
+                               "world scenes", "best-rated of reference + model samples", "chosen (rule edits)",
+                               "world oracle", "construction"),
+    "world_sft_prompts": ("synthetic", "LLaVA prompts (world)", "world LLaVA-Instruct (SFT records)",
+                          "world SFT scenes", "best-rated of reference + model samples", "chosen (rule edits)",
+                          "world oracle", "construction"),
+    "world_reference_chosen": ("synthetic", "GPT-4V responses only (world)", "world LLaVA-Instruct (novel scenes)",
+                               "world scenes", "reference answer", "chosen (rule edits)", "world oracle",
+                               "construction"),
+    "world_model_chosen": ("synthetic", "LLaVA responses only (world)", "world LLaVA-Instruct (novel scenes)",
+                           "world scenes", "best-rated model sample", "chosen (rule edits)", "world oracle",
+                           "construction"),
 }
 BDHS_VARIANTS = {"attn": "image attention masked", "noise": "diffusion-noised image", "unguided": "masked, unguided",
                  "povid": "teacher-forced on y+, noised image"}
@@ -449,6 +469,24 @@ def review(datasets: Mapping[str, Sequence[dict]], tokenizer=None, embedder=None
     return out
 
 
+def review_metrics(result: dict) -> dict:
+    """The headline numbers of a review, flat and namespaced (`<dataset>/pairs`, `<dataset>/word_similarity_median`,
+    `<dataset>/kind/<kind>` main-kind shares by rule, `<dataset>/exact/<kind>` where edits are recorded,
+    `<dataset>/rejected_over_chosen_median`): the data-review notebook's metrics.json."""
+    out = {}
+    for row in result["counts"]:
+        out[f"{row['dataset']}/pairs"] = row["pairs"]
+    for row in result["similarity"]:
+        out[f"{row['dataset']}/word_similarity_median"] = row["word_similarity_median"]
+    for row in result["differences"]:
+        if row["method"] in ("rule", "exact"):
+            out[f"{row['dataset']}/{'kind' if row['method'] == 'rule' else 'exact'}/{row['kind']}"] = row["share"]
+    for row in result["lengths"]:
+        if row["field"] == "rejected / chosen":
+            out[f"{row['dataset']}/rejected_over_chosen_median"] = row["median"]
+    return out
+
+
 # ---------------------------------------------------------------- markdown
 
 
@@ -492,6 +530,31 @@ def review_markdown(result: dict) -> dict[str, str]:
                 parts.append(f"## {title}\n\n{markdown_table(rows)}")
         out[name] = "\n".join(parts)
     return out
+
+
+def review_file_names(names: Sequence[str]) -> list[str]:
+    """The file stem of each dataset's markdown review; ValueError when two clash or one takes a reserved name."""
+    files = [re.sub(r"[^A-Za-z0-9_.-]+", "_", n) for n in names]
+    if len(set(files)) != len(files) or {"table1", "review", "pairs"} & set(files):
+        raise ValueError(f"dataset names {list(names)} give clashing file names {files}: use distinct names")
+    return files
+
+
+def save_review(result: dict, out: str | Path, manifest: dict) -> None:
+    """Write a review into `out`: review.json (every table and the manifest), pairs.jsonl, table1.md, <name>.md per
+    dataset and the figures as PNG; each file atomically."""
+    out = Path(out)
+    names = list(result["vocabulary"])
+    summary = {k: v for k, v in result.items() if k != "pairs"}
+    io.write_json(out / "review.json", {**summary, "manifest": manifest})
+    io.write_jsonl(out / "pairs.jsonl", result["pairs"])
+    io.write_text(out / "table1.md", table1_markdown(result))
+    markdown = review_markdown(result)
+    for name, file in zip(names, review_file_names(names)):
+        io.write_text(out / f"{file}.md", markdown[name])
+    for key, fig in review_figures(result).items():
+        with io.atomic_path(out / f"{key}.png") as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
 
 
 # ---------------------------------------------------------------- figures

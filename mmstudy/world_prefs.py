@@ -39,11 +39,12 @@ logger = logging.getLogger(__name__)
 
 _NOUNS = sorted({n for c in CLASSES for n in (c.name, *c.synonyms)}, key=len, reverse=True)
 _NOUN_RE = re.compile(r"\b(" + "|".join(_NOUNS) + r")\b")
-_POS_RE = re.compile(r"\b(" + "|".join(sorted((POS_PHRASE[p] for p in POSITIONS), key=len, reverse=True)) + r")\b")
+POSITION_PHRASE_RE = re.compile(
+    r"\b(" + "|".join(sorted((POS_PHRASE[p] for p in POSITIONS), key=len, reverse=True)) + r")\b")
 _SIZE_RE = re.compile(r"\b(small|large)\b")
 _COUNT_RE = re.compile(r"\b(two|three|four)\b")
-_YES = re.compile(r"^Yes, there (?:is an? (?P<one>[a-z ]+?)|are \w+ (?P<many>[a-z ]+?)) (?:in|on|at) the")
-_NO = re.compile(r"^No, there is no (?P<obj>[a-z ]+?) in the image\.$")
+_YES = re.compile(r"^[Yy]es, there (?:is an? (?P<one>[a-z ]+?)|are \w+ (?P<many>[a-z ]+?)) (?:in|on|at) the")
+_NO = re.compile(r"^[Nn]o, there is no (?P<obj>[a-z ]+?) in the image\.$")
 _NUMBER_WORDS = [w for n, w in sorted(NUMBERS.items()) if n > 1]
 
 
@@ -81,17 +82,21 @@ def _count(text, scene, rng):
 
 def _position(text, scene, rng):
     phrases = [POS_PHRASE[p] for p in POSITIONS]
-    return _replace_one(_POS_RE, text, rng, lambda w: str(rng.choice([p for p in phrases if p != w])))
+    return _replace_one(POSITION_PHRASE_RE, text, rng, lambda w: str(rng.choice([p for p in phrases if p != w])))
 
 
-def _yes_no(text, scene, rng):
+def flip_yes_no(text: str) -> str | None:
+    """A world existence answer with its polarity flipped, in the case it starts with (the default model writes
+    lower case); None for any other text."""
     if (m := _NO.match(text)) is not None:
-        return f"Yes, there is {article(m.group('obj'))} {m.group('obj')} in the image."
-    if (m := _YES.match(text)) is not None:
+        flipped = f"Yes, there is {article(m.group('obj'))} {m.group('obj')} in the image."
+    elif (m := _YES.match(text)) is not None:
         obj = m.group("one") or m.group("many")
         name = next((c.name for c in CLASSES if obj in (c.name, c.plural, *c.synonyms)), obj)
-        return f"No, there is no {name} in the image."
-    return None
+        flipped = f"No, there is no {name} in the image."
+    else:
+        return None
+    return flipped[0].lower() + flipped[1:] if text[0].islower() else flipped
 
 
 EDITS = {"add": _add, "object": _object, "size": _size, "count": _count, "position": _position}
@@ -104,7 +109,7 @@ def _fix_articles(text: str) -> str:
 def corrupt(text: str, scene: Scene, rng: np.random.Generator) -> tuple[str, list[str]] | None:
     """y+ with one or two plausible false edits (see the module docstring), and their names; None when no edit
     makes the answer false for the scene (the oracle checks every edit)."""
-    flipped = _yes_no(text, scene, rng)
+    flipped = flip_yes_no(text)
     if flipped is not None:
         return (flipped, ["yes/no"]) if check_answer(flipped, scene, text).hallucinated else None
     out, done = text, []

@@ -44,3 +44,15 @@ def test_bad_input():
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci([1, 0], level=1.5)
     assert np.isnan(bootstrap_ci([])["value"])
+
+
+def test_seed_interval_is_a_t_interval():
+    from mmstudy.benchmarks.stats import seed_interval
+
+    ci = seed_interval([0.80, 0.82, 0.84])
+    assert ci["mean"] == pytest.approx(0.82) and ci["sd"] == pytest.approx(0.02)
+    assert ci["high"] - ci["mean"] == pytest.approx(4.303 * 0.02 / 3 ** 0.5)
+    assert seed_interval([0.5]) == {"mean": 0.5, "low": None, "high": None, "sd": None, "n": 1}
+    assert seed_interval([0.7] * 40)["low"] == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        seed_interval([])

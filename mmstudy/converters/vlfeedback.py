@@ -27,6 +27,7 @@ import math
 import random
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 from mmstudy.converters.common import (
     Context,
@@ -93,6 +94,17 @@ def _score(annotations, where: str, field: str) -> Fraction | None:
     return sum(ratings) / len(ratings)
 
 
+def best_vs_lower(scored: Sequence[tuple], rng: random.Random) -> tuple[tuple, tuple] | None:
+    """The pairing rule (steps 2-3 above) on (score, response, model) tuples: (chosen, rejected), a seeded pick of
+    a best-scored completion and of one scoring strictly lower; None when all scores are equal. Also used by the
+    world's ranking edition (`mmstudy.world_editions`)."""
+    best = max(c[0] for c in scored)
+    lower = [c for c in scored if c[0] < best]
+    if not lower:
+        return None
+    return rng.choice([c for c in scored if c[0] == best]), rng.choice(lower)
+
+
 def vlfeedback_pair(row, where: str, index: int, ctx: Context) -> dict:
     r = obj(row, where)
     rid = record_id(r, "id", where)
@@ -115,13 +127,10 @@ def vlfeedback_pair(row, where: str, index: int, ctx: Context) -> dict:
     img_path = ctx.images.relative(get(r, "img_path", where), where, "img_path")
     if len(scored) < 2:
         raise SkipRecord("fewer_than_two_rated")
-    best = max(s for s, _, _ in scored)
-    lower = [c for c in scored if c[0] < best]
-    if not lower:
+    picked = best_vs_lower(scored, random.Random(derive_seed(ctx.cfg.seed, "vlfeedback", rid)))
+    if picked is None:
         raise SkipRecord("all_tied")
-    rng = random.Random(derive_seed(ctx.cfg.seed, "vlfeedback", rid))
-    chosen = rng.choice([c for c in scored if c[0] == best])
-    rejected = rng.choice(lower)
+    chosen, rejected = picked
     image = ctx.images.existing(img_path, where, "img_path")
     source = ctx.cfg.source or SOURCE
     provenance = {"dataset": DATASET, "original_id": rid, "rule": "best_mean_rating_vs_seeded_lower"}

@@ -1,0 +1,98 @@
+"""Params files and notebook execution (mmstudy.notebooks), and the contract between params/ and notebooks/:
+every params file names only parameters its notebook declares, notebooks are committed without outputs, and the
+data-review notebook executes into a run directory."""
+
+import ast
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mmstudy import io
+from mmstudy import notebooks as nbs
+from mmstudy.world_prefs import povid_like_pairs
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+PARAMS = sorted((ROOT / "params").rglob("*.yaml"))
+
+
+def test_read_params_is_strict(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("a: 1\nb: [1, x]\nc: null\n")
+    assert nbs.read_params(path) == {"a": 1, "b": [1, "x"], "c": None}
+    for text, message in (("a: 1\na: 2\n", "duplicate key 'a'"), ("a: {b: 1}\n", "key 'a': params are flat"),
+                          ("a: [[1]]\n", "params are flat"), ("- 1\n", "must be a mapping"),
+                          ("a: [1\n", "not valid params YAML")):
+        path.write_text(text)
+        with pytest.raises(io.DataError, match=message):
+            nbs.read_params(path)
+    with pytest.raises(io.DataError, match="params file not found"):
+        nbs.read_params(tmp_path / "missing.yaml")
+
+
+def test_load_params_merges_in_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("x: 1\ny: 2\n")
+    (tmp_path / "b.yaml").write_text("y: 3\n")
+    assert nbs.load_params(tmp_path / "a.yaml", tmp_path / "b.yaml", z=[4]) == {"x": 1, "y": 3, "z": [4]}
+    with pytest.raises(io.DataError, match="override 'z'"):
+        nbs.load_params(z={"nested": 1})
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_committed_thin_and_without_outputs(notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and "run_dir" in nbs.notebook_parameters(notebook)
+    assigned = {t.id for node in ast.parse(tagged[0].source).body for t in node.targets}
+    assert assigned == set(nbs.notebook_parameters(notebook))     # papermill parsed every line
+    assert all(len(c.source.splitlines()) <= 15 for c in code)
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=lambda p: str(p.relative_to(ROOT / "params")))
+def test_every_params_file_matches_its_notebook(params):
+    notebook = ROOT / "notebooks" / f"{params.stem}.ipynb"
+    assert notebook.is_file(), f"{params} has no notebook"
+    nbs.check_params(notebook, nbs.read_params(params))
+
+
+def test_check_params_names_unknown_keys():
+    with pytest.raises(io.DataError, match=r"does not declare the parameter\(s\) \['bogus'\]"):
+        nbs.check_params(ROOT / "notebooks" / "04_data_review.ipynb", {"top": 3, "bogus": 1})
+
+
+def test_data_review_notebook_executes_into_a_run_dir(smoke_world, tmp_path):
+    prefs = tmp_path / "povid.jsonl"
+    io.write_jsonl(prefs, povid_like_pairs(smoke_world, n=40, seed=0))
+    notebook = ROOT / "notebooks" / "04_data_review.ipynb"
+    params = nbs.load_params(ROOT / "params" / "04_data_review.yaml", prefs=[str(prefs)], names=["povid"])
+    run = tmp_path / "runs" / "04_data_review"
+    metrics = nbs.execute(notebook, params, run, progress=False)
+    assert metrics["povid/pairs"] == 40 and 0 < metrics["povid/word_similarity_median"] < 1
+    assert sum(v for k, v in metrics.items() if k.startswith("povid/kind/")) == pytest.approx(1.0)
+    for name in ("04_data_review.ipynb", "params.yaml", "params.json", "manifest.json", "review.json", "table1.md",
+                 "povid.md", "differences.png", "complete.json"):
+        assert (run / name).is_file(), name
+    assert io.read_json(run / "params.json") == params
+    executed = nbformat.read(run / "04_data_review.ipynb", as_version=4)
+    assert any(o.get("output_type") == "display_data" for c in executed.cells if c.cell_type == "code"
+               for o in c.outputs)
+    stamp = (run / "04_data_review.ipynb").stat().st_mtime_ns
+    assert nbs.execute(notebook, params, run, progress=False) == metrics       # complete: skipped
+    assert (run / "04_data_review.ipynb").stat().st_mtime_ns == stamp
+    with pytest.raises(io.DataError, match="complete run with other params"):
+        nbs.execute(notebook, {**params, "top": 3}, run, progress=False)
+    with pytest.raises(io.DataError, match="run_dir is set by execute"):
+        nbs.execute(notebook, {**params, "run_dir": "x"}, run, progress=False)
+
+
+def test_execute_cli_refuses_unknown_parameters(tmp_path):
+    from mmstudy.cli import main
+
+    args = ["-q", "execute", str(ROOT / "notebooks" / "04_data_review.ipynb"), "--params",
+            str(ROOT / "params" / "04_data_review.yaml"), "--run-dir", str(tmp_path / "run")]
+    assert main(args + ["--set", "bogus=1"]) == 2
+    assert main(args + ["--set", "prefs"]) == 2
+    assert not (tmp_path / "run").exists()          # nothing ran, nothing was written
