@@ -9,6 +9,9 @@ number words, sizes, positions, contexts and a leading yes/no. Checked against t
                   that holds an object
     coverage      share of the standard answer's facts the answer states
 
+Each false claim comes with its kind (`Check.kinds`: existence, object, attribute, count or other), the kinds the
+data review counts.
+
 From these the oracle writes verdicts in each benchmark's own output format (an MMHal rating line, LLaVA-Bench's
 two scores, a JSON list of objects), so they pass through the same parsers as a model judge's text. The rules
 are deliberately simple and documented; they are exact on the world's own phrasing and approximate on others.
@@ -72,20 +75,21 @@ class Check:
     hallucinations: list[str] = field(default_factory=list)   # human-readable, one per false claim
     coverage: float = 1.0                                       # share of the standard answer's facts stated
     n_sentences: int = 0
+    kinds: list[str] = field(default_factory=list)            # per false claim: as mmstudy.review.KINDS
 
     @property
     def hallucinated(self) -> bool:
         return bool(self.hallucinations)
 
 
-def _sentence_claims(sentence: str, scene: Scene) -> list[str]:
+def _sentence_claims(sentence: str, scene: Scene) -> list[tuple[str, str]]:
     """False position / size / count claims of a sentence that names exactly one kind of object, and "nothing"
-    claimed at a position that holds an object."""
+    claimed at a position that holds an object: (kind, claim) pairs."""
     classes = {cls for _, cls in chair_lib.extract_objects(sentence, world_synonyms())}
     positions = _POSITION_RE.findall(sentence.lower())
     if not classes and "nothing" in _WORD_RE.findall(sentence.lower()) and len(positions) == 1:
         held = [o.name for o in scene.objects if o.position == positions[0]]
-        return [f"there is {article(held[0])} {held[0]} {positions[0]}, not nothing"] if held else []
+        return [("object", f"there is {article(held[0])} {held[0]} {positions[0]}, not nothing")] if held else []
     if len(classes) != 1:
         return []
     (cls,) = classes
@@ -95,13 +99,13 @@ def _sentence_claims(sentence: str, scene: Scene) -> list[str]:
     words = _WORD_RE.findall(sentence.lower())
     wrong = []
     if len(positions) == 1 and positions[0] not in {o.position for o in objs}:
-        wrong.append(f"no {cls} {positions[0]}")
+        wrong.append(("attribute", f"no {cls} {positions[0]}"))
     sizes = [w for w in words if w in SIZES]
     if len(sizes) == 1 and sizes[0] not in {o.size for o in objs}:
-        wrong.append(f"no {sizes[0]} {cls}")
+        wrong.append(("attribute", f"no {sizes[0]} {cls}"))
     numbers = [n for w in words if (n := _NUMBER_OF.get(w, 0)) > 1]   # "one" is also a pronoun: not a count
     if len(numbers) == 1 and numbers[0] != len(objs):
-        wrong.append(f"{len(objs)} {cls}, not {numbers[0]}")
+        wrong.append(("count", f"{len(objs)} {cls}, not {numbers[0]}"))
     return wrong
 
 
@@ -112,8 +116,8 @@ def check_answer(answer: str, scene: Scene, gt_answer: str | None = None) -> Che
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", answer.strip()) if s]
     claimed = {cls for s in sentences if not _NEGATION.search(s.lower())   # "there is no X" claims no X
                for _, cls in chair_lib.extract_objects(s, world_synonyms())}
-    wrong = [f"no {cls} in the image" for cls in sorted(claimed - present)]
-    wrong += [f"the scene is a {scene.context}, not a {ctx}" for kind, ctx in sorted(said)
+    wrong = [("object", f"no {cls} in the image") for cls in sorted(claimed - present)]
+    wrong += [("other", f"the scene is a {scene.context}, not a {ctx}") for kind, ctx in sorted(said)
               if kind == "ctx" and ctx != scene.context]
     for sentence in sentences:
         wrong += _sentence_claims(sentence, scene)
@@ -123,9 +127,10 @@ def check_answer(answer: str, scene: Scene, gt_answer: str | None = None) -> Che
         gt_pol = next((v for k, v in expected if k == "pol"), None)
         ans_pol = next((v for k, v in said if k == "pol"), None)
         if gt_pol and ans_pol and gt_pol != ans_pol:
-            wrong.append(f"answers {ans_pol!r} where the answer is {gt_pol!r}")
+            wrong.append(("existence", f"answers {ans_pol!r} where the answer is {gt_pol!r}"))
         coverage = len(expected & said) / len(expected) if expected else 1.0
-    return Check(hallucinations=wrong, coverage=coverage, n_sentences=len(sentences))
+    return Check(hallucinations=[w for _, w in wrong], coverage=coverage, n_sentences=len(sentences),
+                 kinds=[k for k, _ in wrong])
 
 
 # ---------------------------------------------------------------- verdicts in each benchmark's format

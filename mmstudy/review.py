@@ -219,14 +219,25 @@ def classify_difference(chosen: str, rejected: str, vocabulary: str | Synonyms =
 
 
 def exact_kinds(record: dict, where: str = "record") -> list[str] | None:
-    """The kinds (KINDS order) of a world pair's recorded edits (provenance["edits"], see EDIT_KINDS; an unknown
-    edit is "other"); None for a pair without recorded edits."""
-    edits = (record.get("provenance") or {}).get("edits")
-    if edits is None:
+    """The kinds (KINDS order) of a world pair's difference, known exactly: the recorded edits of a constructed or
+    corrected pair (provenance["edits"], see EDIT_KINDS; an unknown edit is "other"), or for a ranked pair the kinds
+    of the false claims the oracle finds in the rejected response and not in the chosen one (provenance
+    ["error_kinds"]; none: "other", the rejected is only less informative). None for a pair with neither."""
+    provenance = record.get("provenance") or {}
+    if "edits" in provenance:
+        edits = provenance["edits"]
+        if not isinstance(edits, list) or not edits or not all(isinstance(e, str) for e in edits):
+            raise io.DataError(f"{where}: field 'provenance.edits' must be a non-empty list of edit names, "
+                               f"got {edits!r}")
+        kinds = {EDIT_KINDS.get(e, "other") for e in edits}
+    elif "error_kinds" in provenance:
+        found = provenance["error_kinds"]
+        if not isinstance(found, list) or not all(k in KINDS for k in found):
+            raise io.DataError(f"{where}: field 'provenance.error_kinds' must be a list of {list(KINDS)}, "
+                               f"got {found!r}")
+        kinds = set(found) or {"other"}
+    else:
         return None
-    if not isinstance(edits, list) or not edits or not all(isinstance(e, str) for e in edits):
-        raise io.DataError(f"{where}: field 'provenance.edits' must be a non-empty list of edit names, got {edits!r}")
-    kinds = {EDIT_KINDS.get(e, "other") for e in edits}
     return [k for k in KINDS if k in kinds]
 
 

@@ -17,7 +17,8 @@ annotator. On the world:
 Editions (`build_edition`), each a list of preference records in mmstudy's schema:
 
     ranking             VLFeedback-like: a best-rated completion against a lower-rated one (VLFeedback's
-                        converter rule, `converters.vlfeedback.best_vs_lower`)
+                        converter rule, `converters.vlfeedback.best_vs_lower`); the kinds of the false claims only
+                        the rejected makes go into provenance["error_kinds"]
     correction          RLHF-V-like: a model completion with a false claim as rejected, its correction as chosen
                         (`correct`: wrong position / size / count / context / yes-no fixed to the truth, a sentence
                         naming an absent object dropped)
@@ -165,6 +166,14 @@ def oracle_annotations(response: str, scene: Scene, reference: str) -> dict:
                             "Rationale": f"covers {check.coverage:.0%} of the reference's facts"}}
 
 
+def error_kinds(chosen: str, rejected: str, scene: Scene, reference: str) -> list[str]:
+    """The kinds (`review.KINDS`) of the false claims the rejected response makes and the chosen one does not:
+    what a ranked pair teaches, exactly (the review's exact kinds of a ranked pair)."""
+    made = check_answer(chosen, scene, reference).hallucinations
+    found = check_answer(rejected, scene, reference)
+    return sorted({k for k, claim in zip(found.kinds, found.hallucinations) if claim not in made})
+
+
 def rate_completions(rows: Sequence[dict], scenes: Mapping[str, Scene]) -> list[dict]:
     """The rows with each completion's oracle annotations and mean rating ("score")."""
     out = []
@@ -271,7 +280,9 @@ def edition_pair(kind: str, row: dict, scene: Scene, seed: int) -> dict | None:
             return None
         (cs, chosen, cm), (rs, rejected, rm) = picked
         return {**_record(kind, row, chosen, rejected, seed, chosen_model=cm, rejected_model=rm,
-                          rule="best_mean_rating_vs_seeded_lower"), "chosen_score": cs, "rejected_score": rs}
+                          rule="best_mean_rating_vs_seeded_lower",
+                          error_kinds=error_kinds(chosen, rejected, scene, row["reference"])),
+                "chosen_score": cs, "rejected_score": rs}
     if kind == "correction":
         wrong = [c for c in row["completions"] if c["model"] != REFERENCE
                  and check_answer(c["response"], scene, row["reference"]).hallucinated]

@@ -24,21 +24,21 @@ SCENE = Scene("val_000001", "val", "kitchen", [
 ], clutter=0)
 
 
-@pytest.mark.parametrize("answer, gt, wrong, coverage", [
-    ("There is a knife in the center.", "There is a knife in the center.", [], 1.0),
-    ("There is a spoon in the center.", None, ["no spoon in the image"], 1.0),
-    ("There is a knife at the top left.", None, ["no knife top left"], 1.0),          # wrong position
-    ("There is a small knife.", None, ["no small knife"], 1.0),                      # wrong size
-    ("There are three forks.", None, ["2 fork, not 3"], 1.0),                         # wrong count
-    ("There are two forks, one at the top left and one on the right.", None, [], 1.0),
-    ("This is a street scene.", None, ["the scene is a kitchen, not a street"], 1.0),
+@pytest.mark.parametrize("answer, gt, wrong, kinds, coverage", [
+    ("There is a knife in the center.", "There is a knife in the center.", [], [], 1.0),
+    ("There is a spoon in the center.", None, ["no spoon in the image"], ["object"], 1.0),
+    ("There is a knife at the top left.", None, ["no knife top left"], ["attribute"], 1.0),   # wrong position
+    ("There is a small knife.", None, ["no small knife"], ["attribute"], 1.0),               # wrong size
+    ("There are three forks.", None, ["2 fork, not 3"], ["count"], 1.0),                      # wrong count
+    ("There are two forks, one at the top left and one on the right.", None, [], [], 1.0),
+    ("This is a street scene.", None, ["the scene is a kitchen, not a street"], ["other"], 1.0),
     ("Yes, there is a fork.", "No, there is no fork in the image.", ["answers 'yes' where the answer is 'no'"],
-     0.5),                                                   # gt facts: (obj fork), (pol no): covers the first
-    ("I am not sure.", "There is a knife in the center.", [], 0.0),
+     ["existence"], 0.5),                                    # gt facts: (obj fork), (pol no): covers the first
+    ("I am not sure.", "There is a knife in the center.", [], [], 0.0),
 ])
-def test_check_answer(answer, gt, wrong, coverage):
+def test_check_answer(answer, gt, wrong, kinds, coverage):
     check = oracle.check_answer(answer, SCENE, gt)
-    assert check.hallucinations == wrong
+    assert check.hallucinations == wrong and check.kinds == kinds
     assert check.coverage == pytest.approx(coverage)
 
 

@@ -123,6 +123,11 @@ def test_exact_kinds_from_world_edits():
     assert exact_kinds(pair(9, "a", "b")) is None
     with pytest.raises(io.DataError, match=r"prefs.jsonl, record 3: field 'provenance.edits'"):
         exact_kinds({"provenance": {"edits": "size"}}, "prefs.jsonl, record 3")
+    # ranked world pairs: the kinds of the false claims only the rejected response makes
+    assert exact_kinds({"provenance": {"error_kinds": ["object", "count"]}}) == ["object", "count"]
+    assert exact_kinds({"provenance": {"error_kinds": []}}) == ["other"]
+    with pytest.raises(io.DataError, match=r"field 'provenance.error_kinds' must be a list"):
+        exact_kinds({"provenance": {"error_kinds": ["colour"]}}, "prefs.jsonl, record 4")
 
 
 # ---------------------------------------------------------------- lengths, objects, Table 1

@@ -71,6 +71,9 @@ def test_ratings_and_the_editions_of_one_row():
     assert scores["reference"] == 5 and scores["reference"] > scores["strong"] > scores["weak"]
     ranking = we.edition_pair("ranking", row, PARK, seed=0)
     assert ranking["chosen"] == REF and ranking["rejected"] != REF and ranking["chosen_score"] == 5
+    expected = [] if ranking["rejected"] == row["completions"][1]["response"] else ["count", "object"]
+    assert ranking["provenance"]["error_kinds"] == expected
+    assert we.error_kinds(REF, "There is a small frisbee at the top left. Yes.", PARK, REF) == ["attribute"]
     assert we.edition_pair("model_chosen", row, PARK, 0)["provenance"]["chosen_model"] == "strong"
     assert we.edition_pair("reference_chosen", row, PARK, 0)["chosen"] == REF
     corrupted = we.edition_pair("ranked_corrupted", row, PARK, 0)
