@@ -96,3 +96,62 @@ def test_execute_cli_refuses_unknown_parameters(tmp_path):
     assert main(args + ["--set", "bogus=1"]) == 2
     assert main(args + ["--set", "prefs"]) == 2
     assert not (tmp_path / "run").exists()          # nothing ran, nothing was written
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_jupyterlab_lists_and_opens_the_notebooks(tmp_path):
+    """How users explore the study: JupyterLab, headless on 127.0.0.1, driven through its REST API."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port, token = _free_port(), "mmstudy-test"
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--ServerApp.root_dir={ROOT}", f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")         # CI containers run as root
+    log = (tmp_path / "lab.log").open("w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+                                   "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")})
+
+    def api(path, method="GET", body=None):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Authorization": f"token {token}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return json.loads(reply.read() or b"null")
+
+    try:
+        for _ in range(120):
+            try:
+                api("status")
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "lab.log").read_text()
+                time.sleep(0.5)
+        listed = {item["name"] for item in api("contents/notebooks")["content"]}
+        assert {p.name for p in NOTEBOOKS} <= listed and NOTEBOOKS
+        for path in NOTEBOOKS:
+            opened = api(f"contents/notebooks/{path.name}?content=1")
+            assert opened["type"] == "notebook"
+            assert any("parameters" in c["metadata"].get("tags", []) for c in opened["content"]["cells"])
+        session = api("sessions", "POST", {"path": f"notebooks/{NOTEBOOKS[0].name}", "type": "notebook",
+                                           "kernel": {"name": "python3"}})
+        assert session["kernel"]["name"] == "python3"
+        api(f"sessions/{session['id']}", "DELETE")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
