@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import time
 from pathlib import Path
 
 from mmstudy import io
@@ -43,23 +41,11 @@ def _world(args) -> None:
 
 
 def _train_base(args) -> None:
-    from mmstudy.base import BaseTrainConfig, train_base
-    from mmstudy.model import save_llava
-    from mmstudy.runs import build_manifest
+    from mmstudy.stages import ensure_base_model
 
-    cfg = BaseTrainConfig.for_profile(args.profile, seed=args.seed)
-    out = Path(args.out)
-    ckpt = out.with_name(out.name + ".stages")
-    if ckpt.is_dir():
-        logger.info("found stage checkpoints in %s: resuming", ckpt)
-    start = time.time()
-    model, processor, report = train_base(args.world, cfg, checkpoint_dir=ckpt, progress=not args.quiet)
-    report["seconds"] = round(time.time() - start, 1)
-    save_llava(model, processor, out)
-    manifest = build_manifest(cfg.seed, " ".join(sys.argv), {"world": str(args.world), "profile": args.profile})
-    io.write_json(out / "mmstudy_train.json", {"manifest": manifest, **report})
-    shutil.rmtree(ckpt, ignore_errors=True)
-    logger.info("saved base model to %s (%.0f s of training)", out, report["seconds"])
+    report = ensure_base_model(args.world, args.out, args.profile, args.seed, progress=not args.quiet,
+                               command=" ".join(sys.argv))
+    logger.info("base model in %s (%.0f s of training)", args.out, report.get("seconds") or 0)
 
 
 def _eval(args) -> None:
@@ -425,6 +411,17 @@ def _execute(args) -> None:
     logger.info("%s: %d metrics in %s", args.notebook.name, len(metrics), Path(args.run_dir) / "metrics.json")
 
 
+def _run(args) -> None:
+    from mmstudy.pipeline import run_pipeline
+
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    results = run_pipeline(args.profile, seeds, args.runs, args.run_id, args.only, progress=not args.quiet)
+    logger.info("ran %d stage executions into %s", len(results), args.runs / (args.run_id or args.profile))
+
+
 def _add_trainer_args(p) -> None:
     """The options train-dpo and train-online share: model, output, objective, what trains, schedule."""
     p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint directory")
@@ -738,6 +735,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, type=Path, help="where the executed notebook and outputs go")
     p.add_argument("--force", action="store_true", help="rerun a complete run directory with other params")
     p.set_defaults(func=_execute)
+
+    p = sub.add_parser("run", help="run the study's notebook chain into runs/<run id>/<stage>/ (papermill)")
+    p.add_argument("--profile", required=True, choices=["smoke", "default"])
+    p.add_argument("--seeds", default="0", help="comma-separated seeds of the per-seed stages (e.g. 0,1,2)")
+    p.add_argument("--only", nargs="*", default=[], metavar="STAGE", help="run only these stages")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
+    p.add_argument("--run-id", default=None, help="run id (default: the profile's name)")
+    p.set_defaults(func=_run)
     return parser
 
 

@@ -155,3 +155,40 @@ def test_jupyterlab_lists_and_opens_the_notebooks(tmp_path):
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
+    from mmstudy.pipeline import plan
+
+    jobs = plan("smoke", [0, 1], tmp_path)
+    dirs = [str(d.relative_to(tmp_path)) for _, d, _ in jobs]
+    assert dirs == ["smoke/01_world_base", "smoke/02_preference_data/s0", "smoke/02_preference_data/s1",
+                    "smoke/04_data_review"]
+    world, data0, data1, review = (p for _, _, p in jobs)
+    assert world["world_profile"] == "smoke" and world["seed"] == 0
+    assert data1["seed"] == 1 and data1["base_run"] == str(tmp_path / "smoke" / "01_world_base")
+    assert review["names"] == ["povid", "ranking", "correction"]
+    assert review["prefs"][0] == str(tmp_path / "smoke" / "02_preference_data" / "s0" / "povid.jsonl")
+    assert plan("default", [0], tmp_path)[0][2]["world_profile"] == "default"
+    with pytest.raises(ValueError, match="unknown stage"):
+        plan("smoke", [0], tmp_path, only=["09_nope"])
+    with pytest.raises(ValueError, match="unknown profile"):
+        plan("tiny", [0], tmp_path)
+
+
+def test_smoke_chain_runs_and_resumes(tmp_path):
+    """`mmstudy run --profile smoke` (about a minute here): every stage executes and writes its metrics; a rerun
+    skips them all."""
+    from mmstudy.cli import main
+
+    args = ["-q", "run", "--profile", "smoke", "--seeds", "0", "--runs", str(tmp_path)]
+    assert main(args) == 0
+    root = tmp_path / "smoke"
+    metrics = {d: io.read_json(root / d / "metrics.json") for d in ("01_world_base", "02_preference_data/s0",
+                                                                     "04_data_review")}
+    assert "eval/pope/adversarial/accuracy" in metrics["01_world_base"]
+    assert metrics["02_preference_data/s0"]["pairs/ranking"] > 0
+    assert metrics["04_data_review"]["ranking/pairs"] == metrics["02_preference_data/s0"]["pairs/ranking"]
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb")}
+    assert main(args) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb")}

@@ -1,0 +1,134 @@
+"""The study's stages as resumable library calls, one per notebook cell: each takes explicit directories, skips
+what is already complete there, and returns its numbers.
+
+    world_and_base      a world and a base model trained on it (`01_world_base`)
+    evaluate_into       a model's benchmarks into DIR/results.json + DIR/samples.jsonl (any stage)
+    preference_data     the world editions of each kind of dataset, built with the base model
+                        (`02_preference_data`)
+
+Rerunning a stage after an interruption continues it: the world is written atomically, base training resumes
+after its last finished sub-stage, and a finished output is never recomputed.
+
+    >>> report = world_and_base("runs/smoke/01_world_base", world_profile="smoke", base_profile="smoke", seed=0)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+from mmstudy import io
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_world(world_dir: str | Path, profile: str, seed: int, progress: bool = True) -> dict:
+    """The world in `world_dir` (written if absent; a world of another profile or seed there is an error)."""
+    from mmstudy.world import WorldSpec
+    from mmstudy.world_files import load_world_info, write_world
+
+    world_dir = Path(world_dir)
+    spec = WorldSpec.for_profile(profile)
+    if (world_dir / "world.json").is_file():
+        info = load_world_info(world_dir)
+        if info["seed"] != seed or WorldSpec(**info["spec"]) != spec:
+            raise io.DataError(f"{world_dir}: holds a world of another profile or seed than ({profile}, {seed})")
+        logger.info("world %s is complete: kept", world_dir)
+        return info
+    write_world(world_dir, spec, seed=seed, overwrite=True, progress=progress)
+    return load_world_info(world_dir)
+
+
+def ensure_base_model(world_dir: str | Path, model_dir: str | Path, profile: str, seed: int,
+                      progress: bool = True, command: str = "train_base") -> dict:
+    """A base model trained on the world into `model_dir` (a Hugging Face directory with mmstudy_train.json), or
+    the report of the one already there. Interrupted training resumes from `<model_dir>.stages`."""
+    from mmstudy.base import BaseTrainConfig, train_base
+    from mmstudy.model import save_llava
+    from mmstudy.runs import build_manifest
+
+    model_dir = Path(model_dir)
+    if (model_dir / "mmstudy_train.json").is_file():
+        logger.info("base model %s is complete: kept", model_dir)
+        return io.read_json(model_dir / "mmstudy_train.json")
+    cfg = BaseTrainConfig.for_profile(profile, seed=seed)
+    stages = model_dir.with_name(model_dir.name + ".stages")
+    start = time.time()
+    model, processor, report = train_base(world_dir, cfg, checkpoint_dir=stages, progress=progress)
+    report["seconds"] = round(time.time() - start, 1)
+    save_llava(model, processor, model_dir)
+    manifest = build_manifest(cfg.seed, command, {"world": str(world_dir), "profile": profile})
+    report = {"manifest": manifest, **report}
+    io.write_json(model_dir / "mmstudy_train.json", report)
+    shutil.rmtree(stages, ignore_errors=True)
+    return report
+
+
+def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
+                  benchmarks: Sequence[str] = ("pope", "chair"), limit: int | None = None, seed: int = 0,
+                  progress: bool = True) -> dict:
+    """Benchmarks of the model in `model_dir` into out_dir/results.json + samples.jsonl (as `mmstudy eval`
+    writes them); an existing results.json with the same benchmarks and limit is kept. Returns the metrics."""
+    from mmstudy.evaluate import evaluate
+    from mmstudy.model import load_llava
+    from mmstudy.runs import build_manifest
+
+    out = Path(out_dir) / "results.json"
+    params = {"model": str(model_dir), "data": str(data_dir), "benchmarks": list(benchmarks), "limit": limit}
+    if out.is_file() and (out.parent / "samples.jsonl").is_file():
+        done = io.read_json(out)
+        if {k: done["manifest"]["params"].get(k) for k in ("benchmarks", "limit")} == \
+                {"benchmarks": list(benchmarks), "limit": limit}:
+            logger.info("evaluation %s is complete: kept", out)
+            return done["metrics"]
+    model, processor = load_llava(model_dir)
+    metrics, samples = evaluate(model, processor, data_dir, list(benchmarks), limit=limit, seed=seed,
+                                progress=progress)
+    io.write_jsonl(out.parent / "samples.jsonl", samples)
+    io.write_json(out, {"metrics": metrics, "manifest": build_manifest(seed, "evaluate", params)})
+    return metrics
+
+
+def world_and_base(run_dir: str | Path, world_profile: str, base_profile: str, seed: int,
+                   benchmarks: Sequence[str] = ("pope", "chair"), limit: int | None = None,
+                   progress: bool = True) -> dict:
+    """`01_world_base`: run_dir/world, run_dir/model and the base model's evaluation in run_dir/eval."""
+    run_dir = Path(run_dir)
+    ensure_world(run_dir / "world", world_profile, seed, progress)
+    report = ensure_base_model(run_dir / "world", run_dir / "model", base_profile, seed, progress)
+    metrics = evaluate_into(run_dir / "model", run_dir / "world", run_dir / "eval", benchmarks, limit, seed,
+                            progress)
+    return {"train/seconds": report.get("seconds"), **{f"eval/{k}": v for k, v in metrics.items()
+                                                       if isinstance(v, (int, float))}}
+
+
+def preference_data(run_dir: str | Path, base_run: str | Path, seed: int, fresh: int, partner_share: float,
+                    editions: Sequence[str], edition_prompts: int, mine: bool = True, progress: bool = True) -> dict:
+    """`02_preference_data`: world editions built with the base model of `base_run` (a `01_world_base` run
+    directory) into run_dir/<kind>.jsonl: "povid" (POVID-like pairs on `fresh` new scenes; with `mine`, only the
+    prompts the model answers wrongly) and the sampled `editions` (`mmstudy.world_editions`) on `edition_prompts`
+    prompts. A file already there is kept. New scenes' images are rendered into the base run's world (named by
+    seed, so any stage draws the same files). Returns the pair counts."""
+    from mmstudy.model import load_llava
+    from mmstudy.world_editions import default_responders, world_editions
+    from mmstudy.world_prefs import povid_like_pairs
+
+    run_dir, base_run = Path(run_dir), Path(base_run)
+    world, model_dir = base_run / "world", base_run / "model"
+    counts = {}
+    if not (run_dir / "povid.jsonl").is_file():
+        pairs = povid_like_pairs(world, seed=seed, fresh=fresh, partner_share=partner_share,
+                                 mine_with=load_llava(model_dir) if mine else None, progress=progress)
+        io.write_jsonl(run_dir / "povid.jsonl", pairs)
+    counts["povid"] = len(io.read_jsonl(run_dir / "povid.jsonl"))
+    todo = [k for k in editions if not (run_dir / f"{k}.jsonl").is_file()]
+    if todo:
+        made, _ = world_editions(todo, world, default_responders(model_dir), n=edition_prompts, seed=seed,
+                                 progress=progress)
+        for kind, pairs in made.items():
+            io.write_jsonl(run_dir / f"{kind}.jsonl", pairs)
+    counts.update({k: len(io.read_jsonl(run_dir / f"{k}.jsonl")) for k in editions})
+    return {f"pairs/{k}": v for k, v in counts.items()}
