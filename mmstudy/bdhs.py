@@ -665,3 +665,10 @@ def bdhs_statistics(records: Sequence[dict], cfg: BDHSConfig) -> dict:
         "unguided_share": float(np.mean([not p["guided"] for p in prov])) if n else math.nan,
         "mask_kept_mean": float(np.mean([p["mask_kept"] for p in prov])) if n else math.nan,
     }
+
+
+def kept_image_tokens(example_id: str, iteration: int, n_tokens: int, cfg: BDHSConfig) -> torch.Tensor | None:
+    """The image-token mask (n_tokens,) bool, True = kept, that BDHS drew for one example at one iteration,
+    recomputed alone (the first draw of `_draw`), so the inspector can show which patches y- was generated from.
+    None for the variants without a mask (noise, povid)."""
+    return _draw(Example(str(example_id), "", "", ""), iteration, n_tokens, cfg, guided=False).keep

@@ -422,6 +422,13 @@ def _run(args) -> None:
     logger.info("ran %d stage executions into %s", len(results), args.runs / (args.run_id or args.profile))
 
 
+def _app(args) -> None:
+    from mmstudy.app import build_demo, launch
+
+    logger.info("inspecting %s (world: %s)", args.runs, args.world or "looked for under the runs directory")
+    launch(build_demo(args.runs, args.world, args.coco, args.device), args.host, args.port)
+
+
 def _add_trainer_args(p) -> None:
     """The options train-dpo and train-online share: model, output, objective, what trains, schedule."""
     p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint directory")
@@ -743,6 +750,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
     p.add_argument("--run-id", default=None, help="run id (default: the profile's name)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("app", help="the Gradio inspector: preference pairs, live generation with masking, run "
+                       "comparison and benchmark samples, over a runs directory")
+    p.add_argument("--runs", required=True, type=Path, help="directory searched for preference files, evaluations "
+                   "(results.json + samples.jsonl) and model directories")
+    p.add_argument("--world", type=Path, default=None, help="world directory for images and ground truth "
+                   "(default: one found under --runs)")
+    p.add_argument("--coco", type=Path, default=None, help="COCO annotations (instances_*.json, captions_*.json): "
+                   "ground truth for COCO images")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default="cpu", help="device for the Live tab's models")
+    p.set_defaults(func=_app)
     return parser
 
 
