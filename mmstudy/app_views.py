@@ -209,6 +209,14 @@ def _scan_dir(index: RunIndex, directory: Path, names: set[str]) -> None:
             index.problems.append((rel, why))
         else:
             index.evals.append(rel)
+    if {"dataset_info.json", "state.json"} <= names:      # a Hugging Face `datasets` Arrow folder
+        try:
+            features = io.read_json(directory / "dataset_info.json").get("features") or {}
+            if {"chosen", "rejected"} <= set(features):
+                load_pairs(directory)
+                index.preferences.append(rel)
+        except (io.DataError, OSError) as e:
+            index.problems.append((rel, str(e)))
     for name in sorted(names):
         if Path(name).suffix not in (".jsonl", ".parquet") or (is_eval and name == "samples.jsonl"):
             continue
@@ -227,8 +235,9 @@ def _scan_dir(index: RunIndex, directory: Path, names: set[str]) -> None:
 
 def discover_runs(runs_dir: str | os.PathLike, world_dir: str | os.PathLike | None = None) -> RunIndex:
     """Walk `runs_dir` (symlinked directories and hidden entries are not followed) for preference files (*.jsonl /
-    *.parquet whose records are pairs and validate), evaluation directories (results.json + samples.jsonl), LLaVA
-    model directories (config.json + *.safetensors) and a world (world.json; `world_dir` takes precedence).
+    *.parquet / Arrow folders whose records are pairs and validate), evaluation directories (results.json +
+    samples.jsonl), LLaVA model directories (config.json + *.safetensors) and a world (world.json; `world_dir`
+    takes precedence).
     Nothing raises: a missing directory or a broken run becomes an entry of `problems`."""
     root = Path(runs_dir).resolve()
     index = RunIndex(root)

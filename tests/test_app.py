@@ -88,8 +88,12 @@ def test_discover_runs_lists_runs_and_reports_broken_ones(tmp_path):
     io.write_jsonl(runs / ".hidden" / "p.jsonl", [_pair(0)])
     io.write_json(runs / "w" / "world.json", {"version": 1})
     io.write_jsonl(runs / "w" / "inside_world.jsonl", [_pair(0)])                   # worlds are not searched
+    from mmstudy.preferences import save_preferences
+
+    save_preferences([_pair(0), _pair(1)], runs / "prefs" / "arrow")                  # a datasets Arrow folder
     index = views.discover_runs(runs)
-    assert index.preferences == ["prefs/good.jsonl"]
+    assert sorted(index.preferences) == ["prefs/arrow", "prefs/good.jsonl"]
+    assert [r["id"] for r in views.load_pairs(runs / "prefs" / "arrow")] == [_pair(0)["id"], _pair(1)["id"]]
     assert index.evals == ["ok_eval"]
     assert index.models == ["model"]
     assert index.world is None
