@@ -5,8 +5,9 @@ Params of a stage come from `params/<stage>.yaml` (the default profile), then `p
 the profile has one, then the seed, then the upstream run directories the driver wires in (`base_run`, ...).
 Each stage executes with `mmstudy.notebooks.execute` into
 
-    <runs>/<run id>/<stage>/            stages that run once
-    <runs>/<run id>/<stage>/s<seed>/    stages that run per seed
+    <runs>/<run id>/<stage>/                      stages that run once
+    <runs>/<run id>/<stage>/[<variant>/]s<seed>/  stages that run per seed (and per variant: the offline dataset,
+                                                  the online mode)
 
 so a rerun skips complete stages and continues an interrupted one (the stage functions resume).
 
@@ -31,16 +32,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Stage:
-    name: str                     # the notebook's stem and the params files' stem
-    per_seed: bool                # once per seed, or once (with the first seed)
+    name: str                         # the notebook's stem and the params files' stem
+    per_seed: bool                    # once per seed, or once (with the first seed)
+    variants: tuple[str, ...] = ()    # one execution per variant, set as the param `variant_param`
+    variant_param: str = ""
 
 
-STAGES = (Stage("01_world_base", per_seed=False), Stage("02_preference_data", per_seed=True),
-          Stage("04_data_review", per_seed=False))
+STAGES = (
+    Stage("01_world_base", per_seed=False),
+    Stage("02_preference_data", per_seed=True),
+    Stage("03_bdhs", per_seed=True),
+    Stage("04_data_review", per_seed=False),
+    Stage("05_offline", per_seed=True, variants=("bdhs", "povid"), variant_param="dataset"),
+    Stage("06_online", per_seed=True, variants=("online_dpo", "mixed"), variant_param="mode"),
+)
+_BY_NAME = {s.name: s for s in STAGES}
 
 
-def _run_dir(root: Path, stage: Stage, seed: int) -> Path:
-    return root / stage.name / f"s{seed}" if stage.per_seed else root / stage.name
+def _run_dir(root: Path, stage: Stage, seed: int, variant: str | None = None) -> Path:
+    out = root / stage.name / variant if variant else root / stage.name
+    return out / f"s{seed}" if stage.per_seed else out
 
 
 def stage_params(stage: str, profile: str, params_dir: Path = ROOT / "params") -> dict:
@@ -53,17 +64,25 @@ def stage_params(stage: str, profile: str, params_dir: Path = ROOT / "params") -
     return load_params(*files)
 
 
-def _wire(stage: Stage, params: dict, root: Path, seed: int, seeds: Sequence[int]) -> dict:
-    """The upstream run directories a stage reads, as params."""
-    base = str(_run_dir(root, STAGES[0], seeds[0]))
-    if stage.name == "02_preference_data":
-        return {**params, "base_run": base}
+def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Sequence[int], profile: str) -> dict:
+    """The params the driver sets: the upstream run directories and files a stage reads, and its variant."""
+    base = _run_dir(root, _BY_NAME["01_world_base"], seeds[0])
+    data = _run_dir(root, _BY_NAME["02_preference_data"], seed)
+    wired: dict = {stage.variant_param: variant} if variant else {}
+    if stage.name in ("02_preference_data", "03_bdhs", "05_offline", "06_online"):
+        wired["base_run"] = str(base)
     if stage.name == "04_data_review":
-        data = _run_dir(root, STAGES[1], seeds[0])
-        kinds = ["povid", *stage_params("02_preference_data", params["_profile"])["editions"]]
-        return {**params, "prefs": [str(data / f"{k}.jsonl") for k in kinds], "names": kinds,
-                "tokenizer": str(Path(base) / "model")}
-    return params
+        first = _run_dir(root, _BY_NAME["02_preference_data"], seeds[0])
+        kinds = ["povid", *stage_params("02_preference_data", profile)["editions"]]
+        bdhs = _run_dir(root, _BY_NAME["03_bdhs"], seeds[0]) / "bdhs.jsonl"
+        wired |= {"prefs": [str(first / f"{k}.jsonl") for k in kinds] + [str(bdhs)], "names": [*kinds, "bdhs"],
+                  "tokenizer": str(base / "model")}
+    if stage.name == "05_offline":
+        wired["prefs"] = str(_run_dir(root, _BY_NAME["03_bdhs"], seed) / "bdhs.jsonl") if variant == "bdhs" \
+            else str(data / f"{variant}.jsonl")
+    if stage.name == "06_online":
+        wired["prefs"] = str(data / "povid.jsonl")
+    return wired
 
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str | None = None,
@@ -80,10 +99,11 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
         if only and stage.name not in only:
             continue
         for seed in (seeds if stage.per_seed else seeds[:1]):
-            params = {**stage_params(stage.name, profile), "seed": seed, "_profile": profile}
-            params = _wire(stage, params, root, seed, seeds)
-            params.pop("_profile", None)
-            jobs.append((str(ROOT / "notebooks" / f"{stage.name}.ipynb"), _run_dir(root, stage, seed), params))
+            for variant in stage.variants or (None,):
+                params = {**stage_params(stage.name, profile), "seed": seed,
+                          **_wire(stage, variant, root, seed, seeds, profile)}
+                jobs.append((str(ROOT / "notebooks" / f"{stage.name}.ipynb"), _run_dir(root, stage, seed, variant),
+                             params))
     return jobs
 
 

@@ -5,9 +5,13 @@ what is already complete there, and returns its numbers.
     evaluate_into       a model's benchmarks into DIR/results.json + DIR/samples.jsonl (any stage)
     preference_data     the world editions of each kind of dataset, built with the base model
                         (`02_preference_data`)
+    bdhs_data           BDHS pairs from the base model's own prior (`03_bdhs`)
+    align               offline DPO on a preference file, or online / mixed DPO on its prompts, then the
+                        aligned model's benchmarks (`05_offline`, `06_online`)
 
 Rerunning a stage after an interruption continues it: the world is written atomically, base training resumes
-after its last finished sub-stage, and a finished output is never recomputed.
+after its last finished sub-stage, BDHS per example, alignment from its last checkpoint, and a finished output is
+never recomputed.
 
     >>> report = world_and_base("runs/smoke/01_world_base", world_profile="smoke", base_profile="smoke", seed=0)
 """
@@ -132,3 +136,60 @@ def preference_data(run_dir: str | Path, base_run: str | Path, seed: int, fresh:
             io.write_jsonl(run_dir / f"{kind}.jsonl", pairs)
     counts.update({k: len(io.read_jsonl(run_dir / f"{k}.jsonl")) for k in editions})
     return {f"pairs/{k}": v for k, v in counts.items()}
+
+
+def bdhs_data(run_dir: str | Path, base_run: str | Path, seed: int, n: int, rho_th: float, iterations: int,
+              epsilon: float, embedder: str = "", progress: bool = True) -> dict:
+    """`03_bdhs`: BDHS pairs (attention masking) from the base model of `base_run` on n seeded LLaVA-Instruct
+    first turns of its world, into run_dir/bdhs.jsonl (resumed per example) and run_dir/bdhs.stats.json.
+    `embedder`: a sentence-transformers directory, or empty for the packaged MiniLM. Returns the statistics."""
+    from mmstudy.bdhs import BDHSConfig, ImageLoader, SentenceEmbedder, load_examples, model_fingerprint, run_bdhs
+    from mmstudy.model import load_llava
+
+    run_dir, base_run = Path(run_dir), Path(base_run)
+    world, model_dir = base_run / "world", base_run / "model"
+    cfg = BDHSConfig(variant="attn", rho_th=rho_th, iterations=iterations, epsilon=epsilon, seed=seed)
+    examples = load_examples(world / "llava_instruct_train.json", world / "images", n=n, seed=seed)
+    model, processor = load_llava(model_dir)
+    sentence_embedder = SentenceEmbedder(embedder or None)
+    provenance = {"model": str(model_dir), "model_revision": model_fingerprint(model_dir),
+                  "embedder": sentence_embedder.name}
+    stats = run_bdhs(model, processor, examples, cfg, sentence_embedder, ImageLoader(world / "images"),
+                     run_dir / "bdhs.jsonl", provenance, progress=progress)
+    io.write_json(run_dir / "bdhs.stats.json", {"stats": stats, "config_hash": cfg.config_hash()})
+    accepted = stats["accepted_share_after_iteration"]
+    return {"bdhs/pairs": stats["n"], "bdhs/accepted_share": accepted[-1] if accepted else None,
+            "bdhs/similarity_mean": stats["similarity_mean"]}
+
+
+def align(run_dir: str | Path, base_run: str | Path, prefs: str | Path, seed: int, dpo: dict,
+          online: dict | None = None, max_pairs: int = 0, benchmarks: Sequence[str] = ("pope", "chair"),
+          limit: int | None = None, progress: bool = True) -> dict:
+    """`05_offline` / `06_online`: DPO from the base model of `base_run` on the preference file `prefs` (offline),
+    or with `online` (an `OnlineConfig`'s fields plus "judge"), into run_dir (model/, checkpoints/, metrics.jsonl,
+    train_summary.json; an interrupted run resumes from its last checkpoint, a finished one is kept), then the
+    model's benchmarks into run_dir/eval. `dpo`: `DPOTrainConfig` fields; `max_pairs`: the file's first pairs
+    only (0: all). Returns training and eval metrics."""
+    from mmstudy.dpo import DPOTrainConfig, train_dpo
+    from mmstudy.preferences import load_preferences
+
+    run_dir, base_run = Path(run_dir), Path(base_run)
+    world = base_run / "world"
+    if not (run_dir / "train_summary.json").is_file():
+        pairs = load_preferences(prefs, image_root=world / "images")
+        pairs = pairs[:max_pairs] if max_pairs else pairs
+        source = None
+        if online is not None:
+            from mmstudy.judges import make_judge
+            from mmstudy.online import OnlineConfig, OnlinePairs, world_scenes
+
+            cfg = OnlineConfig(**{k: v for k, v in online.items() if k != "judge"}, seed=seed)
+            source = OnlinePairs(cfg, judge=make_judge(online["judge"], seed=seed), scenes=world_scenes(world),
+                                 image_root=world / "images")
+        train_dpo(base_run / "model", pairs, DPOTrainConfig(**dpo, seed=seed), run_dir, world / "images",
+                  progress=progress, online=source)
+    summary = io.read_json(run_dir / "train_summary.json")
+    metrics = evaluate_into(run_dir / "model", world, run_dir / "eval", benchmarks, limit, seed, progress)
+    train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    online_stats = {k: v for k, v in (summary.get("online") or {}).items() if isinstance(v, (int, float))}
+    return {**train, **online_stats, **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
