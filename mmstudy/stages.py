@@ -18,6 +18,8 @@ never recomputed.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -38,7 +40,7 @@ def ensure_world(world_dir: str | Path, profile: str, seed: int, progress: bool 
     spec = WorldSpec.for_profile(profile)
     if (world_dir / "world.json").is_file():
         info = load_world_info(world_dir)
-        if info["seed"] != seed or WorldSpec(**info["spec"]) != spec:
+        if info["seed"] != seed or info["spec"] != json.loads(json.dumps(dataclasses.asdict(spec))):
             raise io.DataError(f"{world_dir}: holds a world of another profile or seed than ({profile}, {seed})")
         logger.info("world %s is complete: kept", world_dir)
         return info

@@ -208,3 +208,16 @@ def test_smoke_chain_runs_and_resumes(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb")}
     assert main(args) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb")}
+
+
+def test_stages_keep_a_complete_world_and_refuse_another(tmp_path):
+    from mmstudy.stages import ensure_world
+
+    first = ensure_world(tmp_path / "world", "smoke", 0, progress=False)
+    stamp = (tmp_path / "world" / "world.json").stat().st_mtime_ns
+    assert ensure_world(tmp_path / "world", "smoke", 0, progress=False) == first          # kept, not rewritten
+    assert (tmp_path / "world" / "world.json").stat().st_mtime_ns == stamp
+    with pytest.raises(io.DataError, match="another profile or seed"):
+        ensure_world(tmp_path / "world", "smoke", 1, progress=False)
+    with pytest.raises(io.DataError, match="another profile or seed"):
+        ensure_world(tmp_path / "world", "default", 0, progress=False)
