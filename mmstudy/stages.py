@@ -51,15 +51,21 @@ def ensure_world(world_dir: str | Path, profile: str, seed: int, progress: bool 
 def ensure_base_model(world_dir: str | Path, model_dir: str | Path, profile: str, seed: int,
                       progress: bool = True, command: str = "train_base") -> dict:
     """A base model trained on the world into `model_dir` (a Hugging Face directory with mmstudy_train.json), or
-    the report of the one already there. Interrupted training resumes from `<model_dir>.stages`."""
+    the report of the one already there (of the same profile and seed, else an error). Interrupted training resumes
+    from `<model_dir>.stages`."""
     from mmstudy.base import BaseTrainConfig, train_base
     from mmstudy.model import save_llava
     from mmstudy.runs import build_manifest
 
     model_dir = Path(model_dir)
     if (model_dir / "mmstudy_train.json").is_file():
+        report = io.read_json(model_dir / "mmstudy_train.json")
+        made = report.get("manifest", {})
+        if made.get("seed") != seed or made.get("params", {}).get("profile") != profile:
+            raise io.DataError(f"{model_dir}: holds a base model of another profile or seed than ({profile}, {seed}); "
+                               "pick another directory")
         logger.info("base model %s is complete: kept", model_dir)
-        return io.read_json(model_dir / "mmstudy_train.json")
+        return report
     cfg = BaseTrainConfig.for_profile(profile, seed=seed)
     stages = model_dir.with_name(model_dir.name + ".stages")
     start = time.time()

@@ -221,3 +221,16 @@ def test_stages_keep_a_complete_world_and_refuse_another(tmp_path):
         ensure_world(tmp_path / "world", "smoke", 1, progress=False)
     with pytest.raises(io.DataError, match="another profile or seed"):
         ensure_world(tmp_path / "world", "default", 0, progress=False)
+
+
+def test_stages_keep_a_finished_base_model_of_the_same_recipe_only(tmp_path):
+    from mmstudy.runs import build_manifest
+    from mmstudy.stages import ensure_base_model
+
+    model = tmp_path / "model"
+    report = {"manifest": build_manifest(0, "train_base", {"world": "w", "profile": "smoke"}), "seconds": 1.0}
+    io.write_json(model / "mmstudy_train.json", report)
+    assert ensure_base_model(tmp_path / "world", model, "smoke", 0, progress=False)["seconds"] == 1.0
+    for profile, seed in (("default", 0), ("smoke", 1)):
+        with pytest.raises(io.DataError, match="another profile or seed"):
+            ensure_base_model(tmp_path / "world", model, profile, seed, progress=False)
