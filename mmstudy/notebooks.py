@@ -100,10 +100,10 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
 
 def check_params(notebook: str | Path, params: dict) -> None:
     """DataError naming the notebook and the keys it does not declare."""
-    unknown = sorted(set(params) - set(notebook_parameters(notebook)))
+    declared = notebook_parameters(notebook)
+    unknown = sorted(set(params) - set(declared))
     if unknown:
-        raise io.DataError(f"{notebook}: does not declare the parameter(s) {unknown} "
-                           f"(declared: {sorted(notebook_parameters(notebook))})")
+        raise io.DataError(f"{notebook}: does not declare the parameter(s) {unknown} (declared: {sorted(declared)})")
 
 
 def params_hash(params: dict) -> str:

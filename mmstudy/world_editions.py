@@ -45,7 +45,7 @@ import numpy as np
 from mmstudy.benchmarks import chair as chair_lib
 from mmstudy.converters.vlfeedback import best_vs_lower
 from mmstudy.data import conversation_turns, load_llava_instruct
-from mmstudy.oracle import SIZES, check_answer, world_synonyms
+from mmstudy.oracle import SIZES, check_answer, facts, world_synonyms
 from mmstudy.runs import derive_seed
 from mmstudy.world import Scene
 from mmstudy.world_files import load_scenes
@@ -220,8 +220,9 @@ def _fix_sentence(sentence: str, scene: Scene) -> tuple[str, list[str]] | None:
         if len(counts) == 1 and len(objs) > 1 and counts[0] != NUMBERS.get(len(objs)):
             out = re.sub(rf"\b{counts[0]}\b", NUMBERS[len(objs)], out, count=1, flags=re.IGNORECASE)
             fixes.append("fix_count")
-    for wrong in re.findall(r"the scene is a (\w+), not a (\w+)", "; ".join(check_answer(out, scene).hallucinations)):
-        out, fixes = re.sub(rf"\b{wrong[1]}\b", wrong[0], out), fixes + ["fix_context"]
+    for kind, context in sorted(facts(out)):
+        if kind == "ctx" and context != scene.context:
+            out, fixes = re.sub(rf"\b{context}\b", scene.context, out), fixes + ["fix_context"]
     return (out, fixes) if fixes and not check_answer(out, scene).hallucinated else None
 
 
