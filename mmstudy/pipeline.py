@@ -71,6 +71,8 @@ def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Seque
     wired: dict = {stage.variant_param: variant} if variant else {}
     if stage.name in ("02_preference_data", "03_bdhs", "05_offline", "06_online"):
         wired["base_run"] = str(base)
+    if stage.name == "02_preference_data" and seed != seeds[0]:
+        wired["editions"] = []   # the data review and the ablations read the first seed's editions only
     if stage.name == "04_data_review":
         first = _run_dir(root, _BY_NAME["02_preference_data"], seeds[0])
         kinds = ["povid", *stage_params("02_preference_data", profile)["editions"]]
