@@ -411,14 +411,20 @@ def _execute(args) -> None:
     logger.info("%s: %d metrics in %s", args.notebook.name, len(metrics), Path(args.run_dir) / "metrics.json")
 
 
+def _seed_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
+
+
 def _run(args) -> None:
     from mmstudy.pipeline import run_pipeline
 
-    try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
-    results = run_pipeline(args.profile, seeds, args.runs, args.run_id, args.only, progress=not args.quiet)
+    seeds = _seed_list(args.seeds, "--seeds")
+    ablation_seeds = _seed_list(args.ablation_seeds, "--ablation-seeds") if args.ablation_seeds else None
+    results = run_pipeline(args.profile, seeds, args.runs, args.run_id, args.only, ablation_seeds,
+                           progress=not args.quiet)
     logger.info("ran %d stage executions into %s", len(results), args.runs / (args.run_id or args.profile))
 
 
@@ -746,7 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the study's notebook chain into runs/<run id>/<stage>/ (papermill)")
     p.add_argument("--profile", required=True, choices=["smoke", "default"])
     p.add_argument("--seeds", default="0", help="comma-separated seeds of the per-seed stages (e.g. 0,1,2)")
-    p.add_argument("--only", nargs="*", default=[], metavar="STAGE", help="run only these stages")
+    p.add_argument("--only", nargs="*", default=[], metavar="STAGE",
+                   help="run only these stages (07_ablations runs only when named here)")
+    p.add_argument("--ablation-seeds", default="", help="seeds of the ablation sweep (default: the first seed)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
     p.add_argument("--run-id", default=None, help="run id (default: the profile's name)")
     p.set_defaults(func=_run)

@@ -75,6 +75,36 @@ def read_params(path: str | Path) -> dict:
     return {str(k): _flat_value(v, f"{path}: key {k!r}") for k, v in data.items()}
 
 
+def read_sweep(path: str | Path) -> dict[str, dict[str, dict]]:
+    """A sweep file: axis -> point -> flat params overrides (each checked as a params file is), e.g.
+
+        loss:
+          ipo: {loss: ipo}
+          slic: {loss: slic}
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise io.DataError(f"{path}: sweep file not found")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+    except yaml.YAMLError as e:
+        raise io.DataError(f"{path}: not valid sweep YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise io.DataError(f"{path}: a sweep maps axes to points, got {type(data).__name__}")
+    sweep: dict[str, dict[str, dict]] = {}
+    for axis, points in data.items():
+        if not isinstance(points, dict) or not points:
+            raise io.DataError(f"{path}: axis {axis!r} must map point names to params")
+        sweep[str(axis)] = {}
+        for point, overrides in points.items():
+            where = f"{path}: {axis}/{point}"
+            if "/" in f"{axis}{point}" or not isinstance(overrides, dict):
+                raise io.DataError(f"{where}: a point is a name without '/' mapped to params ({{key: value}})")
+            sweep[str(axis)][str(point)] = {str(k): _flat_value(v, f"{where}, key {k!r}")
+                                            for k, v in overrides.items()}
+    return sweep
+
+
 def load_params(*paths: str | Path, **overrides) -> dict:
     """Merge params files in order (later files win), then `overrides`."""
     merged: dict = {}
@@ -118,16 +148,18 @@ def is_complete(run_dir: str | Path, params: dict) -> bool:
     return io.read_json(marker).get("params_hash") == params_hash(params)
 
 
-def execute(notebook: str | Path, params: dict, run_dir: str | Path, force: bool = False,
-            progress: bool = True) -> dict:
-    """Execute `notebook` with `params` in `run_dir` (see the module docstring); returns its metrics.json."""
+def execute(notebook: str | Path, params: dict, run_dir: str | Path, force: bool = False, again: bool = False,
+            html: bool = False, progress: bool = True) -> dict:
+    """Execute `notebook` with `params` in `run_dir` (see the module docstring); returns its metrics.json. `again`:
+    execute even when complete with these params (a stage whose inputs are other run directories, as the
+    report); `html`: also export the executed notebook to run_dir/<name>.html."""
     import papermill
 
     notebook, run_dir = Path(notebook).resolve(), Path(run_dir).resolve()
     if "run_dir" in params:
         raise io.DataError(f"{notebook.name}: run_dir is set by execute, not by params")
     check_params(notebook, params)
-    if is_complete(run_dir, params):
+    if is_complete(run_dir, params) and not again:
         logger.info("%s: complete with these params, skipped", run_dir)
         return io.read_json(run_dir / "metrics.json")
     if (run_dir / COMPLETE).is_file() and not force:
@@ -147,5 +179,19 @@ def execute(notebook: str | Path, params: dict, run_dir: str | Path, force: bool
     if not (run_dir / "metrics.json").is_file():
         raise io.DataError(f"{run_dir / notebook.name}: finished without writing metrics.json")
     metrics = io.read_json(run_dir / "metrics.json")
+    if html:
+        export_html(run_dir / notebook.name)
     io.write_json(run_dir / COMPLETE, {"params_hash": params_hash(params), "notebook": notebook.name})
     return metrics
+
+
+def export_html(notebook: str | Path) -> Path:
+    """An executed notebook as a standalone HTML page next to it (figures embedded); returns its path."""
+    import nbconvert
+    import nbformat
+
+    notebook = Path(notebook)
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    out = notebook.with_suffix(".html")
+    io.write_text(out, body)
+    return out

@@ -8,8 +8,13 @@ Each stage executes with `mmstudy.notebooks.execute` into
     <runs>/<run id>/<stage>/                      stages that run once
     <runs>/<run id>/<stage>/[<variant>/]s<seed>/  stages that run per seed (and per variant: the offline dataset,
                                                   the online mode)
+    <runs>/<run id>/07_ablations/<axis>/<point>/s<seed>/
+                                                  the ablation sweep: one execution of the same notebook per point
+                                                  of `params/[<profile>/]07_ablations.sweep.yaml`
 
-so a rerun skips complete stages and continues an interrupted one (the stage functions resume).
+so a rerun skips complete stages and continues an interrupted one (the stage functions resume). The ablation sweep
+is optional (it runs when named in `only`, with the `ablation_seeds`); the report runs last on every call that
+selects it and reads whatever run directories exist.
 
     >>> run_pipeline("smoke", seeds=[0], runs_dir="runs")
 """
@@ -22,11 +27,11 @@ from pathlib import Path
 from typing import Sequence
 
 from mmstudy import io
-from mmstudy.notebooks import execute, load_params
+from mmstudy.notebooks import execute, load_params, read_sweep
 
 logger = logging.getLogger(__name__)
 
-PROFILES = ("smoke", "default")   # "paper" (a local LLaVA 1.6-7B, the paper's hyperparameters) is not written yet
+PROFILES = ("smoke", "default", "paper")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,6 +41,10 @@ class Stage:
     per_seed: bool                    # once per seed, or once (with the first seed)
     variants: tuple[str, ...] = ()    # one execution per variant, set as the param `variant_param`
     variant_param: str = ""
+    sweep: bool = False               # one execution per point of params/[<profile>/]<name>.sweep.yaml
+    optional: bool = False            # runs only when named in `only`
+    always: bool = False              # executed again on every call (it reads every other stage's outputs)
+    html: bool = False                # the executed notebook is also exported to HTML
 
 
 STAGES = (
@@ -45,8 +54,14 @@ STAGES = (
     Stage("04_data_review", per_seed=False),
     Stage("05_offline", per_seed=True, variants=("bdhs", "povid"), variant_param="dataset"),
     Stage("06_online", per_seed=True, variants=("online_dpo", "mixed"), variant_param="mode"),
+    Stage("07_ablations", per_seed=True, sweep=True, optional=True),
+    Stage("08_evaluation", per_seed=True),
+    Stage("09_report", per_seed=False, always=True, html=True),
 )
 _BY_NAME = {s.name: s for s in STAGES}
+CORE_MODELS = {"base": ("01_world_base", None), "dpo_bdhs": ("05_offline", "bdhs"),
+               "dpo_povid": ("05_offline", "povid"), "online_dpo": ("06_online", "online_dpo"),
+               "mixed": ("06_online", "mixed")}
 
 
 def _run_dir(root: Path, stage: Stage, seed: int, variant: str | None = None) -> Path:
@@ -64,18 +79,29 @@ def stage_params(stage: str, profile: str, params_dir: Path = ROOT / "params") -
     return load_params(*files)
 
 
+def sweep_points(stage: str, profile: str, params_dir: Path = ROOT / "params") -> list[tuple[str, dict]]:
+    """("<axis>/<point>", overrides) per point of the stage's sweep: the profile's sweep file if it has one, else
+    the default's."""
+    path = params_dir / profile / f"{stage}.sweep.yaml"
+    path = path if path.is_file() else params_dir / f"{stage}.sweep.yaml"
+    return [(f"{axis}/{point}", overrides) for axis, points in read_sweep(path).items()
+            for point, overrides in points.items()]
+
+
 def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Sequence[int], profile: str) -> dict:
     """The params the driver sets: the upstream run directories and files a stage reads, and its variant."""
     base = _run_dir(root, _BY_NAME["01_world_base"], seeds[0])
     data = _run_dir(root, _BY_NAME["02_preference_data"], seed)
-    wired: dict = {stage.variant_param: variant} if variant else {}
-    if stage.name in ("02_preference_data", "03_bdhs", "05_offline", "06_online"):
+    wired: dict = {stage.variant_param: variant} if variant and stage.variant_param else {}
+    if stage.name in ("02_preference_data", "03_bdhs", "05_offline", "06_online", "07_ablations"):
         wired["base_run"] = str(base)
     if stage.name == "02_preference_data" and seed != seeds[0]:
         wired["editions"] = []   # the data review and the ablations read the first seed's editions only
     if stage.name == "04_data_review":
         first = _run_dir(root, _BY_NAME["02_preference_data"], seeds[0])
-        kinds = ["povid", *stage_params("02_preference_data", profile)["editions"]]
+        data_params = stage_params("02_preference_data", profile)
+        kinds = [spec.partition("=")[0] for spec in data_params.get("sources", [])] \
+            or ["povid", *data_params["editions"]]
         bdhs = _run_dir(root, _BY_NAME["03_bdhs"], seeds[0]) / "bdhs.jsonl"
         wired |= {"prefs": [str(first / f"{k}.jsonl") for k in kinds] + [str(bdhs)], "names": [*kinds, "bdhs"],
                   "tokenizer": str(base / "model")}
@@ -84,12 +110,24 @@ def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Seque
             else str(data / f"{variant}.jsonl")
     if stage.name == "06_online":
         wired["prefs"] = str(data / "povid.jsonl")
+    if stage.name == "07_ablations":
+        axis, point = variant.split("/")
+        wired = {"axis": axis, "point": point, "base_run": str(base), "data_run": str(data),
+                 "bdhs_run": str(_run_dir(root, _BY_NAME["03_bdhs"], seed)),
+                 "shared_dir": str(root / stage.name / "data" / f"s{seed}")}
+    if stage.name == "08_evaluation":
+        wired |= {"names": list(CORE_MODELS), "world": str(base / "world"),
+                  "runs": [str(_run_dir(root, _BY_NAME[s], seed, v)) if v else str(base)
+                           for s, v in CORE_MODELS.values()]}
+    if stage.name == "09_report":
+        wired["runs_root"] = str(root)
     return wired
 
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str | None = None,
-         only: Sequence[str] = ()) -> list[tuple[str, Path, dict]]:
-    """(notebook, run directory, params) per execution, in order."""
+         only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None) -> list[tuple[str, Path, dict, bool]]:
+    """(notebook, run directory, params, always) per execution, in order. The ablation sweep runs only when named
+    in `only`, with `ablation_seeds` (default: the first seed)."""
     unknown = set(only) - {s.name for s in STAGES}
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; the stages are {[s.name for s in STAGES]}")
@@ -98,24 +136,28 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
     root = Path(runs_dir) / (run_id or profile)
     jobs = []
     for stage in STAGES:
-        if only and stage.name not in only:
+        if (only and stage.name not in only) or (stage.optional and stage.name not in only):
             continue
-        for seed in (seeds if stage.per_seed else seeds[:1]):
-            for variant in stage.variants or (None,):
-                params = {**stage_params(stage.name, profile), "seed": seed,
+        stage_seeds = (ablation_seeds or seeds[:1]) if stage.sweep else seeds if stage.per_seed else seeds[:1]
+        points = sweep_points(stage.name, profile) if stage.sweep else [(v, {}) for v in stage.variants or (None,)]
+        for seed in stage_seeds:
+            for variant, overrides in points:
+                params = {**stage_params(stage.name, profile), **overrides, "seed": seed,
                           **_wire(stage, variant, root, seed, seeds, profile)}
                 jobs.append((str(ROOT / "notebooks" / f"{stage.name}.ipynb"), _run_dir(root, stage, seed, variant),
-                             params))
+                             params, stage.always))
     return jobs
 
 
 def run_pipeline(profile: str, seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs",
-                 run_id: str | None = None, only: Sequence[str] = (), progress: bool = True) -> dict:
+                 run_id: str | None = None, only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None,
+                 progress: bool = True) -> dict:
     """Execute the chain (or the stages in `only`); returns {run directory: metrics}."""
     results = {}
-    for notebook, run_dir, params in plan(profile, seeds, runs_dir, run_id, only):
+    for notebook, run_dir, params, always in plan(profile, seeds, runs_dir, run_id, only, ablation_seeds):
         logger.info("stage %s -> %s", Path(notebook).stem, run_dir)
-        results[str(run_dir)] = execute(notebook, params, run_dir, progress=progress)
+        results[str(run_dir)] = execute(notebook, params, run_dir, force=always, again=always, progress=progress,
+                                        html=_BY_NAME[Path(notebook).stem].html)
     io.write_json(Path(runs_dir) / (run_id or profile) / "pipeline.json",
-                  {"profile": profile, "seeds": list(seeds), "stages": results})
+                  {"profile": profile, "seeds": list(seeds), "only": list(only), "stages": results})
     return results

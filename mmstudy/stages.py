@@ -81,7 +81,7 @@ def ensure_base_model(world_dir: str | Path, model_dir: str | Path, profile: str
 
 def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                   benchmarks: Sequence[str] = ("pope", "chair"), limit: int | None = None, seed: int = 0,
-                  judge: str = "", progress: bool = True) -> dict:
+                  judge: str = "", device: str = "cpu", progress: bool = True) -> dict:
     """Benchmarks of the model in `model_dir` into out_dir/results.json + samples.jsonl (as `mmstudy eval`
     writes them); an existing results.json with the same benchmarks, limit and judge is kept. `judge`: a
     `make_judge` spec for the judged benchmarks (mmhal, mmhal_v, llava_w), e.g. "oracle" on a world. Returns the
@@ -104,7 +104,7 @@ def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
         from mmstudy.judges import make_judge
 
         judge_obj = make_judge(judge, seed=seed)
-    model, processor = load_llava(model_dir)
+    model, processor = load_llava(model_dir, device=device)
     metrics, samples = evaluate(model, processor, data_dir, list(benchmarks), judge=judge_obj, limit=limit,
                                 seed=seed, progress=progress)
     io.write_jsonl(out.parent / "samples.jsonl", samples)
@@ -114,15 +114,68 @@ def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
 
 def world_and_base(run_dir: str | Path, world_profile: str, base_profile: str, seed: int,
                    benchmarks: Sequence[str] = ("pope", "chair"), limit: int | None = None, judge: str = "",
-                   progress: bool = True) -> dict:
-    """`01_world_base`: run_dir/world, run_dir/model and the base model's evaluation in run_dir/eval."""
+                   model_path: str = "", data_dir: str = "", device: str = "cpu", progress: bool = True) -> dict:
+    """`01_world_base`: run_dir/world, run_dir/model and the base model's evaluation in run_dir/eval. With
+    `model_path` and `data_dir` (the `paper` profile), run_dir/model and run_dir/world are links to a local
+    checkpoint and to benchmark data laid out as a world is (nothing is generated or trained)."""
     run_dir = Path(run_dir)
-    ensure_world(run_dir / "world", world_profile, seed, progress)
-    report = ensure_base_model(run_dir / "world", run_dir / "model", base_profile, seed, progress)
+    if model_path or data_dir:
+        report = link_external(run_dir, model_path, data_dir)
+    else:
+        ensure_world(run_dir / "world", world_profile, seed, progress)
+        report = ensure_base_model(run_dir / "world", run_dir / "model", base_profile, seed, progress)
     metrics = evaluate_into(run_dir / "model", run_dir / "world", run_dir / "eval", benchmarks, limit, seed, judge,
-                            progress)
+                            device, progress)
     return {"train/seconds": report.get("seconds"), **{f"eval/{k}": v for k, v in metrics.items()
                                                        if isinstance(v, (int, float))}}
+
+
+def link_external(run_dir: str | Path, model_path: str | Path, data_dir: str | Path) -> dict:
+    """run_dir/model -> `model_path` (a local LLaVA checkpoint) and run_dir/world -> `data_dir` (benchmark data,
+    LLaVA-Instruct and images laid out as a world is), as symbolic links; an existing link to another target is an
+    error."""
+    from mmstudy.model import _read_model_type
+
+    run_dir = Path(run_dir)
+    if not (model_path and data_dir):
+        raise ValueError("give both model_path and data_dir (or neither, to build the world and its base model)")
+    model_path, data_dir = Path(model_path).resolve(), Path(data_dir).resolve()
+    _read_model_type(model_path)                     # a DataError naming the path unless it is a LLaVA checkpoint
+    if not data_dir.is_dir():
+        raise io.DataError(f"{data_dir}: data_dir not found (benchmark data laid out as a world; see the README)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for link, target in ((run_dir / "model", model_path), (run_dir / "world", data_dir)):
+        if link.is_symlink() or link.exists():
+            if link.resolve() != target:
+                raise io.DataError(f"{link}: already points to {link.resolve()}, not {target}")
+            continue
+        link.symlink_to(target, target_is_directory=True)
+    return {"model": str(model_path), "data": str(data_dir)}
+
+
+def converted_data(run_dir: str | Path, base_run: str | Path, sources: Sequence[str], subsample: int = 0,
+                   seed: int = 0) -> dict:
+    """Released preference datasets converted to the schema (`mmstudy.converters`) into run_dir/<name>.jsonl, each
+    source written "NAME=KIND:PATH" (e.g. "povid=povid:data/POVID/povid.json", "ranking=vlfeedback:data/vlf",
+    "correction=rlhf_v:data/RLHF-V"); images must lie under the base run's world/images. With `subsample`, a
+    seeded subset of that many pairs (the paper's 5k). A file already there is kept. Returns the pair counts."""
+    from mmstudy.converters import ConvertConfig, convert
+    from mmstudy.preferences import subsample as take
+
+    run_dir = Path(run_dir)
+    counts = {}
+    for spec in sources:
+        name, _, rest = spec.partition("=")
+        kind, _, path = rest.partition(":")
+        if not (name and kind and path):
+            raise ValueError(f"source {spec!r}: expected NAME=KIND:PATH, e.g. povid=povid:data/POVID/povid.json")
+        out = run_dir / f"{name}.jsonl"
+        if not out.is_file():
+            records = convert(kind, path, ConvertConfig(image_root=Path(base_run) / "world" / "images",
+                                                        seed=seed)).records
+            io.write_jsonl(out, take(records, subsample, seed, name=path) if subsample else records)
+        counts[f"pairs/{name}"] = len(io.read_jsonl(out))
+    return counts
 
 
 def preference_data(run_dir: str | Path, base_run: str | Path, seed: int, fresh: int, partner_share: float,
@@ -155,7 +208,7 @@ def preference_data(run_dir: str | Path, base_run: str | Path, seed: int, fresh:
 
 
 def bdhs_data(run_dir: str | Path, base_run: str | Path, seed: int, n: int, rho_th: float, iterations: int,
-              epsilon: float, embedder: str = "", progress: bool = True) -> dict:
+              epsilon: float, embedder: str = "", device: str = "cpu", progress: bool = True) -> dict:
     """`03_bdhs`: BDHS pairs (attention masking) from the base model of `base_run` on n seeded LLaVA-Instruct
     first turns of its world, into run_dir/bdhs.jsonl (resumed per example) and run_dir/bdhs.stats.json.
     `embedder`: a sentence-transformers directory, or empty for the packaged MiniLM. Returns the statistics."""
@@ -166,8 +219,8 @@ def bdhs_data(run_dir: str | Path, base_run: str | Path, seed: int, n: int, rho_
     world, model_dir = base_run / "world", base_run / "model"
     cfg = BDHSConfig(variant="attn", rho_th=rho_th, iterations=iterations, epsilon=epsilon, seed=seed)
     examples = load_examples(world / "llava_instruct_train.json", world / "images", n=n, seed=seed)
-    model, processor = load_llava(model_dir)
-    sentence_embedder = SentenceEmbedder(embedder or None)
+    model, processor = load_llava(model_dir, device=device)
+    sentence_embedder = SentenceEmbedder(embedder or None, device=device)
     provenance = {"model": str(model_dir), "model_revision": model_fingerprint(model_dir),
                   "embedder": sentence_embedder.name}
     stats = run_bdhs(model, processor, examples, cfg, sentence_embedder, ImageLoader(world / "images"),
@@ -180,12 +233,16 @@ def bdhs_data(run_dir: str | Path, base_run: str | Path, seed: int, n: int, rho_
 
 def align(run_dir: str | Path, base_run: str | Path, prefs: str | Path, seed: int, dpo: dict,
           online: dict | None = None, max_pairs: int = 0, benchmarks: Sequence[str] = ("pope", "chair"),
-          limit: int | None = None, judge: str = "", progress: bool = True) -> dict:
+          limit: int | None = None, judge: str = "", launch: str = "", device: str = "cpu",
+          progress: bool = True) -> dict:
     """`05_offline` / `06_online`: DPO from the base model of `base_run` on the preference file `prefs` (offline),
     or with `online` (an `OnlineConfig`'s fields plus "judge"), into run_dir (model/, checkpoints/, metrics.jsonl,
     train_summary.json; an interrupted run resumes from its last checkpoint, a finished one is kept), then the
     model's benchmarks into run_dir/eval. `dpo`: `DPOTrainConfig` fields; `max_pairs`: the file's first pairs
-    only (0: all); `judge`: for the judged benchmarks (`evaluate_into`). Returns training and eval metrics."""
+    only (0: all); `judge`: for the judged benchmarks (`evaluate_into`). `launch`: train in processes started by
+    this command (e.g. "accelerate launch --num_processes 8", with `accelerate config` for FSDP / DeepSpeed)
+    through `mmstudy train-dpo` / `train-online`, instead of in this process. Returns training and eval
+    metrics."""
     from mmstudy.dpo import DPOTrainConfig, train_dpo
     from mmstudy.preferences import load_preferences
 
@@ -194,11 +251,16 @@ def align(run_dir: str | Path, base_run: str | Path, prefs: str | Path, seed: in
     if not (run_dir / "train_summary.json").is_file():
         pairs = load_preferences(prefs, image_root=world / "images")
         pairs = pairs[:max_pairs] if max_pairs else pairs
-        source = None if online is None else _online_source(online, world, seed)
-        train_dpo(base_run / "model", pairs, DPOTrainConfig(**dpo, seed=seed), run_dir, world / "images",
-                  progress=progress, online=source)
+        cfg = DPOTrainConfig(**dpo, seed=seed)
+        if launch:
+            _launch_training(launch, run_dir, base_run, pairs, cfg, online, device)
+        else:
+            source = None if online is None else _online_source(online, world, seed, device)
+            train_dpo(base_run / "model", pairs, cfg, run_dir, world / "images", device=device, progress=progress,
+                      online=source)
     summary = io.read_json(run_dir / "train_summary.json")
-    metrics = evaluate_into(run_dir / "model", world, run_dir / "eval", benchmarks, limit, seed, judge, progress)
+    metrics = evaluate_into(run_dir / "model", world, run_dir / "eval", benchmarks, limit, seed, judge, device,
+                            progress)
     train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     online_stats = {k: v for k, v in (summary.get("online") or {}).items() if isinstance(v, (int, float))}
     return {**train, **online_stats, **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
@@ -207,7 +269,56 @@ def align(run_dir: str | Path, base_run: str | Path, prefs: str | Path, seed: in
 _BDHS_ONLINE = ("judge", "rho_th", "iterations", "embedder")
 
 
-def _online_source(online: dict, world: Path, seed: int):
+def launch_command(launch: str, run_dir: Path, base_run: Path, prefs: Path, cfg, online: dict | None,
+                   device: str) -> list[str]:
+    """The command line of `align` with `launch`: the launcher's words, then `-m mmstudy train-dpo|train-online`
+    with the options that reproduce `cfg` (a `DPOTrainConfig`) and `online`."""
+    import shlex
+
+    world = base_run / "world"
+    args = ["-m", "mmstudy", "-q", "train-dpo" if online is None else "train-online",
+            "--model", str(base_run / "model"), "--image-root", str(world / "images"), "--out", str(run_dir),
+            "--loss", cfg.loss, "--beta", repr(cfg.beta), "--gamma", repr(cfg.gamma), "--lora-r", str(cfg.lora_r),
+            "--lora-alpha", str(cfg.lora_alpha), "--lr", repr(cfg.lr), "--projector-lr", repr(cfg.projector_lr),
+            "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
+            "--checkpoint-every", str(cfg.checkpoint_every), "--device", device, "--seed", str(cfg.seed)]
+    args += [] if cfg.train_projector else ["--freeze-projector"]
+    args += [] if cfg.train_lm else ["--freeze-lm"]
+    args += ["--train-vision"] if cfg.train_vision else []
+    args += ["--max-length", str(cfg.max_length)] if cfg.max_length else []
+    if online is None:
+        args += ["--prefs", str(prefs)]
+    else:
+        args += ["--world", str(world)] if (world / "world.json").is_file() else []
+        args += ["--prompts", str(prefs), "--mode", online["mode"], "--k",
+                 str(online.get("k", 2)), "--temperature", repr(online.get("temperature", 1.0)), "--max-new-tokens",
+                 str(online.get("max_new_tokens", 64)), "--p-offline", repr(online.get("p_offline", 0.5)),
+                 "--judge", online.get("judge", "oracle"), "--rho", repr(online.get("rho_th", 0.99)),
+                 "--iterations", str(online.get("iterations", 5))]
+        args += ["--embedder", online["embedder"]] if online.get("embedder") else []
+    return shlex.split(launch) + args
+
+
+def _launch_training(launch: str, run_dir: Path, base_run: Path, pairs: list[dict], cfg, online: dict | None,
+                     device: str) -> None:
+    import subprocess
+
+    prefs = run_dir / "train_prefs.jsonl"      # the pairs this run trains on (max_pairs applied)
+    io.write_jsonl(prefs, pairs)
+    command = launch_command(launch, run_dir, base_run, prefs, cfg, online, device)
+    logger.info("training with: %s", " ".join(command))
+    stage_manifest = run_dir / "manifest.json"           # the command writes its own manifest over the stage's
+    kept = stage_manifest.read_bytes() if stage_manifest.is_file() else None
+    done = subprocess.run(command)
+    if stage_manifest.is_file() and kept is not None:
+        stage_manifest.replace(run_dir / "train_manifest.json")
+        io.write_bytes(stage_manifest, kept)
+    if done.returncode != 0 or not (run_dir / "train_summary.json").is_file():
+        raise RuntimeError(f"{' '.join(command)}: exited with {done.returncode}"
+                           + ("" if done.returncode else " without writing train_summary.json"))
+
+
+def _online_source(online: dict, world: Path, seed: int, device: str = "cpu"):
     """The online pair source of `align`: `OnlineConfig` fields plus "judge" (online_dpo, mixed) or the BDHS
     "rho_th", "iterations" and "embedder" (online_bdhs, online_bdhs_avg)."""
     from mmstudy.online import OnlineConfig, OnlinePairs, world_scenes
@@ -217,39 +328,56 @@ def _online_source(online: dict, world: Path, seed: int):
     if cfg.needs_judge:
         from mmstudy.judges import make_judge
 
-        judge = make_judge(online["judge"], seed=seed)
+        judge = make_judge(online["judge"], seed=seed, device=device)
     else:
         from mmstudy.bdhs import BDHSConfig, SentenceEmbedder
 
         bdhs_cfg = BDHSConfig(variant="attn", rho_th=online.get("rho_th", 0.99),
                               iterations=online.get("iterations", 5), seed=seed)
-        embedder = SentenceEmbedder(online.get("embedder") or None)
-    return OnlinePairs(cfg, judge=judge, scenes=world_scenes(world), bdhs_cfg=bdhs_cfg, embedder=embedder,
+        embedder = SentenceEmbedder(online.get("embedder") or None, device=device)
+    scenes = world_scenes(world) if (world / "world.json").is_file() else None    # real data: no ground truth
+    return OnlinePairs(cfg, judge=judge, scenes=scenes, bdhs_cfg=bdhs_cfg, embedder=embedder,
                        image_root=world / "images")
 
 
-def _bdhs_pairs(out: Path, base_run: Path, examples, cfg, embedder: str, progress: bool) -> Path:
+def _bdhs_pairs(out: Path, base_run: Path, examples, cfg, embedder: str, device: str, progress: bool) -> Path:
     from mmstudy.bdhs import ImageLoader, SentenceEmbedder, model_fingerprint, run_bdhs
     from mmstudy.model import load_llava
 
     model_dir = base_run / "model"
-    sentence_embedder = SentenceEmbedder(embedder or None)
+    sentence_embedder = SentenceEmbedder(embedder or None, device=device)
     provenance = {"model": str(model_dir), "model_revision": model_fingerprint(model_dir),
                   "embedder": sentence_embedder.name}
-    model, processor = load_llava(model_dir)
-    run_bdhs(model, processor, examples, cfg, sentence_embedder, ImageLoader(base_run / "world" / "images"), out,
-             provenance, progress=progress)
+    model, processor = load_llava(model_dir, device=device)
+    stats = run_bdhs(model, processor, examples, cfg, sentence_embedder, ImageLoader(base_run / "world" / "images"),
+                     out, provenance, progress=progress)
+    io.write_json(out.with_suffix(".stats.json"), {"stats": stats, "config_hash": cfg.config_hash()})
     return out
 
 
 def ablation_data(shared_dir: str | Path, base_run: str | Path, data_run: str | Path, bdhs_run: str | Path,
                   seed: int, data: str, size: int, fresh: int = 0, bdhs: dict | None = None,
-                  edition_prompts: int = 1000, progress: bool = True) -> Path:
+                  edition_prompts: int = 1000, mine: bool = True, device: str = "cpu", progress: bool = True) -> Path:
+    """The preference file of one ablation point (`_ablation_file`), checked to hold at least `size` pairs (a
+    point trains on its first `size`)."""
+    path = _ablation_file(shared_dir, base_run, data_run, bdhs_run, seed, data, size, fresh, bdhs, edition_prompts,
+                          mine, device, progress)
+    n = len(io.read_jsonl(path))
+    if n < size:
+        raise io.DataError(f"{path}: {n} pairs, fewer than the point's size {size}; raise fresh (POVID-like), "
+                           "edition_prompts (editions) or lower size")
+    return path
+
+
+def _ablation_file(shared_dir: str | Path, base_run: str | Path, data_run: str | Path, bdhs_run: str | Path,
+                   seed: int, data: str, size: int, fresh: int = 0, bdhs: dict | None = None,
+                   edition_prompts: int = 1000, mine: bool = True, device: str = "cpu", progress: bool = True
+                   ) -> Path:
     """The preference file of one ablation point (`07_ablations`), reused from the chain where it is the same data
     and otherwise built once into `shared_dir` (named by its settings, so points that share data share the file):
 
-        povid               POVID-like pairs: `data_run`/povid.jsonl, or with `fresh` > 0 a set mined from that many
-                            new scenes (the dataset-size sweep)
+        povid               POVID-like pairs: `data_run`/povid.jsonl, or with `fresh` > 0 a set from that many new
+                            scenes (mined with `mine`; the dataset-size sweep)
         bdhs                BDHS pairs with the settings `bdhs` (`BDHSConfig` fields plus "embedder") on `size`
                             LLaVA-Instruct first turns: `bdhs_run`/bdhs.jsonl when they are the chain's
         povid+bdhs          POVID-like pairs with a BDHS rejection of the same prompt and y+ as `rejected_2` (Avg-DPO)
@@ -269,7 +397,7 @@ def ablation_data(shared_dir: str | Path, base_run: str | Path, data_run: str | 
             return data_run / "povid.jsonl"
         out = shared / f"povid_fresh{fresh}.jsonl"
         if not out.is_file():
-            preference_data(shared / f"povid_fresh{fresh}", base_run, seed, fresh, 0.5, (), 0, progress=progress)
+            preference_data(shared / f"povid_fresh{fresh}", base_run, seed, fresh, 0.5, (), 0, mine, progress)
             (shared / f"povid_fresh{fresh}" / "povid.jsonl").replace(out)
         return out
     if data == "bdhs":
@@ -278,16 +406,21 @@ def ablation_data(shared_dir: str | Path, base_run: str | Path, data_run: str | 
             return bdhs_run / "bdhs.jsonl"
         examples = load_examples(world / "llava_instruct_train.json", world / "images", n=size, seed=seed)
         return _bdhs_pairs(shared / f"bdhs_{cfg.config_hash()}_n{size}.jsonl", base_run, examples, cfg, embedder,
-                           progress)
+                           device, progress)
     if data == "povid+bdhs":
         out = shared / f"povid+bdhs_{cfg.config_hash()}_n{size}.jsonl"
         if not out.is_file():
-            povid = io.read_jsonl(ablation_data(shared, base_run, data_run, bdhs_run, seed, "povid", size, fresh))
+            povid = io.read_jsonl(ablation_data(shared, base_run, data_run, bdhs_run, seed, "povid", size, fresh,
+                                                mine=mine, progress=progress))
             povid = povid[:size]
             examples = [Example(str(p["id"]), p["image"], p["prompt"], p["chosen"]) for p in povid]
             made = _bdhs_pairs(shared / f"bdhs_of_povid_{cfg.config_hash()}_n{size}.jsonl", base_run, examples,
-                               cfg, embedder, progress)
+                               cfg, embedder, device, progress)
             rejected_2 = {r["id"]: r["rejected"] for r in io.read_jsonl(made)}
+            missing = [p["id"] for p in povid if str(p["id"]) not in rejected_2]
+            if missing:
+                raise io.DataError(f"{made}: no BDHS rejection for {len(missing)} POVID-like pair(s), e.g. "
+                                   f"{missing[:3]}")
             io.write_jsonl(out, [{**p, "rejected_2": rejected_2[str(p["id"])]} for p in povid])
         return out
     if data in EDITIONS:
@@ -300,3 +433,30 @@ def ablation_data(shared_dir: str | Path, base_run: str | Path, data_run: str | 
             io.write_jsonl(out, made[data])
         return out
     raise ValueError(f"unknown ablation data {data!r}; choose from povid, bdhs, povid+bdhs or {list(EDITIONS)}")
+
+
+def evaluation(run_dir: str | Path, runs: Sequence[str | Path], names: Sequence[str], world: str | Path, seed: int,
+               benchmarks: Sequence[str] = (), judge: str = "", limit: int | None = None, device: str = "cpu",
+               progress: bool = True) -> dict:
+    """`08_evaluation`: the models of `runs` (run directories with model/ and eval/, the first one the reference,
+    usually the base model) on the further `benchmarks` into run_dir/<name>/, then every model against the first,
+    item by item (`compare_runs`: paired bootstrap over the items both answered) into run_dir/comparisons.json.
+    Returns {"<name>/<benchmark>/<metric>/diff|low|high": ...} for the models after the first."""
+    from mmstudy.compare import compare_runs
+
+    if len(runs) != len(names) or len(set(names)) != len(names):
+        raise ValueError(f"runs and names must pair one to one with unique names, got {len(runs)} runs and "
+                         f"names {list(names)}")
+    run_dir = Path(run_dir)
+    samples = {}
+    for name, run in zip(names, runs):
+        samples[name] = io.read_jsonl(Path(run) / "eval" / "samples.jsonl")
+        if benchmarks:
+            evaluate_into(Path(run) / "model", world, run_dir / name, benchmarks, limit, seed, judge, device,
+                          progress)
+            samples[name] += io.read_jsonl(run_dir / name / "samples.jsonl")
+    reference, *others = names
+    comparisons = {name: compare_runs(samples[reference], samples[name], seed=seed) for name in others}
+    io.write_json(run_dir / "comparisons.json", {"reference": reference, "comparisons": comparisons})
+    return {f"{name}/{metric}/{part}": row[part] for name, rows in comparisons.items()
+            for metric, row in rows.items() for part in ("diff", "low", "high")}

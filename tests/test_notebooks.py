@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from mmstudy import io
@@ -14,7 +15,8 @@ from mmstudy.world_prefs import povid_like_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-PARAMS = sorted((ROOT / "params").rglob("*.yaml"))
+PARAMS = sorted(p for p in (ROOT / "params").rglob("*.yaml") if not p.name.endswith(".sweep.yaml"))
+SWEEPS = sorted((ROOT / "params").rglob("*.sweep.yaml"))
 
 
 def test_read_params_is_strict(tmp_path):
@@ -56,6 +58,29 @@ def test_every_params_file_matches_its_notebook(params):
     notebook = ROOT / "notebooks" / f"{params.stem}.ipynb"
     assert notebook.is_file(), f"{params} has no notebook"
     nbs.check_params(notebook, nbs.read_params(params))
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: str(p.relative_to(ROOT / "params")))
+def test_every_sweep_point_matches_its_notebook(sweep):
+    notebook = ROOT / "notebooks" / f"{sweep.name.removesuffix('.sweep.yaml')}.ipynb"
+    points = nbs.read_sweep(sweep)
+    assert points
+    for axis, named in points.items():
+        for point, overrides in named.items():
+            nbs.check_params(notebook, overrides)
+
+
+def test_read_sweep_is_strict(tmp_path):
+    path = tmp_path / "s.sweep.yaml"
+    path.write_text("loss:\n  ipo: {loss: ipo}\n  slic: {loss: slic, beta: 0.2}\n")
+    assert nbs.read_sweep(path) == {"loss": {"ipo": {"loss": "ipo"}, "slic": {"loss": "slic", "beta": 0.2}}}
+    for text, message in (("loss:\n  ipo: {loss: ipo}\n  ipo: {loss: dpo}\n", "duplicate key 'ipo'"),
+                          ("loss: [ipo]\n", "axis 'loss' must map point names"),
+                          ("loss:\n  ipo: 3\n", "loss/ipo: a point is a name"),
+                          ("loss:\n  ipo: {a: {b: 1}}\n", "params are flat")):
+        path.write_text(text)
+        with pytest.raises(io.DataError, match=message):
+            nbs.read_sweep(path)
 
 
 def test_check_params_names_unknown_keys():
@@ -161,12 +186,19 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     from mmstudy.pipeline import plan
 
     jobs = plan("smoke", [0, 1], tmp_path)
-    dirs = [str(d.relative_to(tmp_path / "smoke")) for _, d, _ in jobs]
+    dirs = [str(d.relative_to(tmp_path / "smoke")) for _, d, _, _ in jobs]
     assert dirs == ["01_world_base", "02_preference_data/s0", "02_preference_data/s1", "03_bdhs/s0", "03_bdhs/s1",
                     "04_data_review", "05_offline/bdhs/s0", "05_offline/povid/s0", "05_offline/bdhs/s1",
                     "05_offline/povid/s1", "06_online/online_dpo/s0", "06_online/mixed/s0",
-                    "06_online/online_dpo/s1", "06_online/mixed/s1"]
-    params = {d: p for d, (_, _, p) in zip(dirs, jobs)}
+                    "06_online/online_dpo/s1", "06_online/mixed/s1", "08_evaluation/s0", "08_evaluation/s1",
+                    "09_report"]
+    assert [always for *_, always in jobs] == [False] * 16 + [True]     # the report runs again on every call
+    params = {d: p for d, (_, _, p, _) in zip(dirs, jobs)}
+    assert params["02_preference_data/s1"]["editions"] == [] and params["02_preference_data/s0"]["editions"]
+    assert params["08_evaluation/s1"]["names"][0] == "base"
+    assert params["08_evaluation/s1"]["runs"][1:3] == [str(tmp_path / "smoke" / "05_offline" / v / "s1")
+                                                        for v in ("bdhs", "povid")]
+    assert params["09_report"]["runs_root"] == str(tmp_path / "smoke")
     base = str(tmp_path / "smoke" / "01_world_base")
     assert params["01_world_base"]["world_profile"] == "smoke" and params["01_world_base"]["seed"] == 0
     assert params["02_preference_data/s1"]["seed"] == 1 and params["02_preference_data/s1"]["base_run"] == base
@@ -177,7 +209,16 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     assert params["06_online/mixed/s1"]["prefs"] == str(tmp_path / "smoke" / "02_preference_data" / "s1" /
                                                          "povid.jsonl")
     assert plan("default", [0], tmp_path)[0][2]["world_profile"] == "default"
-    assert [d.name for _, d, _ in plan("smoke", [0], tmp_path, only=["05_offline"])] == ["s0", "s0"]
+    assert [d.name for _, d, _, _ in plan("smoke", [0], tmp_path, only=["05_offline"])] == ["s0", "s0"]
+    sweep = plan("default", [0, 1, 2], tmp_path, only=["07_ablations"], ablation_seeds=[1])
+    rel = [str(d.relative_to(tmp_path / "default")) for _, d, _, _ in sweep]
+    assert "07_ablations/loss/ipo/s1" in rel and all(r.endswith("/s1") for r in rel)
+    ipo = sweep[rel.index("07_ablations/loss/ipo/s1")][2]
+    assert ipo["loss"] == "ipo" and ipo["axis"] == "loss" and ipo["point"] == "ipo" and ipo["size"] == 768
+    assert ipo["data_run"] == str(tmp_path / "default" / "02_preference_data" / "s1")
+    assert ipo["shared_dir"] == str(tmp_path / "default" / "07_ablations" / "data" / "s1")
+    rho = sweep[rel.index("07_ablations/rho_th/rho0.98/s1")][2]
+    assert (rho["data"], rho["rho_th"], rho["loss"]) == ("bdhs", 0.98, "dpo")
     with pytest.raises(ValueError, match="unknown stage"):
         plan("smoke", [0], tmp_path, only=["09_nope"])
     with pytest.raises(ValueError, match="unknown profile"):
@@ -193,21 +234,52 @@ def test_smoke_chain_runs_and_resumes(tmp_path):
     assert main(args) == 0
     root = tmp_path / "smoke"
     stages = ("01_world_base", "02_preference_data/s0", "03_bdhs/s0", "04_data_review", "05_offline/bdhs/s0",
-              "05_offline/povid/s0", "06_online/online_dpo/s0", "06_online/mixed/s0")
+              "05_offline/povid/s0", "06_online/online_dpo/s0", "06_online/mixed/s0", "08_evaluation/s0",
+              "09_report")
     metrics = {d: io.read_json(root / d / "metrics.json") for d in stages}
+    assert "eval/mmhal/score" in metrics["05_offline/povid/s0"] and "eval/llava_w/relative_score" in metrics[
+        "06_online/mixed/s0"]
+    comparisons = io.read_json(root / "08_evaluation/s0/comparisons.json")
+    assert comparisons["reference"] == "base" and set(comparisons["comparisons"]) == {"dpo_bdhs", "dpo_povid",
+                                                                                       "online_dpo", "mixed"}
+    assert any(k.startswith("pope") for k in comparisons["comparisons"]["mixed"])
+    assert any(k.startswith("mmhal") for k in comparisons["comparisons"]["mixed"])
+    assert metrics["09_report"]["models"] == 5 and metrics["09_report"]["coverage/Table 12"] == "2 of 4 rows"
+    assert (root / "09_report" / "09_report.html").stat().st_size > 10_000
     assert "eval/pope/adversarial/accuracy" in metrics["01_world_base"]
     assert metrics["02_preference_data/s0"]["pairs/ranking"] > 0
     assert metrics["03_bdhs/s0"]["bdhs/pairs"] == 8
     assert metrics["04_data_review"]["ranking/pairs"] == metrics["02_preference_data/s0"]["pairs/ranking"]
     assert metrics["04_data_review"]["bdhs/pairs"] == 8
-    for stage in stages[4:]:
+    for stage in stages[4:8]:
         assert metrics[stage]["train/steps"] > 0 and "eval/chair/chair_i" in metrics[stage], stage
     assert metrics["06_online/online_dpo/s0"]["mode"] == "online_dpo"
     assert "online/pairs" in metrics["06_online/online_dpo/s0"] or "online/identical" in metrics[
         "06_online/online_dpo/s0"]
-    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb")}
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb") if "09_report" not in str(p)}
     assert main(args) == 0
-    assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb")}
+    assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb") if "09_report" not in str(p)}
+
+    # the ablation sweep (one point of each kind of work), then the report again with its rows
+    assert main(args + ["--only", "07_ablations", "09_report"]) == 0
+    points = {p.parent.parent.relative_to(root / "07_ablations").as_posix(): io.read_json(p)
+              for p in root.glob("07_ablations/*/*/s0/metrics.json")}
+    assert set(points) == {"loss/ipo", "rho_th/rho0.98", "povid_plus/attn", "online/online_bdhs_avg",
+                           "data/ranked_corrupted", "size/n24"}
+    for name, m in points.items():
+        assert m["train/steps"] > 0 and "eval/pope/adversarial/accuracy" in m, name
+    assert io.read_json(root / "07_ablations/loss/ipo/s0/train_summary.json")["config"]["loss"] == "ipo"
+    assert points["size/n24"]["train/pairs"] == 24
+    plus = io.read_jsonl(points["povid_plus/attn"]["prefs"])
+    assert len(plus) == 16 and all(r["rejected_2"] and r["rejected"] for r in plus)
+    assert io.read_json(Path(points["rho_th/rho0.98"]["prefs"]).with_suffix(".stats.json"))["stats"]["config"][
+        "rho_th"] == 0.98
+    report = io.read_json(root / "09_report" / "metrics.json")
+    assert report["models"] == 11 and report["coverage/Table 12"] == "3 of 4 rows"
+    assert "| IPO | –" not in (root / "09_report" / "tables.md").read_text()
+    verdicts = pd.read_csv(root / "09_report" / "verdicts.csv")
+    assert len(verdicts) == 7 and verdicts["verdict"].iloc[5] == "not assessed"
+    assert "(1 of 5 claims assessed)" in verdicts["verdict"].iloc[6]     # IPO ran; SLiC is not in the smoke sweep
 
 
 def test_stages_keep_a_complete_world_and_refuse_another(tmp_path):

@@ -1,0 +1,441 @@
+"""The study's report from run directories: every model's benchmarks over seeds, the paper's tables rebuilt on the
+world, figures and a verdict per finding of the paper (§5). Pure functions of what the runs wrote; the report
+notebook (`09_report`) decides what to show and where it goes.
+
+    >>> runs = collect("runs/default")
+    >>> summary = summarize(runs)
+    >>> paper_table(summary, "Table 2")
+    >>> verdicts(summary)
+
+A model is named by where it was trained: `base` (01_world_base), `dpo_<dataset>` (05_offline), `<mode>`
+(06_online) and `<axis>/<point>` (07_ablations). A cell is the mean over seeds with a 95 % t-interval over seeds
+(`seed_interval`); a model with one seed shows the interval over items of its benchmark (bootstrap, marked "i").
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mmstudy import io
+from mmstudy.benchmarks.stats import seed_interval
+
+logger = logging.getLogger(__name__)
+
+# column -> (metric key in a run's eval metrics, scale, direction: +1 higher is better, -1 lower, 0 neither)
+COLUMNS = {
+    "POPE F1": ("pope/macro/f1", 100, 1),
+    "POPE adv": ("pope/adversarial/accuracy", 100, 1),
+    "yes %": ("pope/macro/yes_ratio", 100, 0),
+    "CHAIR_i": ("chair/chair_i", 100, -1),
+    "Recall": ("chair/recall", 100, 1),
+    "MMHal": ("mmhal/score", 1, 1),
+    "LLaVA-W": ("llava_w/relative_score", 1, 1),
+}
+
+
+def _model_name(rel: Path) -> tuple[str, int | None] | None:
+    """(model name, seed) of a run directory relative to the runs root, None for a data stage's."""
+    parts = rel.parts
+    seed = int(parts[-1][1:]) if parts[-1].startswith("s") and parts[-1][1:].isdigit() else None
+    if parts[0] == "01_world_base":
+        return "base", seed
+    if parts[0] == "05_offline" and len(parts) == 3:
+        return f"dpo_{parts[1]}", seed
+    if parts[0] == "06_online" and len(parts) == 3:
+        return parts[1], seed
+    if parts[0] == "07_ablations" and len(parts) == 4:
+        return f"{parts[1]}/{parts[2]}", seed
+    return None
+
+
+def collect(runs_root: str | Path) -> pd.DataFrame:
+    """One row per complete model run under `runs_root`: model, seed, run_dir, its params (`p:<name>`) and its
+    eval metrics (the keys of `COLUMNS` and their item intervals, `<column> lo` / `<column> hi`)."""
+    root = Path(runs_root)
+    rows = []
+    for marker in sorted(root.glob("**/complete.json")):
+        run = marker.parent
+        named = _model_name(run.relative_to(root))
+        if named is None:
+            continue
+        metrics = io.read_json(run / "metrics.json")
+        params = io.read_json(run / "params.json")
+        name, seed = named
+        row = {"model": name, "seed": seed if seed is not None else params.get("seed"), "run_dir": str(run)}
+        row |= {f"p:{k}": v for k, v in params.items() if not isinstance(v, list)}
+        for column, (key, scale, _) in COLUMNS.items():
+            value = metrics.get(f"eval/{key}")
+            row[column] = np.nan if value is None else scale * value
+            for side, suffix in (("lo", "low"), ("hi", "high")):
+                bound = metrics.get(f"eval/{key}_ci95_{suffix}")
+                row[f"{column} {side}"] = np.nan if bound is None else scale * bound
+        rows.append(row)
+    if not rows:
+        raise io.DataError(f"{root}: no complete model runs (01_world_base, 05_offline, 06_online, 07_ablations)")
+    return pd.DataFrame(rows)
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per model and column: mean, low, high (95 % over seeds; with one seed, over items), n (seeds) and the kind
+    of interval ("seeds" or "items"). Indexed by (model, column)."""
+    out = []
+    for model, group in runs.groupby("model", sort=False):
+        for column in COLUMNS:
+            values = group[column].dropna().to_numpy()
+            if not len(values):
+                continue
+            if len(values) > 1:
+                ci = seed_interval(values)
+                low, high, kind = ci["low"], ci["high"], "seeds"
+            else:
+                low, high = group[f"{column} lo"].iloc[0], group[f"{column} hi"].iloc[0]
+                kind = "items" if np.isfinite(low) else "none"
+            out.append({"model": model, "column": column, "mean": float(values.mean()), "low": low, "high": high,
+                        "n": len(values), "interval": kind})
+    return pd.DataFrame(out).set_index(["model", "column"])
+
+
+def cell(summary: pd.DataFrame, model: str, column: str, digits: int = 1) -> str:
+    """"mean [low, high]" ("i" after an interval over items), "–" when the model or the column is missing."""
+    if (model, column) not in summary.index:
+        return "–"
+    r = summary.loc[(model, column)]
+    text = f"{r['mean']:.{digits}f}"
+    if r["interval"] != "none" and np.isfinite(r["low"]):
+        text += f" [{r['low']:.{digits}f}, {r['high']:.{digits}f}]" + ("i" if r["interval"] == "items" else "")
+    return text
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    title: str
+    rows: tuple[tuple[str, str], ...]    # (row label, model name)
+    note: str = ""
+
+
+# The paper's tables on the world. Row labels name the world's counterpart of the paper's data: POVID-like
+# (targeted corruptions of y+), ranking (VLFeedback-like), correction (RLHF-V-like), ranked + corrupted
+# (VLFeedbackCorrupted-like); the annotator is the world's oracle with an error rate.
+TABLES = {
+    "Table 2": TableSpec("Main results", (
+        ("base", "base"),
+        ("DPO · POVID-like", "dpo_povid"),
+        ("Online-DPO · POVID-like", "online_dpo"),
+        ("Mixed-DPO · POVID-like", "mixed"),
+        ("DPO · BDHS", "dpo_bdhs"),
+        ("DPO · Online-BDHS", "online/online_bdhs"),
+        ("DPO · Online-BDHS ∪ POVID-like (Avg-DPO)", "online/online_bdhs_avg"),
+        ("DPO · ranking (VLFeedback-like)", "data/ranking"),
+        ("DPO · ranked + corrupted (VLFeedbackCorrupted-like)", "data/ranked_corrupted"),
+    )),
+    "Table 6": TableSpec("BDHS ablations (prompts, images and y+ of the POVID-like pairs; Avg-DPO with two "
+                         "rejected)", (
+        ("base", "base"),
+        ("ỹ− BDHS_noise (offline)", "bdhs/noise"),
+        ("ỹ− BDHS_attn (offline)", "dpo_bdhs"),
+        ("ỹ− BDHS_attn (online)", "online/online_bdhs"),
+        ("y− POVID-like, plain DPO", "dpo_povid"),
+        ("y− POVID-like + POVID-style distortion", "povid_plus/povid"),
+        ("y− POVID-like + BDHS_noise (offline)", "povid_plus/noise"),
+        ("y− POVID-like + BDHS_attn (offline)", "povid_plus/attn"),
+        ("y− POVID-like + BDHS_attn (online)", "online/online_bdhs_avg"),
+    ), "The offline BDHS rows use LLaVA-Instruct first turns of the world (the chain's BDHS data); the paper "
+       "applies BDHS to POVID's prompts."),
+    "Table 9": TableSpec("Online-DPO and Mixed-DPO (oracle annotator, 5 % errors)", (
+        ("base", "base"),
+        ("DPO · POVID-like", "dpo_povid"),
+        ("Online-DPO · POVID-like", "online_dpo"),
+        ("Mixed-DPO · POVID-like", "mixed"),
+        ("DPO · correction (RLHF-V-like)", "data/correction"),
+        ("Online-DPO · correction", "correction/online_dpo"),
+        ("Mixed-DPO · correction", "correction/mixed"),
+    )),
+    "Table 11": TableSpec("Online-DPO on POVID-like prompts: strong vs weak annotator", (
+        ("base", "base"),
+        ("oracle, 5 % errors", "online_dpo"),
+        ("oracle, 20 % errors", "annotator/oracle20"),
+        ("oracle, 35 % errors", "annotator/oracle35"),
+    )),
+    "Table 12": TableSpec("Offline objectives on POVID-like pairs", (
+        ("base", "base"),
+        ("DPO", "dpo_povid"),
+        ("IPO", "loss/ipo"),
+        ("SLiC", "loss/slic"),
+    )),
+    "Table 15": TableSpec("More offline-BDHS ablations", (
+        ("base", "base"),
+        ("plain DPO · POVID-like", "dpo_povid"),
+        ("masking only (no guidance), ρ = 0.98", "unguided/rho0.98"),
+        ("masking only (no guidance), ρ = 0.99", "bdhs/unguided"),
+        ("BDHS_attn ρ = 0 (nothing masked)", "rho_th/rho0"),
+        ("BDHS_attn ρ = 0.98", "rho_th/rho0.98"),
+        ("BDHS_attn ρ = 0.99", "dpo_bdhs"),
+        ("BDHS_attn ρ = 1.0", "rho_th/rho1"),
+        ("BDHS_noise N = 100", "noise_steps/n100"),
+        ("BDHS_noise N = 500", "bdhs/noise"),
+        ("BDHS_attn N_BDHS = 1", "n_bdhs/n1"),
+    )),
+}
+
+
+def paper_table(summary: pd.DataFrame, name: str, columns: Sequence[str] = tuple(COLUMNS)) -> pd.DataFrame:
+    """One of `TABLES` as strings (`cell`), rows in the paper's order; a row whose model did not run shows "–"."""
+    spec = TABLES[name]
+    frame = pd.DataFrame([[cell(summary, model, c) for c in columns] for _, model in spec.rows],
+                         index=[label for label, _ in spec.rows], columns=list(columns))
+    frame.index.name = f"{name}: {spec.title}"
+    return frame
+
+
+def table_coverage(summary: pd.DataFrame) -> dict[str, str]:
+    """Per table: "k of n rows" with results."""
+    models = set(summary.index.get_level_values("model"))
+    return {name: f"{sum(m in models for _, m in spec.rows)} of {len(spec.rows)} rows"
+            for name, spec in TABLES.items()}
+
+
+# ------------------------------------------------------------------------------------------- findings and verdicts
+
+
+def _mean(summary: pd.DataFrame, model: str, column: str) -> float | None:
+    return float(summary.loc[(model, column), "mean"]) if (model, column) in summary.index else None
+
+
+def _better(summary: pd.DataFrame, a: str, b: str, column: str) -> tuple[str | None, str]:
+    """Whether model a is better than model b on `column`, in the column's direction: "✓" better beyond the noise
+    (the two 95 % intervals do not overlap), "~" better within the noise, "≈" worse within the noise, "✗" worse
+    beyond it; None when either did not run. With the evidence."""
+    ma, mb = _mean(summary, a, column), _mean(summary, b, column)
+    if ma is None or mb is None:
+        return None, f"{column}: {a if ma is None else b} not run"
+    ra, rb = summary.loc[(a, column)], summary.loc[(b, column)]
+    apart = bool(np.isfinite([ra["low"], rb["low"]]).all() and (ra["low"] > rb["high"] or rb["low"] > ra["high"]))
+    better = (ma - mb) * (COLUMNS[column][2] or 1) > 0
+    mark = ("✓" if apart else "~") if better else ("✗" if apart else "≈")
+    return mark, f"{column} {a} {cell(summary, a, column)} vs {b} {cell(summary, b, column)}"
+
+
+def _verdict(claims: Sequence[tuple[str | None, str]]) -> tuple[str, str]:
+    """reproduced: every claim holds beyond the noise; not reproduced: none does; mixed: some do. A claim that
+    holds only within the noise counts as not shown."""
+    known = [mark for mark, _ in claims if mark is not None]
+    evidence = "; ".join(f"{mark or '?'} {text}" for mark, text in claims)
+    if not known:
+        return "not assessed", evidence
+    shown = sum(mark == "✓" for mark in known)
+    verdict = "reproduced" if shown == len(known) else "not reproduced" if shown == 0 else "mixed"
+    if verdict == "not reproduced" and "✗" not in known:
+        verdict += " (no difference beyond the noise)"
+    if len(known) < len(claims):
+        verdict += f" ({len(known)} of {len(claims)} claims assessed)"
+    return verdict, evidence
+
+
+def _not_worse(summary: pd.DataFrame, a: str, b: str, column: str) -> tuple[str | None, str]:
+    """Model a is not worse than model b: "✓" unless a is worse beyond the noise ("✗")."""
+    mark, text = _better(summary, a, b, column)
+    return (None if mark is None else "✗" if mark == "✗" else "✓"), f"{text} ({a} not worse)"
+
+
+def _drift(summary: pd.DataFrame, model: str) -> float | None:
+    """Mean absolute change from the base over the columns both have, each in units of the base's value."""
+    changes = [abs(_mean(summary, model, c) - _mean(summary, "base", c)) / max(abs(_mean(summary, "base", c)), 1e-9)
+               for c in COLUMNS if _mean(summary, model, c) is not None and _mean(summary, "base", c) is not None]
+    return float(np.mean(changes)) if changes else None
+
+
+def _size_claim(summary: pd.DataFrame, runs: pd.DataFrame | None) -> tuple[str | None, str]:
+    """The largest set drifts further from the base than the smallest (no interval: "✓" or "✗")."""
+    points = _sweep_points(runs, "size", "p:size") if runs is not None else []
+    drifts = [(x, _drift(summary, m)) for x, m in points if _drift(summary, m) is not None]
+    if len(drifts) < 2:
+        return None, "size sweep: fewer than two sizes run"
+    (x0, d0), (x1, d1) = drifts[0], drifts[-1]
+    return "✓" if d1 > d0 else "✗", f"drift from the base (mean relative change over the columns): " \
+                                    f"{x0:g} pairs {d0:.3f}, {x1:g} pairs {d1:.3f}"
+
+
+FINDINGS = (
+    "1. Offline vs online: offline DPO helps the hallucination metrics most, online DPO open-ended quality "
+    "(LLaVA-W), and Mixed-DPO combines both",
+    "2. Annotator strength matters: a stronger annotator gives better online DPO",
+    "3. Dataset size confounds comparisons: larger preference sets drift further from the base",
+    "4. Data desiderata: model-written chosen responses work as well as the strongest model's; targeted, minimal "
+    "corruptions are very effective; novel prompts are unnecessary",
+    "5. BDHS: from SFT data alone, offline BDHS beats DPO on POVID; masking beats noise; guidance matters",
+    "6. RL: RMs trained on constructed data make RLOO/PPO collapse; RMs on ranked data are stable but no better "
+    "than DPO",
+    "7. Objectives: IPO and SLiC also work, SLiC best on the hallucination metrics, IPO on LLaVA-W",
+)
+
+
+def verdicts(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per finding of the paper (`FINDINGS`): verdict (reproduced, not reproduced, mixed, not assessed;
+    `_verdict`) and the evidence, each claim marked as `_better` marks it, or ? (not run)."""
+    s = summary
+    found = [
+        [_better(s, "dpo_povid", "online_dpo", "POPE F1"), _better(s, "dpo_povid", "online_dpo", "CHAIR_i"),
+         _better(s, "online_dpo", "dpo_povid", "LLaVA-W"), _better(s, "mixed", "online_dpo", "POPE F1"),
+         _better(s, "mixed", "dpo_povid", "LLaVA-W")],
+        [_better(s, "online_dpo", "annotator/oracle20", c) for c in ("POPE F1", "MMHal", "LLaVA-W")],
+        [_size_claim(s, runs)],
+        [_not_worse(s, "data/model_chosen", "data/reference_chosen", "POPE F1"),
+         _better(s, "data/ranked_corrupted", "data/ranking", "POPE F1"),
+         _better(s, "data/ranked_corrupted", "data/ranking", "CHAIR_i"),
+         _not_worse(s, "data/sft_prompts", "data/ranking", "POPE F1")],
+        [_better(s, "dpo_bdhs", "dpo_povid", "POPE F1"), _better(s, "dpo_bdhs", "dpo_povid", "Recall"),
+         _better(s, "dpo_bdhs", "bdhs/noise", "POPE F1"), _better(s, "dpo_bdhs", "bdhs/unguided", "MMHal")],
+        [],
+        [_better(s, "loss/ipo", "base", "POPE F1"), _better(s, "loss/slic", "base", "POPE F1"),
+         _better(s, "loss/slic", "dpo_povid", "POPE F1"), _better(s, "loss/slic", "loss/ipo", "POPE F1"),
+         _better(s, "loss/ipo", "loss/slic", "LLaVA-W")],
+    ]
+    rows = []
+    for finding, claims in zip(FINDINGS, found):
+        verdict, evidence = _verdict(claims)
+        if not claims:
+            evidence = "RL (reward models, RLOO) is not part of the notebook chain: see `mmstudy train-rm` and " \
+                       "`mmstudy train-rloo`"
+        rows.append({"finding": finding, "verdict": verdict, "evidence": evidence})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------------- figures
+
+
+def _sweep_points(runs: pd.DataFrame, axis: str, param: str) -> list[tuple[float, str]]:
+    """(value of `param`, model) for the points of an ablation axis, sorted by value."""
+    models = runs[runs["model"].str.startswith(f"{axis}/")].drop_duplicates("model")
+    if param not in models:
+        return []
+    return sorted((float(v), m) for v, m in zip(models[param], models["model"]))
+
+
+def sweep_frame(runs: pd.DataFrame, axis: str, param: str, reference: tuple[str, float | str] | None = None
+                ) -> pd.DataFrame:
+    """Long frame (value, column, score, seed) of one ablation axis, plus a chain model (`reference`: its name and
+    its value of the swept param, or the column holding it; e.g. the chain's BDHS run is the sweep's ρ = 0.99
+    point)."""
+    names = {m for _, m in _sweep_points(runs, axis, param)}
+    part = runs[runs["model"].isin(names)].copy()
+    if reference is not None:
+        ref = runs[runs["model"] == reference[0]].copy()
+        ref[param] = ref[reference[1]] if isinstance(reference[1], str) else reference[1]
+        part = pd.concat([part, ref])
+    if part.empty or param not in part:
+        return pd.DataFrame(columns=["value", "column", "score", "seed"])
+    long = part.melt(id_vars=[param, "seed"], value_vars=list(COLUMNS), var_name="column", value_name="score")
+    return long.rename(columns={param: "value"}).dropna(subset=["score"])
+
+
+def sweep_figure(frame: pd.DataFrame, xlabel: str, log_x: bool = False, columns: Sequence[str] = ("POPE F1",
+                 "CHAIR_i", "Recall", "MMHal")):
+    """One panel per column: score against the swept value (mean over seeds, 95 % band where seeds repeat)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 2.8))
+    for ax, column in zip(np.atleast_1d(axes), columns):
+        part = frame[frame["column"] == column]
+        if not part.empty:
+            sns.lineplot(data=part, x="value", y="score", marker="o", errorbar=("ci", 95), ax=ax)
+        ax.set(title=column, xlabel=xlabel, ylabel="")
+        if log_x:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def bdhs_acceptance(runs_root: str | Path) -> pd.DataFrame:
+    """Share of BDHS pairs accepted after each iteration, per BDHS run under `runs_root` (the chain's per seed and
+    the ablations' data): columns source, iteration, accepted."""
+    root = Path(runs_root)
+    rows = []
+    paths = sorted(root.glob("03_bdhs/s*/bdhs.stats.json")) + sorted(root.glob("07_ablations/data/*/*.stats.json"))
+    for path in paths:
+        stats = io.read_json(path)["stats"]
+        cfg = stats["config"]
+        source = f"{cfg['variant']} ρ={cfg['rho_th']} N_BDHS={cfg['iterations']}" + \
+            (f" N={cfg['noise_steps']}" if cfg["variant"] in ("noise", "povid") else "")
+        rows += [{"source": source, "run": str(path.relative_to(root)), "iteration": i + 1, "accepted": 100 * a}
+                 for i, a in enumerate(stats["accepted_share_after_iteration"])]
+    return pd.DataFrame(rows, columns=["source", "run", "iteration", "accepted"])
+
+
+def acceptance_figure(frame: pd.DataFrame):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if not frame.empty:
+        sns.lineplot(data=frame, x="iteration", y="accepted", hue="source", marker="o", errorbar=("ci", 95), ax=ax)
+        ax.legend(fontsize=7)
+    ax.set(ylabel="% accepted (semantically different)", ylim=(0, 100), title="BDHS acceptance per iteration")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(runs: pd.DataFrame, models: Sequence[str], key: str = "rewards/margins") -> pd.DataFrame:
+    """`key` per optimizer step from each run's metrics.jsonl (DPO training log): columns model, seed, step,
+    value."""
+    rows = []
+    for _, r in runs[runs["model"].isin(models)].iterrows():
+        log = Path(r["run_dir"]) / "metrics.jsonl"
+        if not log.is_file():
+            continue
+        rows += [{"model": r["model"], "seed": r["seed"], "step": m["step"], "value": m[key]}
+                 for m in io.read_jsonl(log) if key in m]
+    return pd.DataFrame(rows, columns=["model", "seed", "step", "value"])
+
+
+def curves_figure(frame: pd.DataFrame, ylabel: str = "reward margin (β-scaled log-ratio)"):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if not frame.empty:
+        sns.lineplot(data=frame, x="step", y="value", hue="model", errorbar=("ci", 95), ax=ax)
+    ax.set(ylabel=ylabel, title="reward margins during training (mean over seeds, 95 % band)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def overview_figure(summary: pd.DataFrame, models: Sequence[str], columns: Sequence[str] = ("POPE F1", "CHAIR_i",
+                    "Recall", "MMHal", "LLaVA-W")):
+    """Bars per model and column with the 95 % interval as whiskers."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(columns), figsize=(3 * len(columns), 3.2))
+    for ax, column in zip(np.atleast_1d(axes), columns):
+        present = [m for m in models if (m, column) in summary.index]
+        rows = [summary.loc[(m, column)] for m in present]
+        means = [r["mean"] for r in rows]
+        err = np.array([[r["mean"] - r["low"], r["high"] - r["mean"]] if np.isfinite(r["low"]) else [0, 0]
+                        for r in rows]).T.reshape(2, -1)
+        ax.bar(range(len(present)), means, yerr=err, capsize=3, color="#4c72b0")
+        ax.set_xticks(range(len(present)), present, rotation=60, ha="right", fontsize=7)
+        ax.set(title=column)
+        if means:
+            lo, hi = min(means), max(means)
+            pad = max(hi - lo, 1e-6)
+            ax.set_ylim(lo - 1.5 * pad, hi + 1.5 * pad)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A frame as a GitHub Markdown table, the index as the first column."""
+    head = [str(frame.index.name or ""), *map(str, frame.columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(frame.index, frame.to_numpy())]
+    return "\n".join(lines)

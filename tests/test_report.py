@@ -1,0 +1,112 @@
+"""The report's numbers from run directories (mmstudy.report): collection, intervals over seeds, the paper's
+tables and the verdicts, on small run directories written here."""
+
+import numpy as np
+import pytest
+
+from mmstudy import io, report
+from mmstudy.benchmarks.stats import seed_interval
+
+
+def _run(root, rel, seed, f1, chair=0.07, llava=60.0, params=None, item_ci=True):
+    run = root / rel
+    metrics = {"eval/pope/macro/f1": f1, "eval/chair/chair_i": chair, "eval/llava_w/relative_score": llava}
+    if item_ci:
+        metrics |= {"eval/pope/macro/f1_ci95_low": f1 - 0.01, "eval/pope/macro/f1_ci95_high": f1 + 0.01}
+    io.write_json(run / "metrics.json", metrics)
+    io.write_json(run / "params.json", {"seed": seed, **(params or {})})
+    io.write_json(run / "complete.json", {"params_hash": "x"})
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    _run(tmp_path, "01_world_base", 0, 0.80, chair=0.08)
+    for seed, (povid, online, ipo, slic) in enumerate([(0.850, 0.810, 0.830, 0.860), (0.852, 0.812, 0.832, 0.862),
+                                                        (0.848, 0.808, 0.828, 0.858)]):
+        _run(tmp_path, f"05_offline/povid/s{seed}", seed, povid, chair=0.06, llava=55.0, params={"max_pairs": 768})
+        _run(tmp_path, f"06_online/online_dpo/s{seed}", seed, online, chair=0.075, llava=65.0)
+        _run(tmp_path, f"07_ablations/loss/ipo/s{seed}", seed, ipo, llava=70.0)
+        _run(tmp_path, f"07_ablations/loss/slic/s{seed}", seed, slic, llava=50.0)
+    _run(tmp_path, "07_ablations/size/n100/s0", 0, 0.81, params={"size": 100})
+    _run(tmp_path, "07_ablations/size/n3000/s0", 0, 0.90, params={"size": 3000}, item_ci=False)
+    io.write_json(tmp_path / "02_preference_data/s0/metrics.json", {"pairs/povid": 3})      # a data stage
+    io.write_json(tmp_path / "02_preference_data/s0/complete.json", {})
+    io.write_json(tmp_path / "05_offline/bdhs/s0/metrics.json", {"eval/pope/macro/f1": 0.9})  # not complete
+    return tmp_path
+
+
+def test_collect_names_model_runs_and_skips_data_stages_and_unfinished_runs(runs_root):
+    runs = report.collect(runs_root)
+    assert sorted(runs["model"].unique()) == ["base", "dpo_povid", "loss/ipo", "loss/slic", "online_dpo",
+                                              "size/n100", "size/n3000"]
+    row = runs[(runs["model"] == "dpo_povid") & (runs["seed"] == 1)].iloc[0]
+    assert row["POPE F1"] == pytest.approx(85.2) and row["CHAIR_i"] == pytest.approx(6.0)
+    assert row["POPE F1 lo"] == pytest.approx(84.2) and np.isnan(row["MMHal"])
+    with pytest.raises(io.DataError, match="no complete model runs"):
+        report.collect(runs_root / "02_preference_data")
+
+
+def test_summary_uses_seed_intervals_and_item_intervals_for_one_seed(runs_root):
+    summary = report.summarize(report.collect(runs_root))
+    ci = seed_interval([85.0, 85.2, 84.8])
+    r = summary.loc[("dpo_povid", "POPE F1")]
+    assert (r["mean"], r["low"], r["high"]) == pytest.approx((ci["mean"], ci["low"], ci["high"]))
+    assert r["mean"] == pytest.approx(85.0) and r["n"] == 3
+    assert r["interval"] == "seeds"
+    base = summary.loc[("base", "POPE F1")]
+    assert (base["low"], base["high"], base["interval"]) == (pytest.approx(79.0), pytest.approx(81.0), "items")
+    assert summary.loc[("size/n3000", "POPE F1")]["interval"] == "none"
+    assert report.cell(summary, "base", "POPE F1") == "80.0 [79.0, 81.0]i"
+    assert report.cell(summary, "size/n3000", "POPE F1") == "90.0"
+    assert report.cell(summary, "mixed", "POPE F1") == "–"
+
+
+def test_paper_table_keeps_the_papers_rows_and_marks_missing_ones(runs_root):
+    summary = report.summarize(report.collect(runs_root))
+    table = report.paper_table(summary, "Table 12", columns=["POPE F1", "LLaVA-W"])
+    assert list(table.index) == ["base", "DPO", "IPO", "SLiC"]
+    assert table.loc["SLiC", "POPE F1"] == "86.0 [85.5, 86.5]"
+    assert table.loc["base", "LLaVA-W"] == "60.0"
+    assert report.paper_table(summary, "Table 9").loc["Mixed-DPO · POVID-like", "POPE F1"] == "–"
+    assert report.table_coverage(summary)["Table 12"] == "4 of 4 rows"
+    text = report.markdown_table(table)
+    assert text.splitlines()[0] == "| Table 12: Offline objectives on POVID-like pairs | POPE F1 | LLaVA-W |"
+    assert text.count("\n") == 5
+
+
+def test_verdicts_follow_the_claims(runs_root):
+    runs = report.collect(runs_root)
+    verdicts = report.verdicts(report.summarize(runs), runs)
+    assert len(verdicts) == len(report.FINDINGS) == 7
+    objectives = verdicts.iloc[6]
+    assert objectives["verdict"] == "reproduced"       # IPO, SLiC > base; SLiC > DPO, > IPO; IPO best LLaVA-W
+    assert objectives["evidence"].count("✓ ") == 5
+    first = verdicts.iloc[0]        # offline beats online on POPE and CHAIR, online wins LLaVA-W; no mixed run
+    assert first["verdict"] == "reproduced (3 of 5 claims assessed)"
+    assert "? POPE F1: mixed not run" in first["evidence"]
+    assert verdicts.iloc[2]["verdict"] == "reproduced"                 # the 3000-pair point drifts further
+    assert verdicts.iloc[1]["verdict"] == "not assessed"
+    # flip the objectives: SLiC worse than everything
+    for seed in range(3):
+        _run(runs_root, f"07_ablations/loss/slic/s{seed}", seed, 0.70, llava=80.0)
+    runs = report.collect(runs_root)
+    objectives = report.verdicts(report.summarize(runs), runs).iloc[6]
+    assert objectives["verdict"] == "mixed" and objectives["evidence"].count("✗ ") == 4
+
+
+def test_a_claim_within_the_noise_is_not_shown():
+    assert report._verdict([("~", "a"), ("≈", "b")])[0] == "not reproduced (no difference beyond the noise)"
+    assert report._verdict([("✓", "a"), ("✗", "b"), (None, "c")])[0] == "mixed (2 of 3 claims assessed)"
+    assert report._verdict([("✓", "a")]) == ("reproduced", "✓ a")
+    assert report._verdict([(None, "a")])[0] == "not assessed"
+
+
+def test_sweep_frame_adds_the_chains_reference_point(runs_root):
+    runs = report.collect(runs_root)
+    frame = report.sweep_frame(runs, "size", "p:size", ("dpo_povid", "p:max_pairs"))
+    f1 = frame[frame["column"] == "POPE F1"]
+    assert sorted(f1["value"].unique()) == [100, 768, 3000]
+    assert len(f1[f1["value"] == 768]) == 3
+    fig = report.sweep_figure(frame, "pairs", log_x=True)
+    assert len(fig.axes) == 4
+    assert report.sweep_frame(runs, "rho_th", "p:rho_th").empty

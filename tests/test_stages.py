@@ -1,0 +1,110 @@
+"""Stage functions of the notebooks (mmstudy.stages) beyond what the smoke chain exercises: the paper profile's
+external checkpoint and converted data, training launched in other processes, and the paper profile's plan."""
+
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from mmstudy import io, stages
+from mmstudy.dpo import DPOTrainConfig
+from mmstudy.world_prefs import povid_like_pairs
+
+
+@pytest.fixture
+def external_base(base_dir, smoke_world, tmp_path):
+    """A 01 run directory that links the smoke model and the smoke world, as the paper profile links its own."""
+    run = tmp_path / "01_world_base"
+    stages.link_external(run, base_dir, smoke_world)
+    return run
+
+
+def test_link_external_links_a_checkpoint_and_data_and_refuses_other_targets(external_base, base_dir,
+                                                                              smoke_world, tmp_path):
+    assert (external_base / "model").resolve() == base_dir.resolve()
+    assert (external_base / "world" / "images").is_dir()
+    stages.link_external(external_base, base_dir, smoke_world)                  # again: kept
+    with pytest.raises(io.DataError, match="already points to"):
+        stages.link_external(external_base, base_dir, smoke_world / "images")
+    with pytest.raises(io.DataError, match="checkpoint directory not found"):
+        stages.link_external(tmp_path / "other", tmp_path / "nope", smoke_world)
+    with pytest.raises(ValueError, match="give both"):
+        stages.link_external(tmp_path / "other", base_dir, "")
+
+
+def test_converted_data_writes_each_named_source_once(external_base, smoke_world, tmp_path):
+    pairs = povid_like_pairs(smoke_world, n=12, seed=0)
+    released = tmp_path / "released.jsonl"              # the TRL format, one of the released layouts we convert
+    io.write_jsonl(released, [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
+                               "images": [p["image"]]} for p in pairs])
+    out = tmp_path / "02"
+    counts = stages.converted_data(out, external_base, [f"povid=trl:{released}"], subsample=5, seed=1)
+    assert counts == {"pairs/povid": 5}
+    stamp = (out / "povid.jsonl").stat().st_mtime_ns
+    assert stages.converted_data(out, external_base, [f"povid=trl:{released}"], subsample=5, seed=1) == counts
+    assert (out / "povid.jsonl").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="expected NAME=KIND:PATH"):
+        stages.converted_data(out, external_base, ["povid:released.jsonl"])
+
+
+def test_launch_command_reproduces_the_config():
+    cfg = DPOTrainConfig(loss="ipo", beta=0.9, lora_r=128, lora_alpha=256, lr=1e-6, epochs=3, batch_size=16,
+                         train_projector=True, seed=4)
+    from pathlib import Path
+
+    cmd = stages.launch_command("accelerate launch --num_processes 8", Path("run"), Path("base"),
+                                Path("run/train_prefs.jsonl"), cfg, None, "cuda")
+    assert cmd[:6] == ["accelerate", "launch", "--num_processes", "8", "-m", "mmstudy"]
+    text = " ".join(cmd)
+    for option in ("train-dpo", "--loss ipo", "--beta 0.9", "--lora-r 128", "--lora-alpha 256", "--lr 1e-06",
+                   "--epochs 3", "--batch-size 16", "--device cuda", "--seed 4", "--prefs run/train_prefs.jsonl",
+                   "--model base/model", "--image-root base/world/images"):
+        assert option in text, option
+    assert "--freeze-projector" not in cmd
+    online = stages.launch_command("accelerate launch", Path("run"), Path("base"), Path("p.jsonl"),
+                                   DPOTrainConfig(train_projector=False), {"mode": "mixed", "judge": "oracle:0.2",
+                                                                          "k": 3}, "cpu")
+    text = " ".join(online)
+    assert "train-online" in online and "--freeze-projector" in online and "--prompts p.jsonl" in text
+    assert "--mode mixed" in text and "--judge oracle:0.2" in text and "--k 3" in text
+    assert "--world" not in online            # base/world holds no world.json: real data has no ground truth
+
+
+def test_align_launched_in_another_process_trains_the_same_model(base_dir, smoke_world, tmp_path):
+    """`align` with a launcher (here plain `python`, as `accelerate launch` would start it) trains through
+    `mmstudy train-dpo` and gives the weights of the in-process run."""
+    base = tmp_path / "01"
+    stages.link_external(base, base_dir, smoke_world)
+    prefs = tmp_path / "prefs.jsonl"
+    io.write_jsonl(prefs, povid_like_pairs(smoke_world, n=24, seed=0))
+    dpo = dict(lora_r=4, lora_alpha=8, lr=1e-3, epochs=1, batch_size=8)
+    runs = {}
+    io.write_json(tmp_path / "launched" / "manifest.json", {"stage": "05_offline"})    # as `execute` writes it
+    for name, launch in (("here", ""), ("launched", sys.executable)):
+        stages.align(tmp_path / name, base, prefs, 3, dpo, None, max_pairs=16, benchmarks=["pope"], limit=8,
+                     launch=launch, progress=False)
+        runs[name] = load_file(str(tmp_path / name / "model" / "model.safetensors"))
+    assert io.read_json(tmp_path / "launched" / "train_summary.json")["pairs"] == 16
+    assert len(io.read_jsonl(tmp_path / "launched" / "train_prefs.jsonl")) == 16
+    here, launched = runs["here"], runs["launched"]
+    assert set(here) == set(launched)
+    assert max((here[n] - launched[n]).abs().max().item() for n in here) < 1e-6
+    assert (tmp_path / "launched" / "eval" / "results.json").is_file()
+    assert io.read_json(tmp_path / "launched" / "manifest.json") == {"stage": "05_offline"}     # kept
+    assert "train-dpo" in io.read_json(tmp_path / "launched" / "train_manifest.json")["command"]
+
+
+def test_paper_profile_plan_uses_the_checkpoint_and_released_data(tmp_path):
+    from mmstudy.pipeline import plan
+
+    jobs = {str(d.relative_to(tmp_path / "paper")): p for _, d, p, _ in plan("paper", [0], tmp_path)}
+    assert jobs["01_world_base"]["model_path"] == "data/llava-v1.6-vicuna-7b-hf"
+    assert jobs["02_preference_data/s0"]["sources"][0].startswith("povid=povid:")
+    assert jobs["04_data_review"]["names"] == ["povid", "ranking", "correction", "bdhs"]
+    offline = jobs["05_offline/povid/s0"]
+    assert (offline["lora_r"], offline["lora_alpha"], offline["train_projector"], offline["launch"]) == (
+        128, 256, True, "accelerate launch")
+    assert jobs["06_online/online_dpo/s0"]["judge"].startswith("local:")
+    sweep = plan("paper", [0], tmp_path, only=["07_ablations"])
+    assert all(p["device"] == "cuda" and p["launch"] == "accelerate launch" for _, _, p, _ in sweep)
+    assert {p["size"] for _, _, p, _ in sweep if p["axis"] != "size"} == {5000}
