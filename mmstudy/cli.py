@@ -242,28 +242,18 @@ def _train_rloo(args) -> None:
 
 
 def _train_online(args) -> None:
-    from mmstudy.online import OnlineConfig, OnlinePairs, world_scenes
+    from mmstudy.online import OnlineConfig, pair_source
 
     cfg = OnlineConfig(mode=args.mode, k=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                        p_offline=args.p_offline, regen_every=args.regen_every, seed=args.seed)
-    judge = bdhs_cfg = embedder = None
-    if cfg.needs_judge:
-        from mmstudy.judges import make_judge
-
-        judge = make_judge(args.judge, seed=args.seed, cache_dir=args.judge_cache, device=args.device)
-    else:
-        from mmstudy.bdhs import BDHSConfig, SentenceEmbedder
-
-        bdhs_cfg = BDHSConfig(variant="attn", rho_th=args.rho, iterations=args.iterations, seed=args.seed)
-        embedder = SentenceEmbedder(args.embedder, device=args.device)
-    scenes = world_scenes(args.world) if args.world is not None else None
     sampler = None
     if args.sampler == "vllm":
         from mmstudy.sampling import make_sampler
 
         sampler = make_sampler("vllm", args.model, gpu_memory_utilization=args.vllm_memory)
-    _run_trainer(args, args.prompts, OnlinePairs(cfg, judge=judge, scenes=scenes, bdhs_cfg=bdhs_cfg,
-                                                 embedder=embedder, image_root=args.image_root, sampler=sampler))
+    source = pair_source(cfg, args.image_root, args.world, args.judge, args.judge_cache, args.rho, args.iterations,
+                         embedder=args.embedder, device=args.device, sampler=sampler)
+    _run_trainer(args, args.prompts, source)
 
 
 def _world_prefs(args) -> None:
@@ -750,7 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_execute)
 
     p = sub.add_parser("run", help="run the study's notebook chain into runs/<run id>/<stage>/ (papermill)")
-    p.add_argument("--profile", required=True, choices=["smoke", "default"])
+    p.add_argument("--profile", required=True, choices=["smoke", "default", "paper"],
+                   help="params/<profile>/ over params/: smoke (CI), default (2 CPU cores), paper (GPUs)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds of the per-seed stages (e.g. 0,1,2)")
     p.add_argument("--only", nargs="*", default=[], metavar="STAGE",
                    help="run only these stages (07_ablations runs only when named here)")

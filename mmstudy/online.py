@@ -100,6 +100,28 @@ def world_scenes(world_dir: str | Path) -> Callable[[str], Scene | None]:
     return lookup
 
 
+def pair_source(cfg: OnlineConfig, image_root: str | Path, world: str | Path | None = None, judge: str = "oracle",
+                judge_cache: str | Path | None = None, rho_th: float = 0.99, iterations: int = 5,
+                epsilon: float = 0.97, embedder: str | Path | None = None, device: str = "cpu",
+                sampler: Sampler | None = None) -> OnlinePairs:
+    """The online pair source of a mode: a judge (`make_judge` spec) for online_dpo and mixed, BDHS_attn with
+    (rho_th, iterations, epsilon) and a sentence embedder for the online BDHS modes; the world's scenes when
+    `world` is a world (the oracle judge and the judge-agreement counter need them)."""
+    judge_obj = bdhs_cfg = sentence_embedder = None
+    if cfg.needs_judge:
+        from mmstudy.judges import make_judge
+
+        judge_obj = make_judge(judge, seed=cfg.seed, cache_dir=judge_cache, device=device)
+    else:
+        from mmstudy.bdhs import BDHSConfig, SentenceEmbedder
+
+        bdhs_cfg = BDHSConfig(variant="attn", rho_th=rho_th, iterations=iterations, epsilon=epsilon, seed=cfg.seed)
+        sentence_embedder = SentenceEmbedder(embedder or None, device=device)
+    scenes = world_scenes(world) if world is not None and (Path(world) / "world.json").is_file() else None
+    return OnlinePairs(cfg, judge=judge_obj, scenes=scenes, bdhs_cfg=bdhs_cfg, embedder=sentence_embedder,
+                       image_root=image_root, sampler=sampler)
+
+
 def rank_samples(verdicts: dict[tuple[int, int], int | None], k: int) -> tuple[int, int] | None:
     """(best, worst) sample indices from pairwise verdicts {(i, j): 0 if i won, 1 if j won, None if the judge
     failed}; None when any verdict failed. Ties in wins go to the lower index for best, the higher for worst."""

@@ -133,10 +133,14 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; the stages are {[s.name for s in STAGES]}")
     if not seeds:
         raise ValueError("give at least one seed")
+    missing = sorted(set(ablation_seeds or ()) - set(seeds))
+    if missing:
+        raise ValueError(f"ablation seeds {missing} are not among the seeds {list(seeds)}: the sweep reads their "
+                         "02_preference_data and 03_bdhs runs")
     root = Path(runs_dir) / (run_id or profile)
     jobs = []
     for stage in STAGES:
-        if (only and stage.name not in only) or (stage.optional and stage.name not in only):
+        if stage.name not in only and (only or stage.optional):
             continue
         stage_seeds = (ablation_seeds or seeds[:1]) if stage.sweep else seeds if stage.per_seed else seeds[:1]
         points = sweep_points(stage.name, profile) if stage.sweep else [(v, {}) for v in stage.variants or (None,)]
@@ -152,12 +156,14 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
 def run_pipeline(profile: str, seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs",
                  run_id: str | None = None, only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None,
                  progress: bool = True) -> dict:
-    """Execute the chain (or the stages in `only`); returns {run directory: metrics}."""
+    """Execute the chain (or the stages in `only`); returns {run directory: metrics}, also merged into
+    <runs>/<run id>/pipeline.json."""
     results = {}
     for notebook, run_dir, params, always in plan(profile, seeds, runs_dir, run_id, only, ablation_seeds):
         logger.info("stage %s -> %s", Path(notebook).stem, run_dir)
         results[str(run_dir)] = execute(notebook, params, run_dir, force=always, again=always, progress=progress,
                                         html=_BY_NAME[Path(notebook).stem].html)
-    io.write_json(Path(runs_dir) / (run_id or profile) / "pipeline.json",
-                  {"profile": profile, "seeds": list(seeds), "only": list(only), "stages": results})
+    summary = Path(runs_dir) / (run_id or profile) / "pipeline.json"
+    earlier = io.read_json(summary)["stages"] if summary.is_file() else {}
+    io.write_json(summary, {"profile": profile, "seeds": list(seeds), "stages": {**earlier, **results}})
     return results

@@ -5,7 +5,7 @@ notebook (`09_report`) decides what to show and where it goes.
     >>> runs = collect("runs/default")
     >>> summary = summarize(runs)
     >>> paper_table(summary, "Table 2")
-    >>> verdicts(summary)
+    >>> verdicts(runs)
 
 A model is named by where it was trained: `base` (01_world_base), `dpo_<dataset>` (05_offline), `<mode>`
 (06_online) and `<axis>/<point>` (07_ablations). A cell is the mean over seeds with a 95 % t-interval over seeds
@@ -55,8 +55,9 @@ def _model_name(rel: Path) -> tuple[str, int | None] | None:
 
 
 def collect(runs_root: str | Path) -> pd.DataFrame:
-    """One row per complete model run under `runs_root`: model, seed, run_dir, its params (`p:<name>`) and its
-    eval metrics (the keys of `COLUMNS` and their item intervals, `<column> lo` / `<column> hi`)."""
+    """One row per complete model run under `runs_root`: model, seed, run_dir, pairs (trained on), its params
+    (`p:<name>`) and its eval metrics (the keys of `COLUMNS` and their item intervals, `<column> lo` /
+    `<column> hi`)."""
     root = Path(runs_root)
     rows = []
     for marker in sorted(root.glob("**/complete.json")):
@@ -67,7 +68,8 @@ def collect(runs_root: str | Path) -> pd.DataFrame:
         metrics = io.read_json(run / "metrics.json")
         params = io.read_json(run / "params.json")
         name, seed = named
-        row = {"model": name, "seed": seed if seed is not None else params.get("seed"), "run_dir": str(run)}
+        row = {"model": name, "seed": seed if seed is not None else params.get("seed"), "run_dir": str(run),
+               "pairs": metrics.get("train/pairs")}
         row |= {f"p:{k}": v for k, v in params.items() if not isinstance(v, list)}
         for column, (key, scale, _) in COLUMNS.items():
             value = metrics.get(f"eval/{key}")
@@ -94,15 +96,26 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                 ci = seed_interval(values)
                 low, high, kind = ci["low"], ci["high"], "seeds"
             else:
-                low, high = group[f"{column} lo"].iloc[0], group[f"{column} hi"].iloc[0]
+                row = group[group[column].notna()].iloc[0]
+                low, high = row[f"{column} lo"], row[f"{column} hi"]
                 kind = "items" if np.isfinite(low) else "none"
             out.append({"model": model, "column": column, "mean": float(values.mean()), "low": low, "high": high,
                         "n": len(values), "interval": kind})
     return pd.DataFrame(out).set_index(["model", "column"])
 
 
+def resolve(summary: pd.DataFrame, model: str) -> str:
+    """A table's model name; "<axis>/*" is the first point of that axis that ran (each profile's sweep names its
+    own, e.g. the weak annotator), or the name itself when none did."""
+    if not model.endswith("/*"):
+        return model
+    ran = [m for m in dict.fromkeys(summary.index.get_level_values("model")) if m.startswith(model[:-1])]
+    return ran[0] if ran else model
+
+
 def cell(summary: pd.DataFrame, model: str, column: str, digits: int = 1) -> str:
-    """"mean [low, high]" ("i" after an interval over items), "–" when the model or the column is missing."""
+    """The cell text: "mean [low, high]" ("i" after an interval over items), "–" when the model or the column is
+    missing."""
     if (model, column) not in summary.index:
         return "–"
     r = summary.loc[(model, column)]
@@ -159,8 +172,7 @@ TABLES = {
     "Table 11": TableSpec("Online-DPO on POVID-like prompts: strong vs weak annotator", (
         ("base", "base"),
         ("oracle, 5 % errors", "online_dpo"),
-        ("oracle, 20 % errors", "annotator/oracle20"),
-        ("oracle, 35 % errors", "annotator/oracle35"),
+        ("weaker annotator (the sweep's `annotator` point: oracle with 20 % errors)", "annotator/*"),
     )),
     "Table 12": TableSpec("Offline objectives on POVID-like pairs", (
         ("base", "base"),
@@ -187,16 +199,31 @@ TABLES = {
 def paper_table(summary: pd.DataFrame, name: str, columns: Sequence[str] = tuple(COLUMNS)) -> pd.DataFrame:
     """One of `TABLES` as strings (`cell`), rows in the paper's order; a row whose model did not run shows "–"."""
     spec = TABLES[name]
-    frame = pd.DataFrame([[cell(summary, model, c) for c in columns] for _, model in spec.rows],
+    frame = pd.DataFrame([[cell(summary, resolve(summary, model), c) for c in columns] for _, model in spec.rows],
                          index=[label for label, _ in spec.rows], columns=list(columns))
     frame.index.name = f"{name}: {spec.title}"
     return frame
 
 
+def axis_tables(summary: pd.DataFrame, columns: Sequence[str] = tuple(COLUMNS)) -> dict[str, pd.DataFrame]:
+    """Every ablation axis that ran as a table of its points (`cell` strings), the base first: the axes the paper's
+    tables leave out (beta, dataset size) included."""
+    models = list(dict.fromkeys(summary.index.get_level_values("model")))
+    axes = sorted({m.split("/")[0] for m in models if "/" in m})
+    tables = {}
+    for axis in axes:
+        rows = ["base"] + [m for m in models if m.startswith(f"{axis}/")]
+        frame = pd.DataFrame([[cell(summary, m, c) for c in columns] for m in rows], index=rows,
+                             columns=list(columns))
+        frame.index.name = f"axis {axis}"
+        tables[axis] = frame
+    return tables
+
+
 def table_coverage(summary: pd.DataFrame) -> dict[str, str]:
     """Per table: "k of n rows" with results."""
     models = set(summary.index.get_level_values("model"))
-    return {name: f"{sum(m in models for _, m in spec.rows)} of {len(spec.rows)} rows"
+    return {name: f"{sum(resolve(summary, m) in models for _, m in spec.rows)} of {len(spec.rows)} rows"
             for name, spec in TABLES.items()}
 
 
@@ -207,18 +234,65 @@ def _mean(summary: pd.DataFrame, model: str, column: str) -> float | None:
     return float(summary.loc[(model, column), "mean"]) if (model, column) in summary.index else None
 
 
-def _better(summary: pd.DataFrame, a: str, b: str, column: str) -> tuple[str | None, str]:
-    """Whether model a is better than model b on `column`, in the column's direction: "✓" better beyond the noise
-    (the two 95 % intervals do not overlap), "~" better within the noise, "≈" worse within the noise, "✗" worse
-    beyond it; None when either did not run. With the evidence."""
-    ma, mb = _mean(summary, a, column), _mean(summary, b, column)
-    if ma is None or mb is None:
-        return None, f"{column}: {a if ma is None else b} not run"
-    ra, rb = summary.loc[(a, column)], summary.loc[(b, column)]
-    apart = bool(np.isfinite([ra["low"], rb["low"]]).all() and (ra["low"] > rb["high"] or rb["low"] > ra["high"]))
-    better = (ma - mb) * (COLUMNS[column][2] or 1) > 0
-    mark = ("✓" if apart else "~") if better else ("✗" if apart else "≈")
-    return mark, f"{column} {a} {cell(summary, a, column)} vs {b} {cell(summary, b, column)}"
+def _apart(ra, rb) -> bool:
+    """Whether two rows' 95 % intervals do not overlap (a conservative test of a difference)."""
+    return bool(np.isfinite([ra["low"], rb["low"]]).all() and (ra["low"] > rb["high"] or rb["low"] > ra["high"]))
+
+
+class _Claims:
+    """Claims about pairs of models, each compared on the seeds both ran (the base model is one model whatever
+    the seed; an ablation point run with one seed is compared with that seed's run of a chain model, each with its
+    interval over items)."""
+
+    def __init__(self, runs: pd.DataFrame):
+        self.runs, self.summary = runs, summarize(runs)
+        self.seeds = {m: set(g["seed"]) for m, g in runs.groupby("model")}
+
+    def _pair(self, a: str, b: str) -> tuple[pd.DataFrame, str]:
+        if "base" in (a, b) or self.seeds[a] == self.seeds[b]:
+            return self.summary, ""
+        common = sorted(self.seeds[a] & self.seeds[b])
+        part = self.runs[self.runs["model"].isin([a, b]) & self.runs["seed"].isin(common)]
+        return summarize(part), f" (seed {', '.join(map(str, common))})" if common else ""
+
+    def better(self, a: str, b: str, column: str) -> tuple[str | None, str]:
+        """Whether model a is better than model b on `column`, in the column's direction: "✓" better beyond the
+        noise (`_apart`), "~" better within the noise, "≈" worse within the noise, "✗" worse beyond it; None when
+        either did not run or they share no seed. With the evidence."""
+        a, b = resolve(self.summary, a), resolve(self.summary, b)
+        if _mean(self.summary, a, column) is None or _mean(self.summary, b, column) is None:
+            return None, f"{column}: {a if _mean(self.summary, a, column) is None else b} not run"
+        summary, note = self._pair(a, b)
+        if (a, column) not in summary.index or (b, column) not in summary.index:
+            return None, f"{column}: {a} and {b} share no seed"
+        better = (_mean(summary, a, column) - _mean(summary, b, column)) * (COLUMNS[column][2] or 1) > 0
+        apart = _apart(summary.loc[(a, column)], summary.loc[(b, column)])
+        mark = ("✓" if apart else "~") if better else ("✗" if apart else "≈")
+        return mark, f"{column} {a} {cell(summary, a, column)} vs {b} {cell(summary, b, column)}{note}"
+
+    def not_worse(self, a: str, b: str, column: str) -> tuple[str | None, str]:
+        """Model a is not worse than model b: "✓" when a's mean is at least b's, "~" when it is worse within the
+        noise, "✗" beyond it."""
+        mark, text = self.better(a, b, column)
+        return {None: None, "✓": "✓", "~": "✓", "≈": "~", "✗": "✗"}[mark], f"{text} ({a} not worse)"
+
+    def moved(self, model: str) -> int:
+        """Columns on which `model` differs from the base beyond the noise."""
+        return sum(_apart(self.summary.loc[(model, c)], self.summary.loc[("base", c)]) for c in COLUMNS
+                   if (model, c) in self.summary.index and ("base", c) in self.summary.index)
+
+    def size(self) -> tuple[str | None, str]:
+        """The largest preference set moves more columns away from the base (beyond the noise) than the smallest;
+        with as many, "~" / "≈" by the mean relative change (`_drift`)."""
+        points = _sweep_points(self.runs, "size", "p:size")
+        if len(points) < 2:
+            return None, "size sweep: fewer than two sizes run"
+        (x0, m0), (x1, m1) = points[0], points[-1]
+        k0, k1 = self.moved(m0), self.moved(m1)
+        d0, d1 = _drift(self.summary, m0), _drift(self.summary, m1)
+        mark = "✓" if k1 > k0 else "✗" if k1 < k0 else "~" if d1 > d0 else "≈"
+        return mark, f"columns moved from the base beyond the noise: {x0:g} pairs {k0}, {x1:g} pairs {k1}; mean " \
+                     f"relative change {d0:.3f} vs {d1:.3f}"
 
 
 def _verdict(claims: Sequence[tuple[str | None, str]]) -> tuple[str, str]:
@@ -237,28 +311,11 @@ def _verdict(claims: Sequence[tuple[str | None, str]]) -> tuple[str, str]:
     return verdict, evidence
 
 
-def _not_worse(summary: pd.DataFrame, a: str, b: str, column: str) -> tuple[str | None, str]:
-    """Model a is not worse than model b: "✓" unless a is worse beyond the noise ("✗")."""
-    mark, text = _better(summary, a, b, column)
-    return (None if mark is None else "✗" if mark == "✗" else "✓"), f"{text} ({a} not worse)"
-
-
-def _drift(summary: pd.DataFrame, model: str) -> float | None:
+def _drift(summary: pd.DataFrame, model: str) -> float:
     """Mean absolute change from the base over the columns both have, each in units of the base's value."""
     changes = [abs(_mean(summary, model, c) - _mean(summary, "base", c)) / max(abs(_mean(summary, "base", c)), 1e-9)
                for c in COLUMNS if _mean(summary, model, c) is not None and _mean(summary, "base", c) is not None]
-    return float(np.mean(changes)) if changes else None
-
-
-def _size_claim(summary: pd.DataFrame, runs: pd.DataFrame | None) -> tuple[str | None, str]:
-    """The largest set drifts further from the base than the smallest (no interval: "✓" or "✗")."""
-    points = _sweep_points(runs, "size", "p:size") if runs is not None else []
-    drifts = [(x, _drift(summary, m)) for x, m in points if _drift(summary, m) is not None]
-    if len(drifts) < 2:
-        return None, "size sweep: fewer than two sizes run"
-    (x0, d0), (x1, d1) = drifts[0], drifts[-1]
-    return "✓" if d1 > d0 else "✗", f"drift from the base (mean relative change over the columns): " \
-                                    f"{x0:g} pairs {d0:.3f}, {x1:g} pairs {d1:.3f}"
+    return float(np.mean(changes)) if changes else float("nan")
 
 
 FINDINGS = (
@@ -267,7 +324,7 @@ FINDINGS = (
     "2. Annotator strength matters: a stronger annotator gives better online DPO",
     "3. Dataset size confounds comparisons: larger preference sets drift further from the base",
     "4. Data desiderata: model-written chosen responses work as well as the strongest model's; targeted, minimal "
-    "corruptions are very effective; novel prompts are unnecessary",
+    "corruptions are very effective; novel prompts are unnecessary (SFT prompts work as well)",
     "5. BDHS: from SFT data alone, offline BDHS beats DPO on POVID; masking beats noise; guidance matters",
     "6. RL: RMs trained on constructed data make RLOO/PPO collapse; RMs on ranked data are stable but no better "
     "than DPO",
@@ -275,26 +332,26 @@ FINDINGS = (
 )
 
 
-def verdicts(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per finding of the paper (`FINDINGS`): verdict (reproduced, not reproduced, mixed, not assessed;
-    `_verdict`) and the evidence, each claim marked as `_better` marks it, or ? (not run)."""
-    s = summary
+    `_verdict`) and the evidence, each claim marked as `_Claims.better` marks it, or ? (not run)."""
+    c = _Claims(runs)
     found = [
-        [_better(s, "dpo_povid", "online_dpo", "POPE F1"), _better(s, "dpo_povid", "online_dpo", "CHAIR_i"),
-         _better(s, "online_dpo", "dpo_povid", "LLaVA-W"), _better(s, "mixed", "online_dpo", "POPE F1"),
-         _better(s, "mixed", "dpo_povid", "LLaVA-W")],
-        [_better(s, "online_dpo", "annotator/oracle20", c) for c in ("POPE F1", "MMHal", "LLaVA-W")],
-        [_size_claim(s, runs)],
-        [_not_worse(s, "data/model_chosen", "data/reference_chosen", "POPE F1"),
-         _better(s, "data/ranked_corrupted", "data/ranking", "POPE F1"),
-         _better(s, "data/ranked_corrupted", "data/ranking", "CHAIR_i"),
-         _not_worse(s, "data/sft_prompts", "data/ranking", "POPE F1")],
-        [_better(s, "dpo_bdhs", "dpo_povid", "POPE F1"), _better(s, "dpo_bdhs", "dpo_povid", "Recall"),
-         _better(s, "dpo_bdhs", "bdhs/noise", "POPE F1"), _better(s, "dpo_bdhs", "bdhs/unguided", "MMHal")],
+        [c.better("dpo_povid", "online_dpo", "POPE F1"), c.better("dpo_povid", "online_dpo", "CHAIR_i"),
+         c.better("online_dpo", "dpo_povid", "LLaVA-W"), c.better("mixed", "online_dpo", "POPE F1"),
+         c.better("mixed", "dpo_povid", "LLaVA-W")],
+        [c.better("online_dpo", "annotator/*", col) for col in ("POPE F1", "MMHal", "LLaVA-W")],
+        [c.size()],
+        [c.not_worse("data/model_chosen", "data/reference_chosen", "POPE F1"),
+         c.better("data/ranked_corrupted", "data/ranking", "POPE F1"),
+         c.better("data/ranked_corrupted", "data/ranking", "CHAIR_i"),
+         c.not_worse("data/sft_prompts", "data/ranked_corrupted", "POPE F1")],
+        [c.better("dpo_bdhs", "dpo_povid", "POPE F1"), c.better("dpo_bdhs", "dpo_povid", "Recall"),
+         c.better("dpo_bdhs", "bdhs/noise", "POPE F1"), c.better("dpo_bdhs", "bdhs/unguided", "MMHal")],
         [],
-        [_better(s, "loss/ipo", "base", "POPE F1"), _better(s, "loss/slic", "base", "POPE F1"),
-         _better(s, "loss/slic", "dpo_povid", "POPE F1"), _better(s, "loss/slic", "loss/ipo", "POPE F1"),
-         _better(s, "loss/ipo", "loss/slic", "LLaVA-W")],
+        [c.better("loss/ipo", "base", "POPE F1"), c.better("loss/slic", "base", "POPE F1"),
+         c.better("loss/slic", "dpo_povid", "POPE F1"), c.better("loss/slic", "loss/ipo", "POPE F1"),
+         c.better("loss/ipo", "loss/slic", "LLaVA-W")],
     ]
     rows = []
     for finding, claims in zip(FINDINGS, found):
@@ -324,7 +381,7 @@ def sweep_frame(runs: pd.DataFrame, axis: str, param: str, reference: tuple[str,
     point)."""
     names = {m for _, m in _sweep_points(runs, axis, param)}
     part = runs[runs["model"].isin(names)].copy()
-    if reference is not None:
+    if reference is not None and (not isinstance(reference[1], str) or reference[1] in runs):
         ref = runs[runs["model"] == reference[0]].copy()
         ref[param] = ref[reference[1]] if isinstance(reference[1], str) else reference[1]
         part = pd.concat([part, ref])
@@ -353,6 +410,25 @@ def sweep_figure(frame: pd.DataFrame, xlabel: str, log_x: bool = False, columns:
     return fig
 
 
+def chain_param(runs_root: str | Path, pattern: str, key: str):
+    """A param of the first run directory matching `pattern` under `runs_root` (e.g. "03_bdhs/s*"), None when no
+    run matches."""
+    found = sorted(Path(runs_root).glob(f"{pattern}/params.json"))
+    return io.read_json(found[0]).get(key) if found else None
+
+
+def png(fig) -> bytes:
+    """A figure as PNG bytes (the caller writes them, atomically with `io.write_bytes`), and closes it."""
+    import io as stdio
+
+    import matplotlib.pyplot as plt
+
+    buffer = stdio.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def bdhs_acceptance(runs_root: str | Path) -> pd.DataFrame:
     """Share of BDHS pairs accepted after each iteration, per BDHS run under `runs_root` (the chain's per seed and
     the ablations' data): columns source, iteration, accepted."""
@@ -360,10 +436,11 @@ def bdhs_acceptance(runs_root: str | Path) -> pd.DataFrame:
     rows = []
     paths = sorted(root.glob("03_bdhs/s*/bdhs.stats.json")) + sorted(root.glob("07_ablations/data/*/*.stats.json"))
     for path in paths:
-        stats = io.read_json(path)["stats"]
-        cfg = stats["config"]
+        stats = io.check_fields(io.read_json(path), ("stats",), str(path))["stats"]
+        cfg = io.check_fields(stats, ("config", "accepted_share_after_iteration"), str(path))["config"]
+        prompts = "POVID-like prompts" if path.name.startswith("bdhs_of_povid") else "LLaVA-Instruct"
         source = f"{cfg['variant']} ρ={cfg['rho_th']} N_BDHS={cfg['iterations']}" + \
-            (f" N={cfg['noise_steps']}" if cfg["variant"] in ("noise", "povid") else "")
+            (f" N={cfg['noise_steps']}" if cfg["variant"] in ("noise", "povid") else "") + f", {prompts}"
         rows += [{"source": source, "run": str(path.relative_to(root)), "iteration": i + 1, "accepted": 100 * a}
                  for i, a in enumerate(stats["accepted_share_after_iteration"])]
     return pd.DataFrame(rows, columns=["source", "run", "iteration", "accepted"])
@@ -372,12 +449,14 @@ def bdhs_acceptance(runs_root: str | Path) -> pd.DataFrame:
 def acceptance_figure(frame: pd.DataFrame):
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(9, 3.4))
     if not frame.empty:
         sns.lineplot(data=frame, x="iteration", y="accepted", hue="source", marker="o", errorbar=("ci", 95), ax=ax)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     ax.set(ylabel="% accepted (semantically different)", ylim=(0, 100), title="BDHS acceptance per iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

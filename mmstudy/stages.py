@@ -103,7 +103,7 @@ def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     if judge:
         from mmstudy.judges import make_judge
 
-        judge_obj = make_judge(judge, seed=seed)
+        judge_obj = make_judge(judge, seed=seed, device=device)
     model, processor = load_llava(model_dir, device=device)
     metrics, samples = evaluate(model, processor, data_dir, list(benchmarks), judge=judge_obj, limit=limit,
                                 seed=seed, progress=progress)
@@ -158,9 +158,14 @@ def converted_data(run_dir: str | Path, base_run: str | Path, sources: Sequence[
     """Released preference datasets converted to the schema (`mmstudy.converters`) into run_dir/<name>.jsonl, each
     source written "NAME=KIND:PATH" (e.g. "povid=povid:data/POVID/povid.json", "ranking=vlfeedback:data/vlf",
     "correction=rlhf_v:data/RLHF-V"); images must lie under the base run's world/images. With `subsample`, a
-    seeded subset of that many pairs (the paper's 5k). A file already there is kept. Returns the pair counts."""
+    seeded subset of that many pairs (the paper's 5k). The pairs are written in a seeded random order, so the
+    first N of a file (`max_pairs`, an ablation's `size`) are a random subset. A file already there is kept.
+    Returns the pair counts."""
+    import numpy as np
+
     from mmstudy.converters import ConvertConfig, convert
     from mmstudy.preferences import subsample as take
+    from mmstudy.runs import derive_seed
 
     run_dir = Path(run_dir)
     counts = {}
@@ -173,7 +178,9 @@ def converted_data(run_dir: str | Path, base_run: str | Path, sources: Sequence[
         if not out.is_file():
             records = convert(kind, path, ConvertConfig(image_root=Path(base_run) / "world" / "images",
                                                         seed=seed)).records
-            io.write_jsonl(out, take(records, subsample, seed, name=path) if subsample else records)
+            records = take(records, subsample, seed, name=path) if subsample else records
+            order = np.random.default_rng(derive_seed(seed, "converted_data", name)).permutation(len(records))
+            io.write_jsonl(out, [records[i] for i in order])
         counts[f"pairs/{name}"] = len(io.read_jsonl(out))
     return counts
 
@@ -212,20 +219,14 @@ def bdhs_data(run_dir: str | Path, base_run: str | Path, seed: int, n: int, rho_
     """`03_bdhs`: BDHS pairs (attention masking) from the base model of `base_run` on n seeded LLaVA-Instruct
     first turns of its world, into run_dir/bdhs.jsonl (resumed per example) and run_dir/bdhs.stats.json.
     `embedder`: a sentence-transformers directory, or empty for the packaged MiniLM. Returns the statistics."""
-    from mmstudy.bdhs import BDHSConfig, ImageLoader, SentenceEmbedder, load_examples, model_fingerprint, run_bdhs
-    from mmstudy.model import load_llava
+    from mmstudy.bdhs import BDHSConfig, load_examples
 
     run_dir, base_run = Path(run_dir), Path(base_run)
-    world, model_dir = base_run / "world", base_run / "model"
+    world = base_run / "world"
     cfg = BDHSConfig(variant="attn", rho_th=rho_th, iterations=iterations, epsilon=epsilon, seed=seed)
     examples = load_examples(world / "llava_instruct_train.json", world / "images", n=n, seed=seed)
-    model, processor = load_llava(model_dir, device=device)
-    sentence_embedder = SentenceEmbedder(embedder or None, device=device)
-    provenance = {"model": str(model_dir), "model_revision": model_fingerprint(model_dir),
-                  "embedder": sentence_embedder.name}
-    stats = run_bdhs(model, processor, examples, cfg, sentence_embedder, ImageLoader(world / "images"),
-                     run_dir / "bdhs.jsonl", provenance, progress=progress)
-    io.write_json(run_dir / "bdhs.stats.json", {"stats": stats, "config_hash": cfg.config_hash()})
+    out = _bdhs_pairs(run_dir / "bdhs.jsonl", base_run, examples, cfg, embedder, device, progress)
+    stats = io.read_json(out.with_suffix(".stats.json"))["stats"]
     accepted = stats["accepted_share_after_iteration"]
     return {"bdhs/pairs": stats["n"], "bdhs/accepted_share": accepted[-1] if accepted else None,
             "bdhs/similarity_mean": stats["similarity_mean"]}
@@ -266,14 +267,14 @@ def align(run_dir: str | Path, base_run: str | Path, prefs: str | Path, seed: in
     return {**train, **online_stats, **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 
-_BDHS_ONLINE = ("judge", "rho_th", "iterations", "embedder")
-
-
 def launch_command(launch: str, run_dir: Path, base_run: Path, prefs: Path, cfg, online: dict | None,
                    device: str) -> list[str]:
     """The command line of `align` with `launch`: the launcher's words, then `-m mmstudy train-dpo|train-online`
-    with the options that reproduce `cfg` (a `DPOTrainConfig`) and `online`."""
+    with the options that reproduce `cfg` (a `DPOTrainConfig`) and `online`. A setting of `cfg` the command line
+    cannot express is an error."""
     import shlex
+
+    from mmstudy.cli import _dpo_config, build_parser
 
     world = base_run / "world"
     args = ["-m", "mmstudy", "-q", "train-dpo" if online is None else "train-online",
@@ -281,8 +282,11 @@ def launch_command(launch: str, run_dir: Path, base_run: Path, prefs: Path, cfg,
             "--loss", cfg.loss, "--beta", repr(cfg.beta), "--gamma", repr(cfg.gamma), "--lora-r", str(cfg.lora_r),
             "--lora-alpha", str(cfg.lora_alpha), "--lr", repr(cfg.lr), "--projector-lr", repr(cfg.projector_lr),
             "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
-            "--checkpoint-every", str(cfg.checkpoint_every), "--device", device, "--seed", str(cfg.seed)]
+            "--checkpoint-every", str(cfg.checkpoint_every), "--on-too-long", cfg.on_too_long, "--device", device,
+            "--seed", str(cfg.seed)]
     args += [] if cfg.train_projector else ["--freeze-projector"]
+    args += [] if cfg.merge else ["--adapter-only"]
+    args += ["--precompute-ref"] if cfg.precompute_ref and online is None else []
     args += [] if cfg.train_lm else ["--freeze-lm"]
     args += ["--train-vision"] if cfg.train_vision else []
     args += ["--max-length", str(cfg.max_length)] if cfg.max_length else []
@@ -296,6 +300,13 @@ def launch_command(launch: str, run_dir: Path, base_run: Path, prefs: Path, cfg,
                  "--judge", online.get("judge", "oracle"), "--rho", repr(online.get("rho_th", 0.99)),
                  "--iterations", str(online.get("iterations", 5))]
         args += ["--embedder", online["embedder"]] if online.get("embedder") else []
+        if online.get("epsilon", 0.97) != 0.97:
+            raise ValueError("launch: train-online has no --epsilon (online BDHS uses 0.97); train in the kernel")
+    expressed = _dpo_config(build_parser().parse_args(args[2:]))
+    differ = [f.name for f in dataclasses.fields(cfg) if getattr(expressed, f.name) != getattr(cfg, f.name)]
+    if differ:
+        raise ValueError(f"launch: the mmstudy command line cannot express {differ} of the training config; train "
+                         "in the kernel (launch empty) or use the defaults of these settings")
     return shlex.split(launch) + args
 
 
@@ -318,26 +329,18 @@ def _launch_training(launch: str, run_dir: Path, base_run: Path, pairs: list[dic
                            + ("" if done.returncode else " without writing train_summary.json"))
 
 
+_BDHS_ONLINE = ("judge", "rho_th", "iterations", "epsilon", "embedder")
+
+
 def _online_source(online: dict, world: Path, seed: int, device: str = "cpu"):
     """The online pair source of `align`: `OnlineConfig` fields plus "judge" (online_dpo, mixed) or the BDHS
-    "rho_th", "iterations" and "embedder" (online_bdhs, online_bdhs_avg)."""
-    from mmstudy.online import OnlineConfig, OnlinePairs, world_scenes
+    "rho_th", "iterations", "epsilon" and "embedder" (online_bdhs, online_bdhs_avg)."""
+    from mmstudy.online import OnlineConfig, pair_source
 
     cfg = OnlineConfig(**{k: v for k, v in online.items() if k not in _BDHS_ONLINE}, seed=seed)
-    judge = bdhs_cfg = embedder = None
-    if cfg.needs_judge:
-        from mmstudy.judges import make_judge
-
-        judge = make_judge(online["judge"], seed=seed, device=device)
-    else:
-        from mmstudy.bdhs import BDHSConfig, SentenceEmbedder
-
-        bdhs_cfg = BDHSConfig(variant="attn", rho_th=online.get("rho_th", 0.99),
-                              iterations=online.get("iterations", 5), seed=seed)
-        embedder = SentenceEmbedder(online.get("embedder") or None, device=device)
-    scenes = world_scenes(world) if (world / "world.json").is_file() else None    # real data: no ground truth
-    return OnlinePairs(cfg, judge=judge, scenes=scenes, bdhs_cfg=bdhs_cfg, embedder=embedder,
-                       image_root=world / "images")
+    return pair_source(cfg, world / "images", world, online.get("judge", "oracle"), None,
+                       online.get("rho_th", 0.99), online.get("iterations", 5), online.get("epsilon", 0.97),
+                       online.get("embedder") or None, device)
 
 
 def _bdhs_pairs(out: Path, base_run: Path, examples, cfg, embedder: str, device: str, progress: bool) -> Path:

@@ -70,6 +70,32 @@ def test_every_sweep_point_matches_its_notebook(sweep):
             nbs.check_params(notebook, overrides)
 
 
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_every_sweep_point_builds_valid_configs(profile, tmp_path):
+    """Each point's merged params make valid BDHS, training and online configs and name known data, so a typo
+    fails here and not hours into a sweep."""
+    from mmstudy.bdhs import BDHSConfig
+    from mmstudy.dpo import DPOTrainConfig
+    from mmstudy.online import OnlineConfig
+    from mmstudy.pipeline import plan
+    from mmstudy.world_editions import EDITIONS
+
+    jobs = plan(profile, [0], tmp_path, only=["07_ablations"])
+    assert jobs
+    for _, run_dir, p, _ in jobs:
+        assert p["data"] in ("povid", "bdhs", "povid+bdhs", *EDITIONS), run_dir
+        BDHSConfig(variant=p["bdhs_variant"], rho_th=p["rho_th"], iterations=p["iterations"], epsilon=p["epsilon"],
+                   noise_steps=p["noise_steps"])
+        DPOTrainConfig(loss=p["loss"], beta=p["beta"], lora_r=p["lora_r"], lora_alpha=p["lora_alpha"], lr=p["lr"],
+                       epochs=p["epochs"], batch_size=p["batch_size"], train_projector=p["train_projector"])
+        if p["mode"] != "offline":
+            online = OnlineConfig(mode=p["mode"], k=p["k"], temperature=p["temperature"],
+                                  max_new_tokens=p["max_new_tokens"], p_offline=p["p_offline"])
+            assert (p["loss"] == "avg_dpo") == online.needs_second_rejected, run_dir
+        else:
+            assert (p["loss"] == "avg_dpo") == (p["data"] == "povid+bdhs"), run_dir
+
+
 def test_read_sweep_is_strict(tmp_path):
     path = tmp_path / "s.sweep.yaml"
     path.write_text("loss:\n  ipo: {loss: ipo}\n  slic: {loss: slic, beta: 0.2}\n")
@@ -274,6 +300,8 @@ def test_smoke_chain_runs_and_resumes(tmp_path):
     assert len(plus) == 16 and all(r["rejected_2"] and r["rejected"] for r in plus)
     assert io.read_json(Path(points["rho_th/rho0.98"]["prefs"]).with_suffix(".stats.json"))["stats"]["config"][
         "rho_th"] == 0.98
+    recorded = io.read_json(root / "pipeline.json")["stages"]            # merged over both calls
+    assert any(k.endswith("01_world_base") for k in recorded) and any("07_ablations" in k for k in recorded)
     report = io.read_json(root / "09_report" / "metrics.json")
     assert report["models"] == 11 and report["coverage/Table 12"] == "3 of 4 rows"
     assert "| IPO | –" not in (root / "09_report" / "tables.md").read_text()

@@ -10,7 +10,8 @@ from mmstudy.benchmarks.stats import seed_interval
 
 def _run(root, rel, seed, f1, chair=0.07, llava=60.0, params=None, item_ci=True):
     run = root / rel
-    metrics = {"eval/pope/macro/f1": f1, "eval/chair/chair_i": chair, "eval/llava_w/relative_score": llava}
+    metrics = {"eval/pope/macro/f1": f1, "eval/chair/chair_i": chair, "eval/llava_w/relative_score": llava,
+               "train/pairs": (params or {}).get("max_pairs", 0)}
     if item_ci:
         metrics |= {"eval/pope/macro/f1_ci95_low": f1 - 0.01, "eval/pope/macro/f1_ci95_high": f1 + 0.01}
     io.write_json(run / "metrics.json", metrics)
@@ -28,7 +29,8 @@ def runs_root(tmp_path):
         _run(tmp_path, f"07_ablations/loss/ipo/s{seed}", seed, ipo, llava=70.0)
         _run(tmp_path, f"07_ablations/loss/slic/s{seed}", seed, slic, llava=50.0)
     _run(tmp_path, "07_ablations/size/n100/s0", 0, 0.81, params={"size": 100})
-    _run(tmp_path, "07_ablations/size/n3000/s0", 0, 0.90, params={"size": 3000}, item_ci=False)
+    _run(tmp_path, "07_ablations/size/n3000/s0", 0, 0.90, params={"size": 3000})
+    _run(tmp_path, "07_ablations/beta/beta0.5/s0", 0, 0.82, params={"beta": 0.5}, item_ci=False)
     io.write_json(tmp_path / "02_preference_data/s0/metrics.json", {"pairs/povid": 3})      # a data stage
     io.write_json(tmp_path / "02_preference_data/s0/complete.json", {})
     io.write_json(tmp_path / "05_offline/bdhs/s0/metrics.json", {"eval/pope/macro/f1": 0.9})  # not complete
@@ -37,8 +39,8 @@ def runs_root(tmp_path):
 
 def test_collect_names_model_runs_and_skips_data_stages_and_unfinished_runs(runs_root):
     runs = report.collect(runs_root)
-    assert sorted(runs["model"].unique()) == ["base", "dpo_povid", "loss/ipo", "loss/slic", "online_dpo",
-                                              "size/n100", "size/n3000"]
+    assert sorted(runs["model"].unique()) == ["base", "beta/beta0.5", "dpo_povid", "loss/ipo", "loss/slic",
+                                              "online_dpo", "size/n100", "size/n3000"]
     row = runs[(runs["model"] == "dpo_povid") & (runs["seed"] == 1)].iloc[0]
     assert row["POPE F1"] == pytest.approx(85.2) and row["CHAIR_i"] == pytest.approx(6.0)
     assert row["POPE F1 lo"] == pytest.approx(84.2) and np.isnan(row["MMHal"])
@@ -55,9 +57,9 @@ def test_summary_uses_seed_intervals_and_item_intervals_for_one_seed(runs_root):
     assert r["interval"] == "seeds"
     base = summary.loc[("base", "POPE F1")]
     assert (base["low"], base["high"], base["interval"]) == (pytest.approx(79.0), pytest.approx(81.0), "items")
-    assert summary.loc[("size/n3000", "POPE F1")]["interval"] == "none"
+    assert summary.loc[("beta/beta0.5", "POPE F1")]["interval"] == "none"
     assert report.cell(summary, "base", "POPE F1") == "80.0 [79.0, 81.0]i"
-    assert report.cell(summary, "size/n3000", "POPE F1") == "90.0"
+    assert report.cell(summary, "beta/beta0.5", "POPE F1") == "82.0"
     assert report.cell(summary, "mixed", "POPE F1") == "–"
 
 
@@ -74,9 +76,16 @@ def test_paper_table_keeps_the_papers_rows_and_marks_missing_ones(runs_root):
     assert text.count("\n") == 5
 
 
+def test_axis_tables_list_every_point_after_the_base(runs_root):
+    tables = report.axis_tables(report.summarize(report.collect(runs_root)), columns=["POPE F1"])
+    assert list(tables) == ["beta", "loss", "size"]
+    assert list(tables["size"].index) == ["base", "size/n100", "size/n3000"]
+    assert tables["size"].loc["size/n3000", "POPE F1"] == "90.0 [89.0, 91.0]i"
+
+
 def test_verdicts_follow_the_claims(runs_root):
     runs = report.collect(runs_root)
-    verdicts = report.verdicts(report.summarize(runs), runs)
+    verdicts = report.verdicts(runs)
     assert len(verdicts) == len(report.FINDINGS) == 7
     objectives = verdicts.iloc[6]
     assert objectives["verdict"] == "reproduced"       # IPO, SLiC > base; SLiC > DPO, > IPO; IPO best LLaVA-W
@@ -84,14 +93,25 @@ def test_verdicts_follow_the_claims(runs_root):
     first = verdicts.iloc[0]        # offline beats online on POPE and CHAIR, online wins LLaVA-W; no mixed run
     assert first["verdict"] == "reproduced (3 of 5 claims assessed)"
     assert "? POPE F1: mixed not run" in first["evidence"]
-    assert verdicts.iloc[2]["verdict"] == "reproduced"                 # the 3000-pair point drifts further
+    assert verdicts.iloc[2]["verdict"] == "reproduced"      # the 3000-pair point leaves the base on POPE F1
+    assert "100 pairs 0, 3000 pairs 1" in verdicts.iloc[2]["evidence"]
     assert verdicts.iloc[1]["verdict"] == "not assessed"
     # flip the objectives: SLiC worse than everything
     for seed in range(3):
         _run(runs_root, f"07_ablations/loss/slic/s{seed}", seed, 0.70, llava=80.0)
     runs = report.collect(runs_root)
-    objectives = report.verdicts(report.summarize(runs), runs).iloc[6]
+    objectives = report.verdicts(runs).iloc[6]
     assert objectives["verdict"] == "mixed" and objectives["evidence"].count("✗ ") == 4
+
+
+def test_claims_pair_seeds_and_read_a_one_seed_point_against_its_seed(runs_root):
+    runs = report.collect(runs_root)
+    claims = report._Claims(runs)
+    mark, text = claims.better("size/n3000", "dpo_povid", "POPE F1")       # seed 0 only: 90 [89, 91] vs 85 [84, 86]
+    assert mark == "✓" and text.endswith("(seed 0)") and "85.0 [84.0, 86.0]i" in text
+    assert claims.better("base", "dpo_povid", "POPE F1")[0] == "✗"          # the base is one model: all 3 seeds
+    assert claims.not_worse("loss/ipo", "dpo_povid", "POPE F1")[0] == "✗"  # 83 vs 85, intervals apart
+    assert claims.better("mixed", "base", "POPE F1") == (None, "POPE F1: mixed not run")
 
 
 def test_a_claim_within_the_noise_is_not_shown():
@@ -103,10 +123,22 @@ def test_a_claim_within_the_noise_is_not_shown():
 
 def test_sweep_frame_adds_the_chains_reference_point(runs_root):
     runs = report.collect(runs_root)
-    frame = report.sweep_frame(runs, "size", "p:size", ("dpo_povid", "p:max_pairs"))
+    frame = report.sweep_frame(runs, "size", "p:size", ("dpo_povid", "pairs"))
     f1 = frame[frame["column"] == "POPE F1"]
     assert sorted(f1["value"].unique()) == [100, 768, 3000]
     assert len(f1[f1["value"] == 768]) == 3
     fig = report.sweep_figure(frame, "pairs", log_x=True)
     assert len(fig.axes) == 4
     assert report.sweep_frame(runs, "rho_th", "p:rho_th").empty
+
+
+def test_a_column_one_run_lacks_takes_the_interval_of_the_run_that_has_it(runs_root):
+    _run(runs_root, "06_online/mixed/s1", 1, 0.84)
+    io.write_json(runs_root / "06_online/mixed/s0/metrics.json", {"eval/chair/chair_i": 0.07})
+    io.write_json(runs_root / "06_online/mixed/s0/params.json", {"seed": 0})
+    io.write_json(runs_root / "06_online/mixed/s0/complete.json", {})
+    summary = report.summarize(report.collect(runs_root))
+    row = summary.loc[("mixed", "POPE F1")]
+    assert (row["mean"], row["low"], row["high"], row["n"], row["interval"]) == (
+        pytest.approx(84.0), pytest.approx(83.0), pytest.approx(85.0), 1, "items")
+    assert summary.loc[("mixed", "CHAIR_i")]["n"] == 2

@@ -68,6 +68,26 @@ def test_launch_command_reproduces_the_config():
     assert "train-online" in online and "--freeze-projector" in online and "--prompts p.jsonl" in text
     assert "--mode mixed" in text and "--judge oracle:0.2" in text and "--k 3" in text
     assert "--world" not in online            # base/world holds no world.json: real data has no ground truth
+    with pytest.raises(ValueError, match=r"cannot express \['warmup_ratio'\]"):
+        stages.launch_command("accelerate launch", Path("run"), Path("base"), Path("p.jsonl"),
+                              DPOTrainConfig(warmup_ratio=0.3), None, "cpu")
+
+
+def test_launch_command_parses_back_to_the_same_configs():
+    """The launched command line, read by mmstudy's own parser, gives back the training and online settings."""
+    from pathlib import Path
+
+    from mmstudy.cli import _dpo_config, build_parser
+
+    cfg = DPOTrainConfig(loss="avg_dpo", gamma=0.3, lora_r=0, lr=2e-5, train_projector=False, train_lm=True,
+                         max_length=300, on_too_long="skip", checkpoint_every=7, merge=False, seed=9)
+    online = {"mode": "online_bdhs_avg", "k": 2, "temperature": 0.7, "max_new_tokens": 33, "p_offline": 0.25,
+              "judge": "oracle", "rho_th": 0.98, "iterations": 3, "embedder": "emb"}
+    cmd = stages.launch_command("accelerate launch", Path("run"), Path("base"), Path("p.jsonl"), cfg, online, "cpu")
+    args = build_parser().parse_args(cmd[4:])
+    assert _dpo_config(args) == cfg
+    assert (args.mode, args.k, args.temperature, args.max_new_tokens, args.p_offline, args.rho, args.iterations,
+            str(args.embedder), str(args.prompts)) == ("online_bdhs_avg", 2, 0.7, 33, 0.25, 0.98, 3, "emb", "p.jsonl")
 
 
 def test_align_launched_in_another_process_trains_the_same_model(base_dir, smoke_world, tmp_path):
@@ -107,4 +127,6 @@ def test_paper_profile_plan_uses_the_checkpoint_and_released_data(tmp_path):
     assert jobs["06_online/online_dpo/s0"]["judge"].startswith("local:")
     sweep = plan("paper", [0], tmp_path, only=["07_ablations"])
     assert all(p["device"] == "cuda" and p["launch"] == "accelerate launch" for _, _, p, _ in sweep)
-    assert {p["size"] for _, _, p, _ in sweep if p["axis"] != "size"} == {5000}
+    sizes = {f"{p['axis']}/{p['point']}": p["size"] for _, _, p, _ in sweep}
+    assert sizes["loss/ipo"] == 0 and sizes["annotator/llava7b"] == 0       # as the full-POVID chain runs
+    assert sizes["rho_th/rho0.98"] == sizes["povid_plus/attn"] == 5000     # as the chain's BDHS (5k)
