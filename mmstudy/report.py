@@ -513,8 +513,9 @@ def overview_figure(summary: pd.DataFrame, models: Sequence[str], columns: Seque
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A frame as a GitHub Markdown table, the index as the first column."""
-    head = [str(frame.index.name or ""), *map(str, frame.columns)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(frame.index, frame.to_numpy())]
-    return "\n".join(lines)
+    """A frame as a GitHub Markdown table (`review.markdown_table`), the index as the first column."""
+    from mmstudy.review import markdown_table as rows_table
+
+    first = str(frame.index.name or "")
+    rows = [{first: index, **row} for index, row in zip(frame.index, frame.to_dict("records"))]
+    return rows_table(rows, [first, *map(str, frame.columns)]).rstrip("\n")
