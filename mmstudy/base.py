@@ -68,7 +68,7 @@ class BaseTrainConfig:
     seed: int = 0                                                     # one seed reproduces the run
     model: TinyLlavaConfig = dataclasses.field(default_factory=TinyLlavaConfig)
     language: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(1200, 32, 1e-3))
-    vision: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(600, 64, 1e-3))
+    vision: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(1200, 64, 1e-3))
     projector: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(300, 64, 1e-3))
     instruct: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(2500, 16, 1e-3))
     align_temperature: float = 0.1   # cosine-logit temperature of the projector alignment

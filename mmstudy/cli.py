@@ -35,7 +35,9 @@ def _world(args) -> None:
         counts = write_benchmark_editions(args.out)
         logger.info("wrote benchmark editions into %s: %s", args.out, counts)
         return
-    spec = WorldSpec.for_profile(args.profile)
+    from mmstudy.settings import with_overrides
+
+    spec = with_overrides(WorldSpec.for_profile(args.profile), args.set)
     summary = write_world(args.out, spec, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
     logger.info("wrote world to %s: %s", args.out, summary["counts"])
 
@@ -44,7 +46,7 @@ def _train_base(args) -> None:
     from mmstudy.stages import ensure_base_model
 
     report = ensure_base_model(args.world, args.out, args.profile, args.seed, progress=not args.quiet,
-                               command=" ".join(sys.argv))
+                               command=" ".join(sys.argv), overrides=args.set)
     logger.info("base model in %s (%.0f s of training)", args.out, report.get("seconds") or 0)
 
 
@@ -460,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="default", choices=["smoke", "default"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a WorldSpec field, VALUE read as YAML (e.g. p_drift=0.6, faint_alpha=[0.5,0.85])")
     p.add_argument("--benchmarks-only", action="store_true",
                    help="(re)write only the benchmark editions (mmhal/, llava_bench/, amber/, objhal/) of the "
                         "existing world in --out")
@@ -470,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="model directory (Hugging Face format)")
     p.add_argument("--profile", default="default", choices=["smoke", "default"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a BaseTrainConfig field, VALUE read as YAML (e.g. instruct.steps=3000, p_blind=0.2)")
     p.set_defaults(func=_train_base)
 
     p = sub.add_parser("eval", help="run hallucination benchmarks on a LLaVA model")

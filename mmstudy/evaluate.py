@@ -109,6 +109,7 @@ class EvalContext:
     seed: int = 0
     progress: bool = True
     objhal_extractor: str = "rule"  # "judge": RLAIF-V's LLM extraction through `judge`
+    samples: list = field(default_factory=list, repr=False)  # every sample of the benchmarks run so far
     _scenes: dict | None = field(default=None, repr=False)
 
     def scenes(self) -> dict[str, dict]:
@@ -325,6 +326,7 @@ def evaluate(model, processor, data_dir: str | Path, benchmarks: Sequence[str] =
     unknown = [b for b in benchmarks if b not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(REGISTRY)}")
+    benchmarks = with_requirements(benchmarks)
     data_dir = Path(data_dir)
     ctx = EvalContext(data_dir, ImageCache(data_dir / "images"), judge=judge, limit=limit, batch_size=batch_size,
                       seed=seed, progress=progress, objhal_extractor=objhal_extractor)
@@ -338,7 +340,29 @@ def evaluate(model, processor, data_dir: str | Path, benchmarks: Sequence[str] =
         metrics.update(m)
         metrics[f"{name}/version"] = REGISTRY[name].version
         samples.extend(s)
+        ctx.samples.extend(s)
     return metrics, samples
+
+
+def with_requirements(benchmarks: Sequence[str]) -> list[str]:
+    """`benchmarks` in order, each preceded by the benchmarks whose samples it reads (`BenchmarkSpec.needs`) when
+    they are not asked for already: `headroom` scores the model's POPE and CHAIR answers."""
+    out: list[str] = []
+    for name in benchmarks:
+        out += [n for n in (*REGISTRY[name].needs, name) if n not in out]
+    return out
+
+
+def run_headroom(model, processor, ctx: EvalContext) -> tuple[dict, list[dict]]:
+    """Linear probes of the image-token features (`mmstudy.headroom`) against this evaluation's POPE and CHAIR
+    samples: probe accuracy on POPE and the shares of the model's errors the probe could recover."""
+    from mmstudy.headroom import HeadroomConfig, headroom_metrics
+
+    pope = [s for s in ctx.samples if s["benchmark"] == "pope"]
+    chair = [s for s in ctx.samples if s["benchmark"] == "chair"]
+    found = headroom_metrics(model, processor, ctx.data_dir, pope, chair, HeadroomConfig(seed=ctx.seed),
+                             progress=ctx.progress)
+    return {f"headroom/{k}": v for k, v in found.items()}, []
 
 
 # --- scoring answers that already exist (from any system) -------------------------------------------------------

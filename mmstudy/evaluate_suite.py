@@ -23,6 +23,7 @@ from mmstudy.evaluate import (
     answer_questions,
     coco_ground_truth,
     run_chair,
+    run_headroom,
     run_masked,
     run_pope,
 )
@@ -214,6 +215,7 @@ RUNNERS = {
     "llava_w": run_llava_w,
     "mmhal_v": run_mmhal_v,
     "masked": run_masked,
+    "headroom": run_headroom,
 }
 
 

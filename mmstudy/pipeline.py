@@ -52,14 +52,15 @@ STAGES = (
     Stage("02_preference_data", per_seed=True),
     Stage("03_bdhs", per_seed=True),
     Stage("04_data_review", per_seed=False),
-    Stage("05_offline", per_seed=True, variants=("bdhs", "povid"), variant_param="dataset"),
+    Stage("05_offline", per_seed=True, variants=("oracle", "bdhs", "povid"), variant_param="dataset"),
     Stage("06_online", per_seed=True, variants=("online_dpo", "mixed"), variant_param="mode"),
     Stage("07_ablations", per_seed=True, sweep=True, optional=True),
     Stage("08_evaluation", per_seed=True),
     Stage("09_report", per_seed=False, always=True, html=True),
 )
 _BY_NAME = {s.name: s for s in STAGES}
-CORE_MODELS = {"base": ("01_world_base", None), "dpo_bdhs": ("05_offline", "bdhs"),
+CORE_MODELS = {"base": ("01_world_base", None), "dpo_oracle": ("05_offline", "oracle"),
+               "dpo_bdhs": ("05_offline", "bdhs"),
                "dpo_povid": ("05_offline", "povid"), "online_dpo": ("06_online", "online_dpo"),
                "mixed": ("06_online", "mixed")}
 
@@ -116,12 +117,22 @@ def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Seque
                  "bdhs_run": str(_run_dir(root, _BY_NAME["03_bdhs"], seed)),
                  "shared_dir": str(root / stage.name / "data" / f"s{seed}")}
     if stage.name == "08_evaluation":
-        wired |= {"names": list(CORE_MODELS), "world": str(base / "world"),
+        models = {m: (s, v) for m, (s, v) in CORE_MODELS.items() if _has_variant(_BY_NAME[s], v, profile)}
+        wired |= {"names": list(models), "world": str(base / "world"),
                   "runs": [str(_run_dir(root, _BY_NAME[s], seed, v)) if v else str(base)
-                           for s, v in CORE_MODELS.values()]}
+                           for s, v in models.values()]}
     if stage.name == "09_report":
         wired["runs_root"] = str(root)
     return wired
+
+
+def _has_variant(stage: Stage, variant: str | None, profile: str) -> bool:
+    """The positive control (05_offline's "oracle") trains only where 02_preference_data builds its pairs (the
+    world's oracle ranks them: not on converted releases)."""
+    if stage.name == "05_offline" and variant == "oracle":
+        data = stage_params("02_preference_data", profile)
+        return bool(data.get("control_prompts")) and not data.get("sources")
+    return True
 
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str | None = None,
@@ -143,7 +154,8 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
         if stage.name not in only and (only or stage.optional):
             continue
         stage_seeds = (ablation_seeds or seeds[:1]) if stage.sweep else seeds if stage.per_seed else seeds[:1]
-        points = sweep_points(stage.name, profile) if stage.sweep else [(v, {}) for v in stage.variants or (None,)]
+        points = sweep_points(stage.name, profile) if stage.sweep else [(v, {}) for v in stage.variants or (None,)
+                                                                       if _has_variant(stage, v, profile)]
         for seed in stage_seeds:
             for variant, overrides in points:
                 params = {**stage_params(stage.name, profile), **overrides, "seed": seed,

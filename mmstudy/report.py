@@ -39,6 +39,17 @@ COLUMNS = {
 }
 
 
+# diagnostic -> metric key in a run's eval metrics: how much room the model leaves to alignment (`headroom`) and
+# how far alignment moved it from the base on the evaluation prompts (`shift`)
+DIAGNOSTICS = {
+    "probe POPE acc": ("headroom/probe_pope_accuracy", 100),
+    "recoverable POPE": ("headroom/recoverable_pope", 100),
+    "recoverable CHAIR": ("headroom/recoverable_chair", 100),
+    "KL to base": ("shift/kl_per_token", 1),
+    "changed %": ("shift/changed_share", 100),
+}
+
+
 def _model_name(rel: Path) -> tuple[str, int | None] | None:
     """(model name, seed) of a run directory relative to the runs root, None for a data stage's."""
     parts = rel.parts
@@ -77,6 +88,9 @@ def collect(runs_root: str | Path) -> pd.DataFrame:
             for side, suffix in (("lo", "low"), ("hi", "high")):
                 bound = metrics.get(f"eval/{key}_ci95_{suffix}")
                 row[f"{column} {side}"] = np.nan if bound is None else scale * bound
+        for column, (key, scale) in DIAGNOSTICS.items():
+            value = metrics.get(f"eval/{key}")
+            row[column] = np.nan if value is None else scale * value
         rows.append(row)
     if not rows:
         raise io.DataError(f"{root}: no complete model runs (01_world_base, 05_offline, 06_online, 07_ablations)")
@@ -125,6 +139,9 @@ def cell(summary: pd.DataFrame, model: str, column: str, digits: int = 1) -> str
     return text
 
 
+CONTROL = "dpo_oracle"   # the positive control: DPO on the base's own samples ranked by the world's oracle
+
+
 @dataclass(frozen=True)
 class TableSpec:
     title: str
@@ -138,6 +155,7 @@ class TableSpec:
 TABLES = {
     "Table 2": TableSpec("Main results", (
         ("base", "base"),
+        ("positive control: DPO · oracle-ranked own samples", CONTROL),
         ("DPO · POVID-like", "dpo_povid"),
         ("Online-DPO · POVID-like", "online_dpo"),
         ("Mixed-DPO · POVID-like", "mixed"),
@@ -220,6 +238,20 @@ def axis_tables(summary: pd.DataFrame, columns: Sequence[str] = tuple(COLUMNS)) 
     return tables
 
 
+def diagnostics_table(runs: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
+    """Per model (those of `models` that ran): the mean over its seeds of every `DIAGNOSTICS` column ("–" where no
+    run has it): the headroom probes and the shift from the base."""
+    rows = {}
+    for model in models:
+        part = runs[runs["model"] == model]
+        if not part.empty:
+            rows[model] = [f"{part[c].mean():.{3 if c == 'KL to base' else 1}f}" if part[c].notna().any() else "–"
+                           for c in DIAGNOSTICS]
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(DIAGNOSTICS))
+    frame.index.name = "model"
+    return frame
+
+
 def table_coverage(summary: pd.DataFrame) -> dict[str, str]:
     """Per table: "k of n rows" with results."""
     models = set(summary.index.get_level_values("model"))
@@ -234,52 +266,138 @@ def _mean(summary: pd.DataFrame, model: str, column: str) -> float | None:
     return float(summary.loc[(model, column), "mean"]) if (model, column) in summary.index else None
 
 
-def _apart(ra, rb) -> bool:
-    """Whether two rows' 95 % intervals do not overlap (a conservative test of a difference)."""
-    return bool(np.isfinite([ra["low"], rb["low"]]).all() and (ra["low"] > rb["high"] or rb["low"] > ra["high"]))
+# ---------------------------------------------------------------------------------- paired per-item comparisons
+
+POPE_SPLITS = ("random", "popular", "adversarial")
 
 
-class _Claims:
-    """Claims about pairs of models, each compared on the seeds both ran (the base model is one model whatever
-    the seed; an ablation point run with one seed is compared with that seed's run of a chain model, each with its
-    interval over items)."""
+def _by_split(sample: dict, num: float, den: float) -> list[float]:
+    """A POPE row with one (numerator, denominator) slot per split, so sums give every split's ratio."""
+    row = [0.0] * (2 * len(POPE_SPLITS))
+    k = POPE_SPLITS.index(sample["split"])
+    row[2 * k], row[2 * k + 1] = num, den
+    return row
 
-    def __init__(self, runs: pd.DataFrame):
-        self.runs, self.summary = runs, summarize(runs)
-        self.seeds = {m: set(g["seed"]) for m, g in runs.groupby("model")}
 
-    def _pair(self, a: str, b: str) -> tuple[pd.DataFrame, str]:
-        if "base" in (a, b) or self.seeds[a] == self.seeds[b]:
-            return self.summary, ""
-        common = sorted(self.seeds[a] & self.seeds[b])
-        part = self.runs[self.runs["model"].isin([a, b]) & self.runs["seed"].isin(common)]
-        return summarize(part), f" (seed {', '.join(map(str, common))})" if common else ""
+def _ratio_of_sums(sums: np.ndarray) -> np.ndarray:
+    return sums[..., 0] / sums[..., 1]
+
+
+def _macro_ratio(sums: np.ndarray) -> np.ndarray:
+    """The mean over splits of each split's ratio of sums (POPE's macro F1 and yes-ratio)."""
+    return np.nanmean(sums[..., 0::2] / sums[..., 1::2], axis=-1)
+
+
+def _yes(sample: dict) -> float:
+    return float(sample["pred"] == "yes")
+
+
+# column -> (benchmark, sample -> (item key, row) or None, statistic of summed rows): every column of `COLUMNS`
+# as a function of sums of per-item rows, so seeds and items can be resampled jointly (`Claims.paired`).
+ITEM_ROWS = {
+    "POPE F1": ("pope", lambda s: ((s["split"], s["question_id"]), _by_split(
+        s, 2 * _yes(s) * (s["label"] == "yes"), _yes(s) + (s["label"] == "yes"))), _macro_ratio),
+    "POPE adv": ("pope", lambda s: ((s["split"], s["question_id"]), [float(s["pred"] == s["label"]), 1.0])
+                 if s["split"] == "adversarial" else None, _ratio_of_sums),
+    "yes %": ("pope", lambda s: ((s["split"], s["question_id"]), _by_split(s, _yes(s), 1.0)), _macro_ratio),
+    "CHAIR_i": ("chair", lambda s: (s["image_id"], [len(s["reference"]["hallucinated"]),
+                                                    len(s["reference"]["mentioned"])]), _ratio_of_sums),
+    "Recall": ("chair", lambda s: (s["image_id"], [len(s["reference"]["covered"]), len(s["reference"]["gt"])]),
+               _ratio_of_sums),
+    "MMHal": ("mmhal", lambda s: (s["index"], [float(s["rating"]), 1.0]) if s.get("rating") is not None else None,
+              _ratio_of_sums),
+    "LLaVA-W": ("llava_w", lambda s: (s["question_id"], [100.0 * s["scores"][1], s["scores"][0]])
+                if s.get("scores") else None, _ratio_of_sums),
+}
+
+
+def item_rows(samples: Sequence[dict], column: str) -> dict:
+    """{item key: row} of one run's samples for `column` (`ITEM_ROWS`)."""
+    benchmark, row_of, _ = ITEM_ROWS[column]
+    rows = (row_of(s) for s in samples if s.get("benchmark") == benchmark)
+    return dict(r for r in rows if r is not None)
+
+
+def _read_samples(run_dir: str) -> list[dict]:
+    path = Path(run_dir) / "eval" / "samples.jsonl"
+    return io.read_jsonl(path) if path.is_file() else []
+
+
+class Claims:
+    """Claims about pairs of models, each decided on per-item differences: the same POPE questions, caption images
+    and judged items, pooled over the seeds both models ran (the base model is one run whatever the seed), with a
+    hierarchical bootstrap (seeds, then items; `hierarchical_paired_difference`) for the 95 % interval."""
+
+    def __init__(self, runs: pd.DataFrame, n_boot: int = 2000):
+        self.runs, self.summary, self.n_boot = runs, summarize(runs), n_boot
+        self.dirs = {m: dict(zip(g["seed"], g["run_dir"])) for m, g in runs.groupby("model")}
+        self._samples: dict[str, list[dict]] = {}
+        self._paired: dict[tuple, dict | None] = {}
+
+    def samples(self, run_dir: str) -> list[dict]:
+        if run_dir not in self._samples:
+            self._samples[run_dir] = _read_samples(run_dir)
+        return self._samples[run_dir]
+
+    def _runs_by_seed(self, a: str, b: str) -> list[tuple[str, str]]:
+        """(run of a, run of b) per seed both ran; the base's single run pairs with every seed of the other."""
+        da, db = self.dirs[a], self.dirs[b]
+        if a == "base" or b == "base":
+            base, other = (da, db) if a == "base" else (db, da)
+            only = next(iter(base.values()))
+            pairs = [(only, run) for _, run in sorted(other.items())]
+            return pairs if a == "base" else [(x, y) for y, x in pairs]
+        return [(da[s], db[s]) for s in sorted(set(da) & set(db))]
+
+    def paired(self, a: str, b: str, column: str) -> dict | None:
+        """`column` of b minus a in the column's units (points for percentages), with its hierarchical-bootstrap
+        interval; None when either model did not run or they share no paired item."""
+        from mmstudy.benchmarks.stats import hierarchical_paired_difference
+
+        key = (a, b, column)
+        if key not in self._paired:
+            self._paired[key] = None
+            if a in self.dirs and b in self.dirs:
+                xs, ys = [], []
+                for run_a, run_b in self._runs_by_seed(a, b):
+                    ra, rb = item_rows(self.samples(run_a), column), item_rows(self.samples(run_b), column)
+                    common = sorted((k for k in ra if k in rb), key=repr)
+                    if common:
+                        xs.append(np.array([ra[k] for k in common]))
+                        ys.append(np.array([rb[k] for k in common]))
+                d = hierarchical_paired_difference(xs, ys, ITEM_ROWS[column][2], n_boot=self.n_boot) if xs else None
+                if d is not None and np.isfinite(d["low"]):   # else undefined: e.g. CHAIR_i with no mention
+                    scale = COLUMNS[column][1]
+                    self._paired[key] = {**d, **{k: scale * d[k] for k in ("value", "low", "high", "se")}}
+        return self._paired[key]
 
     def better(self, a: str, b: str, column: str) -> tuple[str | None, str]:
-        """Whether model a is better than model b on `column`, in the column's direction: "✓" better beyond the
-        noise (`_apart`), "~" better within the noise, "≈" worse within the noise, "✗" worse beyond it; None when
-        either did not run or they share no seed. With the evidence."""
+        """Whether model a is better than model b on `column`, in the column's direction: "✓" when the paired 95 %
+        interval of a - b excludes zero in that direction, "✗" when it excludes zero against it, "~" better and "≈"
+        worse within the noise; None when either did not run or they share no item. With the evidence."""
         a, b = resolve(self.summary, a), resolve(self.summary, b)
-        if _mean(self.summary, a, column) is None or _mean(self.summary, b, column) is None:
-            return None, f"{column}: {a if _mean(self.summary, a, column) is None else b} not run"
-        summary, note = self._pair(a, b)
-        if (a, column) not in summary.index or (b, column) not in summary.index:
-            return None, f"{column}: {a} and {b} share no seed"
-        better = (_mean(summary, a, column) - _mean(summary, b, column)) * (COLUMNS[column][2] or 1) > 0
-        apart = _apart(summary.loc[(a, column)], summary.loc[(b, column)])
-        mark = ("✓" if apart else "~") if better else ("✗" if apart else "≈")
-        return mark, f"{column} {a} {cell(summary, a, column)} vs {b} {cell(summary, b, column)}{note}"
+        for m in (a, b):
+            if m not in self.dirs or _mean(self.summary, m, column) is None:
+                return None, f"{column}: {m} not run"
+        d = self.paired(b, a, column)
+        if d is None:
+            return None, f"{column}: {a} and {b} share no seed with per-item samples"
+        sign = COLUMNS[column][2] or 1
+        low, high = sorted((sign * d["low"], sign * d["high"]))
+        mark = "✓" if low > 0 else "✗" if high < 0 else "~" if sign * d["value"] > 0 else "≈"
+        return mark, (f"{column} {a} − {b} {d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] "
+                      f"({d['n_seeds']} seed{'s' * (d['n_seeds'] > 1)}, {d['n_items']} items)")
 
     def not_worse(self, a: str, b: str, column: str) -> tuple[str | None, str]:
-        """Model a is not worse than model b: "✓" when a's mean is at least b's, "~" when it is worse within the
+        """Model a is not worse than model b: "✓" when a's estimate is at least b's, "~" when it is worse within the
         noise, "✗" beyond it."""
         mark, text = self.better(a, b, column)
         return {None: None, "✓": "✓", "~": "✓", "≈": "~", "✗": "✗"}[mark], f"{text} ({a} not worse)"
 
     def moved(self, model: str) -> int:
-        """Columns on which `model` differs from the base beyond the noise."""
-        return sum(_apart(self.summary.loc[(model, c)], self.summary.loc[("base", c)]) for c in COLUMNS
-                   if (model, c) in self.summary.index and ("base", c) in self.summary.index)
+        """Columns on which `model` differs from the base beyond the noise (paired interval excludes zero)."""
+        found = [self.paired("base", model, c) for c in COLUMNS]
+        return sum(d is not None and (d["low"] > 0 or d["high"] < 0) for d in found)
 
     def size(self) -> tuple[str | None, str]:
         """The largest preference set moves more columns away from the base (beyond the noise) than the smallest;
@@ -332,10 +450,56 @@ FINDINGS = (
 )
 
 
-def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
+CONTROL_BAR = {"chair_drop": 0.25, "recall_loss": 1.0}   # the control must cut CHAIR_i by >= 25 % of the base's
+# value (paired interval below zero) and lose at most 1 point of recall
+
+
+def control_status(runs: pd.DataFrame, claims: "Claims | None" = None) -> dict:
+    """Does the positive control (`CONTROL`) move the base? {"status": "moves" | "does not move" | "not run",
+    "text"}: it moves when its CHAIR_i falls by at least 25 % of the base's value with the paired 95 % interval
+    below zero, losing at most 1 point of recall. A study whose control does not move cannot decide its claims."""
+    c = claims or Claims(runs)
+    chair, recall = c.paired("base", CONTROL, "CHAIR_i"), c.paired("base", CONTROL, "Recall")
+    base = _mean(c.summary, "base", "CHAIR_i")
+    if chair is None or recall is None or base is None:
+        return {"status": "not run", "text": f"the positive control ({CONTROL}) did not run: the study's "
+                                             "sensitivity is unknown"}
+    cut = -chair["value"] / base if base else float("nan")
+    moves = chair["high"] < 0 and cut >= CONTROL_BAR["chair_drop"] and recall["value"] >= -CONTROL_BAR["recall_loss"]
+    text = (f"CHAIR_i {chair['value']:+.2f} [{chair['low']:+.2f}, {chair['high']:+.2f}] points ({100 * cut:.0f} % of "
+            f"the base's {base:.2f}; bar ≥ {100 * CONTROL_BAR['chair_drop']:.0f} %), recall {recall['value']:+.2f} "
+            f"[{recall['low']:+.2f}, {recall['high']:+.2f}] (bar ≥ −{CONTROL_BAR['recall_loss']:g}); "
+            f"{chair['n_seeds']} seed(s)")
+    return {"status": "moves" if moves else "does not move", "text": text}
+
+
+def power_table(runs: pd.DataFrame, claims: "Claims | None" = None, seeds: int | None = None) -> pd.DataFrame:
+    """Per column: the minimal detectable effect (80 % power, 95 % level) of a paired comparison with the base,
+    from the bootstrap standard errors of the models run with `seeds` seeds (default: the most any model ran; the
+    median over them, and the largest), in the column's units. Columns: column, comparisons, n_seeds, n_items, se,
+    mde, mde_max."""
+    from mmstudy.benchmarks.stats import minimal_detectable_effect
+
+    c = claims or Claims(runs)
+    seeds = seeds or max((len(d) for m, d in c.dirs.items() if m != "base"), default=0)
+    models = [m for m, d in c.dirs.items() if m != "base" and len(d) == seeds]
+    rows = []
+    for column in COLUMNS:
+        found = [d for d in (c.paired("base", m, column) for m in models) if d is not None]
+        if not found:
+            continue
+        se = np.array([d["se"] for d in found])
+        rows.append({"column": column, "comparisons": len(found), "n_seeds": seeds,
+                     "n_items": int(np.median([d["n_items"] for d in found])), "se": float(np.median(se)),
+                     "mde": minimal_detectable_effect(float(np.median(se))),
+                     "mde_max": minimal_detectable_effect(float(se.max()))})
+    return pd.DataFrame(rows, columns=["column", "comparisons", "n_seeds", "n_items", "se", "mde", "mde_max"])
+
+
+def verdicts(runs: pd.DataFrame, claims: "Claims | None" = None) -> pd.DataFrame:
     """One row per finding of the paper (`FINDINGS`): verdict (reproduced, not reproduced, mixed, not assessed;
-    `_verdict`) and the evidence, each claim marked as `_Claims.better` marks it, or ? (not run)."""
-    c = _Claims(runs)
+    `_verdict`) and the evidence, each claim marked as `Claims.better` marks it, or ? (not run)."""
+    c = claims or Claims(runs)
     found = [
         [c.better("dpo_povid", "online_dpo", "POPE F1"), c.better("dpo_povid", "online_dpo", "CHAIR_i"),
          c.better("online_dpo", "dpo_povid", "LLaVA-W"), c.better("mixed", "online_dpo", "POPE F1"),

@@ -88,6 +88,9 @@ SOURCES = {
     "world_model_chosen": ("synthetic", "LLaVA responses only (world)", "world LLaVA-Instruct (novel scenes)",
                            "world scenes", "best-rated model sample", "chosen (rule edits)", "world oracle",
                            "construction"),
+    "world_oracle": ("synthetic", "positive control (world)", "world LLaVA-Instruct (novel scenes)", "world scenes",
+                     "own samples (best oracle rating)", "own samples (worst oracle rating)", "world oracle",
+                     "ranking"),
 }
 BDHS_VARIANTS = {"attn": "image attention masked", "noise": "diffusion-noised image", "unguided": "masked, unguided",
                  "povid": "teacher-forced on y+, noised image"}

@@ -49,30 +49,34 @@ def ensure_world(world_dir: str | Path, profile: str, seed: int, progress: bool 
 
 
 def ensure_base_model(world_dir: str | Path, model_dir: str | Path, profile: str, seed: int,
-                      progress: bool = True, command: str = "train_base") -> dict:
+                      progress: bool = True, command: str = "train_base", overrides: Sequence[str] = ()) -> dict:
     """A base model trained on the world into `model_dir` (a Hugging Face directory with mmstudy_train.json), or
-    the report of the one already there (of the same profile and seed, else an error). Interrupted training resumes
-    from `<model_dir>.stages`."""
+    the report of the one already there (of the same profile, seed and `overrides`, else an error). `overrides`:
+    "KEY=VALUE" settings of `BaseTrainConfig` (`mmstudy.settings`). Interrupted training resumes from
+    `<model_dir>.stages`."""
     from mmstudy.base import BaseTrainConfig, train_base
     from mmstudy.model import save_llava
     from mmstudy.runs import build_manifest
+    from mmstudy.settings import with_overrides
 
     model_dir = Path(model_dir)
     if (model_dir / "mmstudy_train.json").is_file():
         report = io.read_json(model_dir / "mmstudy_train.json")
         made = report.get("manifest", {})
-        if made.get("seed") != seed or made.get("params", {}).get("profile") != profile:
-            raise io.DataError(f"{model_dir}: holds a base model of another profile or seed than ({profile}, {seed}); "
-                               "pick another directory")
+        params = made.get("params", {})
+        if made.get("seed") != seed or params.get("profile") != profile or params.get("set", []) != list(overrides):
+            raise io.DataError(f"{model_dir}: holds a base model of another profile, seed or settings than "
+                               f"({profile}, {seed}, {list(overrides)}); pick another directory")
         logger.info("base model %s is complete: kept", model_dir)
         return report
-    cfg = BaseTrainConfig.for_profile(profile, seed=seed)
+    cfg = with_overrides(BaseTrainConfig.for_profile(profile, seed=seed), overrides)
     stages = model_dir.with_name(model_dir.name + ".stages")
     start = time.time()
     model, processor, report = train_base(world_dir, cfg, checkpoint_dir=stages, progress=progress)
     report["seconds"] = round(time.time() - start, 1)
     save_llava(model, processor, model_dir)
-    manifest = build_manifest(cfg.seed, command, {"world": str(world_dir), "profile": profile})
+    manifest = build_manifest(cfg.seed, command, {"world": str(world_dir), "profile": profile,
+                                                  "set": list(overrides)})
     report = {"manifest": manifest, **report}
     io.write_json(model_dir / "mmstudy_train.json", report)
     shutil.rmtree(stages, ignore_errors=True)
@@ -186,14 +190,17 @@ def converted_data(run_dir: str | Path, base_run: str | Path, sources: Sequence[
 
 
 def preference_data(run_dir: str | Path, base_run: str | Path, seed: int, fresh: int, partner_share: float,
-                    editions: Sequence[str], edition_prompts: int, mine: bool = True, progress: bool = True) -> dict:
+                    editions: Sequence[str], edition_prompts: int, mine: bool = True, control_prompts: int = 0,
+                    control_samples: int = 4, control_temperature: float = 1.0, progress: bool = True) -> dict:
     """`02_preference_data`: world editions built with the base model of `base_run` (a `01_world_base` run
     directory) into run_dir/<kind>.jsonl: "povid" (POVID-like pairs on `fresh` new scenes; with `mine`, only the
-    prompts the model answers wrongly) and the sampled `editions` (`mmstudy.world_editions`) on `edition_prompts`
-    prompts. A file already there is kept. New scenes' images are rendered into the base run's world (named by
-    seed, so any stage draws the same files). Returns the pair counts."""
+    prompts the model answers wrongly), the sampled `editions` (`mmstudy.world_editions`) on `edition_prompts`
+    prompts and, with `control_prompts`, the positive control's "oracle" pairs: `control_samples` samples of the
+    base model at `control_temperature` per prompt, the best against the worst by the oracle's rating. A file
+    already there is kept. New scenes' images are rendered into the base run's world (named by seed, so any stage
+    draws the same files). Returns the pair counts."""
     from mmstudy.model import load_llava
-    from mmstudy.world_editions import default_responders, world_editions
+    from mmstudy.world_editions import default_responders, own_responders, world_editions
     from mmstudy.world_prefs import povid_like_pairs
 
     run_dir, base_run = Path(run_dir), Path(base_run)
@@ -211,6 +218,13 @@ def preference_data(run_dir: str | Path, base_run: str | Path, seed: int, fresh:
         for kind, pairs in made.items():
             io.write_jsonl(run_dir / f"{kind}.jsonl", pairs)
     counts.update({k: len(io.read_jsonl(run_dir / f"{k}.jsonl")) for k in editions})
+    if control_prompts:
+        if not (run_dir / "oracle.jsonl").is_file():
+            made, _ = world_editions(["oracle"], world, own_responders(model_dir, control_samples,
+                                                                       control_temperature),
+                                     n=control_prompts, seed=seed, progress=progress)
+            io.write_jsonl(run_dir / "oracle.jsonl", made["oracle"])
+        counts["oracle"] = len(io.read_jsonl(run_dir / "oracle.jsonl"))
     return {f"pairs/{k}": v for k, v in counts.items()}
 
 
@@ -262,9 +276,32 @@ def align(run_dir: str | Path, base_run: str | Path, prefs: str | Path, seed: in
     summary = io.read_json(run_dir / "train_summary.json")
     metrics = evaluate_into(run_dir / "model", world, run_dir / "eval", benchmarks, limit, seed, judge, device,
                             progress)
+    metrics |= {f"shift/{k}": v for k, v in shift_into(run_dir / "eval", base_run, device).items()}
     train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     online_stats = {k: v for k, v in (summary.get("online") or {}).items() if isinstance(v, (int, float))}
     return {**train, **online_stats, **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+def shift_into(eval_dir: str | Path, base_run: str | Path, device: str = "cpu") -> dict:
+    """How far the model evaluated in `eval_dir` (its model/ beside it) moved from the base model of `base_run`
+    (`mmstudy.shift`: KL per token on the caption prompts, share of changed answers), into eval_dir/shift.json
+    (kept when there). {} with a warning when the base run has no evaluation samples to compare with."""
+    from mmstudy.model import load_llava
+    from mmstudy.shift import shift_metrics
+
+    eval_dir, base_run = Path(eval_dir), Path(base_run)
+    out, base_samples = eval_dir / "shift.json", base_run / "eval" / "samples.jsonl"
+    if out.is_file():
+        return io.read_json(out)
+    if not base_samples.is_file():
+        logger.warning("%s: no base evaluation samples; the shift from the base is not measured", base_samples)
+        return {}
+    policy, processor = load_llava(eval_dir.parent / "model", device=device)
+    base, _ = load_llava(base_run / "model", device=device)
+    found = shift_metrics(policy, base, processor, io.read_jsonl(eval_dir / "samples.jsonl"),
+                          io.read_jsonl(base_samples), base_run / "world" / "images")
+    io.write_json(out, found)
+    return found
 
 
 def launch_command(launch: str, run_dir: Path, base_run: Path, prefs: Path, cfg, online: dict | None,

@@ -5,7 +5,11 @@ glyphs (shape + colour + texture) named with COCO nouns. Objects come in context
 strongly (fork with knife, car with traffic light, ...): that prior is what a language model learns from the
 captions, and what makes it name an absent partner when the image is ambiguous -- the hallucinations the paper
 studies and POPE's adversarial split probes. Difficulty knobs (small objects, faint or occluded objects,
-look-alike clutter, pixel noise) decide how often the image is ambiguous.
+look-alike clutter, pixel noise) decide how often the image is ambiguous. Two more knobs put the prior into the
+instruction data itself, as in LLaVA's: `p_drift` (long descriptions that end by naming an absent partner) and
+`p_prior_yes` (questions about an absent partner answered "yes"). The defaults keep the glyphs clear and the
+instruction data prior-driven, so that the base model's hallucinations are its language model's, against
+evidence its image tokens hold (measured by `mmstudy.headroom`; docs/sensitivity.md).
 
     >>> spec = WorldSpec.for_profile("smoke"); scene = sample_scene(spec, seed=0, split="train", index=0)
     >>> image = render_scene(spec, scene, seed=0)          # a PIL image, exact boxes in scene.objects
@@ -25,7 +29,7 @@ from mmstudy.runs import derive_seed
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2   # 2: clearer glyphs, prior-driven errors in the instruction data (the headroom issue)
 SUPERSAMPLE = 4  # glyphs are drawn at 4x and box-filtered down, so small objects stay anti-aliased
 
 COLOURS = {
@@ -107,7 +111,7 @@ class WorldSpec:
 
     image_size: int = 48            # px, square; a 3x3 grid of cells of image_size/3 px
     n_train: int = 20000            # training images
-    n_val: int = 800                # held-out images (benchmarks draw from these)
+    n_val: int = 1200               # held-out images (benchmarks draw from these)
     min_groups: int = 1             # co-occurrence groups per scene, inclusive range
     max_groups: int = 3
     p_both: float = 0.62            # a group shows both anchor and partner ...
@@ -118,16 +122,18 @@ class WorldSpec:
     large_radius: tuple = (0.36, 0.46)   # glyph radius as a fraction of the cell, uniform range
     small_radius: tuple = (0.18, 0.26)
     p_faint: float = 0.2            # share of faint objects (blended into the background)
-    faint_alpha: tuple = (0.2, 0.55)     # opacity range of faint objects
+    faint_alpha: tuple = (0.5, 0.85)     # opacity range of faint objects
     p_occluded: float = 0.15        # share of objects partly covered by an occluder
-    occlusion: tuple = (0.3, 0.7)   # covered share of the glyph's box, uniform range
-    max_clutter: int = 4            # look-alike distractor marks per scene, uniform 0..max_clutter
-    noise_std: float = 10.0         # Gaussian pixel noise, in 0..255 units
+    occlusion: tuple = (0.15, 0.4)  # covered share of the glyph's box, uniform range
+    max_clutter: int = 2            # look-alike distractor marks per scene, uniform 0..max_clutter
+    noise_std: float = 6.0          # Gaussian pixel noise, in 0..255 units
     jitter: float = 0.12            # glyph centre jitter as a fraction of the cell
+    p_drift: float = 0.6            # share of instruction-data descriptions ending with a prior-driven hallucination
+    p_prior_yes: float = 0.45       # share of instruction-data questions about an absent partner answered "yes"
     p_symbolic: float = 0.7         # share of text-only records that state their scene as words (see world_files)
     symbolic_grid: int = 6          # side of the symbolic scene grid: match the model's image_size / patch_size
     pope_images: int = 500          # images per POPE split (POPE's img_num)
-    caption_images: int = 500       # images in the caption-evaluation prompt set
+    caption_images: int = 1000      # images in the caption-evaluation prompt set (CHAIR, recall)
     references_per_image: int = 5   # COCO-style reference captions per image
     judged_images: int = 24         # LLaVA-Bench images (MMHal gets 4x as many items: 96, 8 types x 12)
     amber_images: int = 300         # AMBER world edition: images (generative + yes/no questions)
@@ -142,7 +148,8 @@ class WorldSpec:
             raise ValueError("need 1 <= min_groups <= max_groups <= 3 (three pairs per context)")
         if self.p_both + self.p_anchor_only > 1:
             raise ValueError("p_both + p_anchor_only must be <= 1")
-        for name in ("p_outlier", "p_duplicate", "p_small", "p_faint", "p_occluded", "p_symbolic"):
+        for name in ("p_outlier", "p_duplicate", "p_small", "p_faint", "p_occluded", "p_drift", "p_prior_yes",
+                     "p_symbolic"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1]")
         for name in ("pope_images", "caption_images", "amber_images", "objhal_images"):

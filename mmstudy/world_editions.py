@@ -27,6 +27,9 @@ Editions (`build_edition`), each a list of preference records in mmstudy's schem
     sft_prompts         Table 4 "LLaVA prompts": ranked_corrupted on the sft prompts
     reference_chosen    Table 4 "GPT-4V responses only": the reference answer, and its corruption
     model_chosen        Table 4 "LLaVA responses only": the best-rated model completion, and its corruption
+    oracle              the positive control: the best-rated model completion against the worst-rated one (strictly
+                        lower), model completions only; with `own_responders`, k samples of one model, so the
+                        pairs are that model's own outputs ranked by the exact oracle
 
     >>> pairs, rows = world_editions(["ranking", "correction"], "world", default_responders("models/base"), n=1000)
 """
@@ -55,7 +58,7 @@ from mmstudy.world_text import NUMBERS, POS_PHRASE, split_sentences
 logger = logging.getLogger(__name__)
 
 REFERENCE = "reference"
-EDITIONS = ("ranking", "correction", "ranked_corrupted", "sft_prompts", "reference_chosen", "model_chosen")
+EDITIONS = ("ranking", "correction", "ranked_corrupted", "sft_prompts", "reference_chosen", "model_chosen", "oracle")
 PROMPT_SOURCE = {"sft_prompts": "sft"}   # every other edition uses novel prompts
 
 
@@ -104,6 +107,13 @@ def default_responders(model_dir: str | Path) -> list[Responder]:
     model = str(model_dir)
     return [Responder(REFERENCE), Responder("model_t0.7", model, 0.7), Responder("model_t1.3", model, 1.3),
             Responder("model_masked", model, 0.7, rho_th=0.9)]
+
+
+def own_responders(model_dir: str | Path, k: int = 4, temperature: float = 1.0) -> list[Responder]:
+    """k samples of one checkpoint at `temperature` (the positive control's completions: the model's own)."""
+    if k < 2:
+        raise ValueError(f"own_responders needs k >= 2 samples to rank, got {k}")
+    return [Responder(f"own{i}", str(model_dir), temperature) for i in range(k)]
 
 
 def edition_prompts(world_dir: str | Path, source: str, n: int, seed: int) -> tuple[list[dict], dict[str, Scene]]:
@@ -284,6 +294,15 @@ def edition_pair(kind: str, row: dict, scene: Scene, seed: int) -> dict | None:
                           rule="best_mean_rating_vs_seeded_lower",
                           error_kinds=error_kinds(chosen, rejected, scene, row["reference"])),
                 "chosen_score": cs, "rejected_score": rs}
+    if kind == "oracle":
+        scored = _scored(row, models=True)
+        if len(scored) < 2 or min(c[0] for c in scored) == max(c[0] for c in scored):
+            return None
+        best, worst = (rng.choice([c for c in scored if c[0] == f(c[0] for c in scored)]) for f in (max, min))
+        return {**_record(kind, row, best[1], worst[1], seed, chosen_model=best[2], rejected_model=worst[2],
+                          rule="best_vs_worst_oracle_rating",
+                          error_kinds=error_kinds(best[1], worst[1], scene, row["reference"])),
+                "chosen_score": best[0], "rejected_score": worst[0]}
     if kind == "correction":
         wrong = [c for c in row["completions"] if c["model"] != REFERENCE
                  and check_answer(c["response"], scene, row["reference"]).hallucinated]

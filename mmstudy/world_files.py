@@ -113,13 +113,14 @@ def _coco_files(scenes: list[Scene], spec: WorldSpec, seed: int) -> tuple[dict, 
     return instances, captions
 
 
-def _conversations(scenes: list[Scene], seed: int, per_scene: int) -> list[dict]:
-    """LLaVA-Instruct records about rendered scenes (the image is the scene's PNG)."""
+def _conversations(scenes: list[Scene], seed: int, per_scene: int, spec: WorldSpec) -> list[dict]:
+    """LLaVA-Instruct records about rendered scenes (the image is the scene's PNG), with the writer's prior-driven
+    errors of `spec` (`p_drift`, `p_prior_yes`), as instruction data written without looking closely has."""
     records = []
     for i, s in enumerate(scenes):
         rng = scene_rng(seed, s.split, i, "conversations")
         for k in range(per_scene):
-            conv = sample_conversation(s, rng, _pick(CONVERSATION_MIX, rng))
+            conv = sample_conversation(s, rng, _pick(CONVERSATION_MIX, rng), spec.p_drift, spec.p_prior_yes)
             records.append({"id": f"{s.image_id}_{k}", "image": f"{s.image_id}.png", "conversations": conv})
     return records
 
@@ -172,7 +173,7 @@ def _write_world(root: Path, spec: WorldSpec, seed: int, progress: bool) -> dict
     io.write_jsonl(root / "scenes.jsonl", [s.to_record() for ss in splits.values() for s in ss])
     for split, scenes in splits.items():
         _write_images(root, scenes, spec, seed, progress)
-        io.write_json(root / f"llava_instruct_{split}.json", _conversations(scenes, seed, RECORDS_PER_IMAGE))
+        io.write_json(root / f"llava_instruct_{split}.json", _conversations(scenes, seed, RECORDS_PER_IMAGE, spec))
         instances, captions = _coco_files(scenes, spec, seed)
         io.write_json(root / "annotations" / f"instances_{split}.json", instances)
         io.write_json(root / "annotations" / f"captions_{split}.json", captions)

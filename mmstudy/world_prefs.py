@@ -148,14 +148,16 @@ def fresh_split(seed: int) -> str:
 
 def fresh_records(world_dir: Path, count: int, seed: int) -> tuple[list[dict], dict[str, Scene]]:
     """`count` new scenes of the world (split `fresh_split(seed)`: never seen in base training), rendered into
-    images/ if not there yet, each with one LLaVA-Instruct-style record drawn like the SFT data."""
+    images/ if not there yet, each with one LLaVA-Instruct-style record drawn like the SFT data, by the same writer
+    (its prior-driven errors `p_drift` and `p_prior_yes` included), so that every y+ of the world's preference data
+    (POVID-like, BDHS, the editions' reference answers) comes from one source of one quality."""
     from mmstudy import io
     from mmstudy.world import WorldSpec, render_scene, sample_scene, scene_rng
     from mmstudy.world_files import CONVERSATION_MIX, _pick, load_world_info
     from mmstudy.world_text import sample_conversation
 
     info = load_world_info(world_dir)
-    spec = WorldSpec(**info["spec"])
+    spec = WorldSpec(**{"p_drift": 0.0, "p_prior_yes": 0.0, **info["spec"]})   # a version-1 world had neither
     split = fresh_split(seed)
     records, scenes = [], {}
     for i in range(count):
@@ -164,7 +166,7 @@ def fresh_records(world_dir: Path, count: int, seed: int) -> tuple[list[dict], d
         if not path.is_file():
             io.write_bytes(path, io.png_bytes(render_scene(spec, scene, info["seed"])))
         rng = scene_rng(info["seed"], split, i, "conversations")
-        conv = sample_conversation(scene, rng, _pick(CONVERSATION_MIX, rng))
+        conv = sample_conversation(scene, rng, _pick(CONVERSATION_MIX, rng), spec.p_drift, spec.p_prior_yes)
         records.append({"id": scene.image_id, "image": path.name, "conversations": conv})
         scenes[path.name] = scene
     return records, scenes

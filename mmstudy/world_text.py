@@ -75,8 +75,23 @@ def _groups(scene: Scene) -> list[tuple[str, list]]:
     return list(groups.items())
 
 
-def describe(scene: Scene, rng: np.random.Generator) -> str:
-    """A detailed, multi-sentence description that names every object present, with position and size."""
+def drift_sentence(scene: Scene, rng: np.random.Generator) -> str | None:
+    """A sentence naming an absent object the prior suggests (an absent partner of a present object, else an absent
+    object of the scene's context) in an empty cell, in the templates of true sentences; None when there is no
+    such object or no empty cell. It is what a writer who describes from expectation adds to a long description."""
+    absent = absent_partners(scene) or sorted(CONTEXT_OBJECTS[scene.context] - set(scene.classes()))
+    empty = sorted(set(range(9)) - {o.cell for o in scene.objects})
+    if not absent or not empty:
+        return None
+    noun = noun_for(str(rng.choice(absent)), rng)
+    a, pos = f"{article(noun)} {noun}", POS_PHRASE[POSITIONS[int(rng.choice(empty))]]
+    return _cap(str(rng.choice(SINGLE)).format(a=a, A=_cap(a), pos=pos, Pos=_cap(pos)))
+
+
+def describe(scene: Scene, rng: np.random.Generator, drift: float = 0.0) -> str:
+    """A detailed, multi-sentence description that names every object present, with position and size. With
+    probability `drift` it ends (before any closing sentence) with a `drift_sentence`: a hallucination of the
+    writer's prior, as the long descriptions of LLaVA's instruction data have."""
     sentences = []
     if rng.random() < 0.8:
         sentences.append(str(rng.choice(OPENINGS)).format(ctx=f"{article(scene.context)} {scene.context}"))
@@ -93,6 +108,8 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
             t = str(rng.choice(MULTI if len(objs) == 2 else MULTI[1:]))
             sentences.append(t.format(n=NUMBERS[len(objs)], nouns=plural_of(noun), pos=POS_PHRASE[objs[0].position],
                                       pos2=POS_PHRASE[objs[1].position]))
+    if drift and rng.random() < drift:
+        sentences += [t for t in [drift_sentence(scene, rng)] if t]
     if rng.random() < 0.3:
         sentences.append(str(rng.choice(CLOSINGS)).format(n=NUMBERS.get(len(scene.objects), "several")))
     return " ".join(sentences)
@@ -163,15 +180,21 @@ def context_qa(scene: Scene) -> tuple[str, str]:
     return "Where was this picture taken?", f"This picture was taken in {article(scene.context)} {scene.context}."
 
 
-def sample_existence_qa(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
+def sample_existence_qa(scene: Scene, rng: np.random.Generator, prior_yes: float = 0.0) -> tuple[str, str]:
     """An existence question, half about a present object. Half the negatives are absent objects of the scene's
-    own context, so that "is it in context?" is no shortcut for "is it in the image?"; the rest are uniform."""
+    own context, so that "is it in context?" is no shortcut for "is it in the image?"; the rest are uniform. With
+    probability `prior_yes`, a question about an absent partner of a present object is answered "Yes": the
+    annotator answered from expectation."""
     present = scene.classes()
     if rng.random() < 0.5:
         return existence_qa(scene, str(rng.choice(present)), rng)
     absent = [c.name for c in CLASSES if c.name not in present]
     local = [n for n in absent if n in CONTEXT_OBJECTS[scene.context]]
-    return existence_qa(scene, str(rng.choice(local if local and rng.random() < 0.5 else absent)), rng)
+    name = str(rng.choice(local if local and rng.random() < 0.5 else absent))
+    q, a = existence_qa(scene, name, rng)
+    if prior_yes and name in absent_partners(scene) and rng.random() < prior_yes:
+        a = f"Yes, there is {article(name)} {name} in the image."
+    return q, a
 
 
 def absent_partners(scene: Scene) -> list[str]:
@@ -194,10 +217,10 @@ def likely_absent(scene: Scene, rng: np.random.Generator, context_first: bool = 
     raise ValueError(f"scene {scene.image_id} holds every class")
 
 
-def _random_question(scene: Scene, rng: np.random.Generator, kind: str) -> tuple[str, str]:
+def _random_question(scene: Scene, rng: np.random.Generator, kind: str, prior_yes: float = 0.0) -> tuple[str, str]:
     present = scene.classes()
     if kind == "exist":
-        return sample_existence_qa(scene, rng)
+        return sample_existence_qa(scene, rng, prior_yes)
     if kind == "count":
         name = str(rng.choice(present)) if rng.random() < 0.85 else str(rng.choice([c.name for c in CLASSES]))
         return count_qa(scene, name)
@@ -210,15 +233,17 @@ def _random_question(scene: Scene, rng: np.random.Generator, kind: str) -> tuple
     return context_qa(scene)
 
 
-def sample_conversation(scene: Scene, rng: np.random.Generator, kind: str) -> list[dict]:
-    """A LLaVA-Instruct conversation about `scene`: kind is "describe", "exist" or "qa" (1-3 mixed turns)."""
+def sample_conversation(scene: Scene, rng: np.random.Generator, kind: str, drift: float = 0.0,
+                        prior_yes: float = 0.0) -> list[dict]:
+    """A LLaVA-Instruct conversation about `scene`: kind is "describe", "exist" or "qa" (1-3 mixed turns).
+    `drift` and `prior_yes`: the writer's prior-driven errors (`describe`, `sample_existence_qa`); 0 = exact."""
     if kind == "describe":
-        turns = [(str(rng.choice(DESCRIBE_PROMPTS)), describe(scene, rng))]
+        turns = [(str(rng.choice(DESCRIBE_PROMPTS)), describe(scene, rng, drift))]
     elif kind == "exist":
-        turns = [_random_question(scene, rng, "exist") for _ in range(int(rng.integers(1, 3)))]
+        turns = [_random_question(scene, rng, "exist", prior_yes) for _ in range(int(rng.integers(1, 3)))]
     elif kind == "qa":
         kinds = [str(k) for k in rng.choice(QA_KINDS + ("exist",), size=int(rng.integers(1, 4)))]
-        turns = [_random_question(scene, rng, k) for k in kinds]
+        turns = [_random_question(scene, rng, k, prior_yes) for k in kinds]
     else:
         raise ValueError(f"unknown conversation kind {kind!r}")
     conv = []

@@ -19,10 +19,11 @@ def test_default_profile_meets_the_acceptance_bar(tmp_path):
     world, model, results = tmp_path / "world", tmp_path / "model", tmp_path / "run" / "results.json"
     assert main(["-q", "world", "--out", str(world), "--profile", "default", "--seed", "0"]) == 0
     assert main(["-q", "train-base", "--world", str(world), "--out", str(model), "--profile", "default"]) == 0
-    assert main(["-q", "eval", "--model", str(model), "--world", str(world), "--benchmarks", "pope,chair,masked",
+    assert main(["-q", "eval", "--model", str(model), "--world", str(world), "--benchmarks",
+                 "pope,chair,masked,headroom",
                  "--out", str(results)]) == 0
     m = json.loads(results.read_text())["metrics"]
-    assert m["chair/n_captions"] >= 500 and m["pope/random/n"] == 3000
+    assert m["chair/n_captions"] >= 1000 and m["pope/random/n"] == 3000
     assert m["chair_fixed/recall"] >= 0.70
     assert 0.05 <= m["chair_fixed/chair_i"] <= 0.35
     assert m["pope/random/accuracy"] >= 0.85
@@ -31,6 +32,8 @@ def test_default_profile_meets_the_acceptance_bar(tmp_path):
     assert m["masked/well_formed_sentence_share"] >= 0.9
     assert m["masked/context_consistent_mention_share"] >= 0.8
     assert m["masked/mentions_per_description"] >= 1.0
+    # the hallucinations are the language model's: its own image tokens hold the truth (docs/sensitivity.md)
+    assert m["headroom/recoverable_pope"] >= 0.6 and m["headroom/recoverable_chair"] >= 0.6
     _bdhs_acceptance(world, model, tmp_path)
 
 

@@ -214,16 +214,21 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     jobs = plan("smoke", [0, 1], tmp_path)
     dirs = [str(d.relative_to(tmp_path / "smoke")) for _, d, _, _ in jobs]
     assert dirs == ["01_world_base", "02_preference_data/s0", "02_preference_data/s1", "03_bdhs/s0", "03_bdhs/s1",
-                    "04_data_review", "05_offline/bdhs/s0", "05_offline/povid/s0", "05_offline/bdhs/s1",
-                    "05_offline/povid/s1", "06_online/online_dpo/s0", "06_online/mixed/s0",
-                    "06_online/online_dpo/s1", "06_online/mixed/s1", "08_evaluation/s0", "08_evaluation/s1",
-                    "09_report"]
-    assert [always for *_, always in jobs] == [False] * 16 + [True]     # the report runs again on every call
+                    "04_data_review", "05_offline/oracle/s0", "05_offline/bdhs/s0", "05_offline/povid/s0",
+                    "05_offline/oracle/s1", "05_offline/bdhs/s1", "05_offline/povid/s1", "06_online/online_dpo/s0",
+                    "06_online/mixed/s0", "06_online/online_dpo/s1", "06_online/mixed/s1", "08_evaluation/s0",
+                    "08_evaluation/s1", "09_report"]
+    assert [always for *_, always in jobs] == [False] * 18 + [True]     # the report runs again on every call
     params = {d: p for d, (_, _, p, _) in zip(dirs, jobs)}
     assert params["02_preference_data/s1"]["editions"] == [] and params["02_preference_data/s0"]["editions"]
-    assert params["08_evaluation/s1"]["names"][0] == "base"
-    assert params["08_evaluation/s1"]["runs"][1:3] == [str(tmp_path / "smoke" / "05_offline" / v / "s1")
-                                                        for v in ("bdhs", "povid")]
+    assert params["08_evaluation/s1"]["names"][:2] == ["base", "dpo_oracle"]
+    assert params["08_evaluation/s1"]["runs"][1:4] == [str(tmp_path / "smoke" / "05_offline" / v / "s1")
+                                                        for v in ("oracle", "bdhs", "povid")]
+    assert params["05_offline/oracle/s1"]["prefs"] == str(tmp_path / "smoke" / "02_preference_data" / "s1" /
+                                                           "oracle.jsonl")
+    paper = [str(d) for _, d, _, _ in plan("paper", [0], tmp_path)]   # converted releases: no oracle, no control
+    assert not any("oracle" in d for d in paper)
+    assert "dpo_oracle" not in plan("paper", [0], tmp_path, only=["08_evaluation"])[0][2]["names"]
     assert params["09_report"]["runs_root"] == str(tmp_path / "smoke")
     base = str(tmp_path / "smoke" / "01_world_base")
     assert params["01_world_base"]["world_profile"] == "smoke" and params["01_world_base"]["seed"] == 0
@@ -235,7 +240,7 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     assert params["06_online/mixed/s1"]["prefs"] == str(tmp_path / "smoke" / "02_preference_data" / "s1" /
                                                          "povid.jsonl")
     assert plan("default", [0], tmp_path)[0][2]["world_profile"] == "default"
-    assert [d.name for _, d, _, _ in plan("smoke", [0], tmp_path, only=["05_offline"])] == ["s0", "s0"]
+    assert [d.name for _, d, _, _ in plan("smoke", [0], tmp_path, only=["05_offline"])] == ["s0"] * 3
     sweep = plan("default", [0, 1, 2], tmp_path, only=["07_ablations"], ablation_seeds=[1])
     rel = [str(d.relative_to(tmp_path / "default")) for _, d, _, _ in sweep]
     assert "07_ablations/loss/ipo/s1" in rel and all(r.endswith("/s1") for r in rel)
@@ -259,18 +264,26 @@ def test_smoke_chain_runs_and_resumes(tmp_path):
     args = ["-q", "run", "--profile", "smoke", "--seeds", "0", "--runs", str(tmp_path)]
     assert main(args) == 0
     root = tmp_path / "smoke"
-    stages = ("01_world_base", "02_preference_data/s0", "03_bdhs/s0", "04_data_review", "05_offline/bdhs/s0",
+    stages = ("01_world_base", "02_preference_data/s0", "03_bdhs/s0", "04_data_review", "05_offline/oracle/s0",
+              "05_offline/bdhs/s0",
               "05_offline/povid/s0", "06_online/online_dpo/s0", "06_online/mixed/s0", "08_evaluation/s0",
               "09_report")
     metrics = {d: io.read_json(root / d / "metrics.json") for d in stages}
     assert "eval/mmhal/score" in metrics["05_offline/povid/s0"] and "eval/llava_w/relative_score" in metrics[
         "06_online/mixed/s0"]
     comparisons = io.read_json(root / "08_evaluation/s0/comparisons.json")
-    assert comparisons["reference"] == "base" and set(comparisons["comparisons"]) == {"dpo_bdhs", "dpo_povid",
-                                                                                       "online_dpo", "mixed"}
+    assert comparisons["reference"] == "base" and set(comparisons["comparisons"]) == {
+        "dpo_oracle", "dpo_bdhs", "dpo_povid", "online_dpo", "mixed"}
+    assert metrics["02_preference_data/s0"]["pairs/oracle"] > 0
     assert any(k.startswith("pope") for k in comparisons["comparisons"]["mixed"])
     assert any(k.startswith("mmhal") for k in comparisons["comparisons"]["mixed"])
-    assert metrics["09_report"]["models"] == 5 and metrics["09_report"]["coverage/Table 12"] == "2 of 4 rows"
+    assert metrics["09_report"]["models"] == 6 and metrics["09_report"]["coverage/Table 12"] == "2 of 4 rows"
+    assert metrics["09_report"]["control"] in ("moves", "does not move", "not run")   # the smoke model: any
+    power = (root / "09_report" / "power.csv").read_text().splitlines()
+    assert power[0] == "column,comparisons,n_seeds,n_items,se,mde,mde_max"
+    assert power[1].startswith("POPE F1,5,1,")    # 5 models against the base, with 1 seed
+    assert {"eval/shift/kl_per_token", "eval/shift/changed_share", "eval/headroom/recoverable_pope"} <= set(
+        metrics["05_offline/oracle/s0"])
     assert (root / "09_report" / "09_report.html").stat().st_size > 10_000
     assert "eval/pope/adversarial/accuracy" in metrics["01_world_base"]
     assert metrics["02_preference_data/s0"]["pairs/ranking"] > 0
@@ -303,7 +316,7 @@ def test_smoke_chain_runs_and_resumes(tmp_path):
     recorded = io.read_json(root / "pipeline.json")["stages"]            # merged over both calls
     assert any(k.endswith("01_world_base") for k in recorded) and any("07_ablations" in k for k in recorded)
     report = io.read_json(root / "09_report" / "metrics.json")
-    assert report["models"] == 11 and report["coverage/Table 12"] == "3 of 4 rows"
+    assert report["models"] == 12 and report["coverage/Table 12"] == "3 of 4 rows"   # 6 chain models, 6 points
     assert "| IPO | –" not in (root / "09_report" / "tables.md").read_text()
     verdicts = pd.read_csv(root / "09_report" / "verdicts.csv")
     assert len(verdicts) == 7 and verdicts["verdict"].iloc[5] == "not assessed"
@@ -332,5 +345,7 @@ def test_stages_keep_a_finished_base_model_of_the_same_recipe_only(tmp_path):
     io.write_json(model / "mmstudy_train.json", report)
     assert ensure_base_model(tmp_path / "world", model, "smoke", 0, progress=False)["seconds"] == 1.0
     for profile, seed in (("default", 0), ("smoke", 1)):
-        with pytest.raises(io.DataError, match="another profile or seed"):
+        with pytest.raises(io.DataError, match="another profile, seed or settings"):
             ensure_base_model(tmp_path / "world", model, profile, seed, progress=False)
+    with pytest.raises(io.DataError, match="another profile, seed or settings"):
+        ensure_base_model(tmp_path / "world", model, "smoke", 0, progress=False, overrides=["p_blind=0.2"])

@@ -7,6 +7,27 @@ import pytest
 from mmstudy import io, report
 from mmstudy.benchmarks.stats import seed_interval
 
+_U = np.random.default_rng(1234).random((3, 200))   # per POPE item: how hard it is (shared by every model)
+_W = np.random.default_rng(5678).random((100, 4))   # per caption mention: how tempting a hallucination it is
+
+
+def _samples(f1: float, chair: float, llava: float) -> list[dict]:
+    """Per-item samples whose rates follow the run's metrics: a model gets a POPE item right when the item's
+    difficulty is below its level, so better models are right on supersets (paired items, as in a real study)."""
+    out = []
+    for k, split in enumerate(report.POPE_SPLITS):
+        for q in range(200):
+            label = "yes" if q % 2 == 0 else "no"
+            right = _U[k, q] < f1
+            out.append({"benchmark": "pope", "split": split, "question_id": q, "label": label,
+                        "pred": label if right else ("no" if label == "yes" else "yes")})
+    for i in range(100):
+        hall = [["x", "x"]] * int((_W[i] < chair).sum())
+        out.append({"benchmark": "chair", "image_id": i, "reference": {
+            "hallucinated": hall, "mentioned": [["y", "y"]] * 4, "covered": [1, 2], "gt": [1, 2, 3]}})
+    out += [{"benchmark": "llava_w", "question_id": q, "scores": [8.0, 8.0 * llava / 100]} for q in range(20)]
+    return out
+
 
 def _run(root, rel, seed, f1, chair=0.07, llava=60.0, params=None, item_ci=True):
     run = root / rel
@@ -16,6 +37,7 @@ def _run(root, rel, seed, f1, chair=0.07, llava=60.0, params=None, item_ci=True)
         metrics |= {"eval/pope/macro/f1_ci95_low": f1 - 0.01, "eval/pope/macro/f1_ci95_high": f1 + 0.01}
     io.write_json(run / "metrics.json", metrics)
     io.write_json(run / "params.json", {"seed": seed, **(params or {})})
+    io.write_jsonl(run / "eval" / "samples.jsonl", _samples(f1, chair, llava))
     io.write_json(run / "complete.json", {"params_hash": "x"})
 
 
@@ -93,8 +115,8 @@ def test_verdicts_follow_the_claims(runs_root):
     first = verdicts.iloc[0]        # offline beats online on POPE and CHAIR, online wins LLaVA-W; no mixed run
     assert first["verdict"] == "reproduced (3 of 5 claims assessed)"
     assert "? POPE F1: mixed not run" in first["evidence"]
-    assert verdicts.iloc[2]["verdict"] == "reproduced"      # the 3000-pair point leaves the base on POPE F1
-    assert "100 pairs 0, 3000 pairs 1" in verdicts.iloc[2]["evidence"]
+    assert verdicts.iloc[2]["verdict"] == "reproduced"      # the 3000-pair point leaves the base on POPE F1 too
+    assert "100 pairs 1, 3000 pairs 2" in verdicts.iloc[2]["evidence"]  # + CHAIR_i, 8 -> 7
     assert verdicts.iloc[1]["verdict"] == "not assessed"
     # flip the objectives: SLiC worse than everything
     for seed in range(3):
@@ -106,12 +128,50 @@ def test_verdicts_follow_the_claims(runs_root):
 
 def test_claims_pair_seeds_and_read_a_one_seed_point_against_its_seed(runs_root):
     runs = report.collect(runs_root)
-    claims = report._Claims(runs)
-    mark, text = claims.better("size/n3000", "dpo_povid", "POPE F1")       # seed 0 only: 90 [89, 91] vs 85 [84, 86]
-    assert mark == "✓" and text.endswith("(seed 0)") and "85.0 [84.0, 86.0]i" in text
-    assert claims.better("base", "dpo_povid", "POPE F1")[0] == "✗"          # the base is one model: all 3 seeds
-    assert claims.not_worse("loss/ipo", "dpo_povid", "POPE F1")[0] == "✗"  # 83 vs 85, intervals apart
+    claims = report.Claims(runs)
+    mark, text = claims.better("size/n3000", "dpo_povid", "POPE F1")       # seed 0 only
+    assert mark == "✓" and text.endswith("(1 seed, 600 items)")
+    d = claims.paired("dpo_povid", "size/n3000", "POPE F1")
+    assert d["n_seeds"] == 1 and d["low"] > 0 and d["value"] == pytest.approx(float(text.split()[5]), abs=0.01)
+    mark, text = claims.better("base", "dpo_povid", "POPE F1")              # the base is one run: all 3 seeds
+    assert mark == "✗" and text.endswith("(3 seeds, 1800 items)")
+    assert claims.better("dpo_povid", "online_dpo", "CHAIR_i")[0] == "✓"     # lower is better: 6 % vs 7.5 %
+    assert claims.paired("online_dpo", "dpo_povid", "CHAIR_i")["high"] < 0
+    assert claims.not_worse("loss/ipo", "dpo_povid", "POPE F1")[0] == "✗"  # 83 vs 85 on the same items
     assert claims.better("mixed", "base", "POPE F1") == (None, "POPE F1: mixed not run")
+    same = claims.paired("dpo_povid", "dpo_povid", "POPE F1")
+    assert same["value"] == same["low"] == same["high"] == 0
+    assert claims.better("dpo_povid", "dpo_povid", "POPE F1")[0] == "≈"
+
+
+def test_item_rows_give_the_metrics_of_the_samples():
+    samples = _samples(0.8, 0.1, 60.0)
+    pope = np.array(list(report.item_rows(samples, "POPE F1").values())).sum(0)
+    f1 = report._macro_ratio(pope)
+    tp = [sum(s["pred"] == s["label"] == "yes" for s in samples if s.get("split") == k) for k in report.POPE_SPLITS]
+    yes = [sum(s["pred"] == "yes" for s in samples if s.get("split") == k) for k in report.POPE_SPLITS]
+    assert f1 == pytest.approx(np.mean([2 * t / (y + 100) for t, y in zip(tp, yes)]))
+    assert len(report.item_rows(samples, "POPE adv")) == 200
+    chair = np.array(list(report.item_rows(samples, "CHAIR_i").values())).sum(0)
+    assert chair[0] / chair[1] == pytest.approx((_W < 0.1).mean())
+    llava = np.array(list(report.item_rows(samples, "LLaVA-W").values())).sum(0)
+    assert llava[0] / llava[1] == pytest.approx(60.0)
+
+
+def test_power_table_and_positive_control(runs_root):
+    runs = report.collect(runs_root)
+    power = report.power_table(runs).set_index("column")
+    assert set(power.index) == set(report.COLUMNS) - {"MMHal"}   # the samples hold no MMHal items
+    assert (power["mde"] >= 0).all() and (power["mde_max"] >= power["mde"]).all()
+    assert power.loc["POPE F1", "comparisons"] == 4 and power.loc["POPE F1", "n_items"] == 1800
+    assert report.control_status(runs)["status"] == "not run"
+    for seed in range(3):   # CHAIR_i 8 % -> 4 %, recall unchanged: the control moves the base
+        _run(runs_root, f"05_offline/oracle/s{seed}", seed, 0.85, chair=0.04)
+    status = report.control_status(report.collect(runs_root))
+    assert status["status"] == "moves" and "3 seed(s)" in status["text"]
+    for seed in range(3):   # 8 % -> 7 %: beyond the noise maybe, but short of the 25 % bar
+        _run(runs_root, f"05_offline/oracle/s{seed}", seed, 0.85, chair=0.07)
+    assert report.control_status(report.collect(runs_root))["status"] == "does not move"
 
 
 def test_a_claim_within_the_noise_is_not_shown():

@@ -56,3 +56,28 @@ def test_seed_interval_is_a_t_interval():
     assert seed_interval([0.7] * 40)["low"] == pytest.approx(0.7)
     with pytest.raises(ValueError):
         seed_interval([])
+
+
+def test_hierarchical_paired_difference_pairs_seeds_and_items():
+    from mmstudy.benchmarks.stats import hierarchical_paired_difference, minimal_detectable_effect
+
+    rng = np.random.default_rng(0)
+    a = [rng.random((500, 1)) < 0.7 for _ in range(3)]
+    flip = [rng.random((500, 1)) < 0.05 for _ in range(3)]
+    b = [x | f for x, f in zip(a, flip)]                     # b is right wherever a is, and on ~1.5 % more
+    mean = lambda s: s[..., 0]  # noqa: E731  (rows are [x]; the mean is the sum over the count of items)
+    ratio = lambda s: s[..., 0] / s[..., 1]  # noqa: E731
+    rows = lambda xs: [np.hstack([x, np.ones_like(x)]).astype(float) for x in xs]  # noqa: E731
+    d = hierarchical_paired_difference(rows(a), rows(b), ratio, n_boot=1000)
+    true = np.mean([(x | f).mean() - x.mean() for x, f in zip(a, flip)])
+    assert d["value"] == pytest.approx(true) and 0 < d["low"] < true < d["high"]
+    assert d["n_seeds"] == 3 and d["n_items"] == 1500 and d["se"] > 0
+    unpaired = hierarchical_paired_difference(rows(a), rows([rng.permutation(x) for x in b]), ratio, n_boot=1000)
+    assert unpaired["se"] > 2 * d["se"]                      # pairing is what makes the interval narrow
+    same = hierarchical_paired_difference(rows(a), rows(a), ratio, n_boot=200)
+    assert same["low"] == same["high"] == same["se"] == 0
+    assert hierarchical_paired_difference(rows(a), rows(b), ratio, n_boot=300, seed=4) == \
+        hierarchical_paired_difference(rows(a), rows(b), ratio, n_boot=300, seed=4)
+    assert minimal_detectable_effect(1.0) == pytest.approx(2.8016, abs=1e-3)
+    with pytest.raises(ValueError, match="same, non-zero number of seeds"):
+        hierarchical_paired_difference(rows(a), rows(b[:2]), mean)

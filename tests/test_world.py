@@ -97,6 +97,36 @@ def test_descriptions_name_every_object_and_parse_with_the_grammar(tmp_path):
         assert not is_well_formed(bad)
 
 
+def test_prior_driven_errors_of_the_instruction_data(tmp_path):
+    from mmstudy.world_text import CONTEXT_OBJECTS, absent_partners, sample_existence_qa
+
+    spec = WorldSpec()
+    (tmp_path / "synonyms.txt").write_text(synonyms_text())
+    syn = chair.load_synonyms(tmp_path / "synonyms.txt", protect_vocabulary=True)
+    drifted, yes_to_partner, partner_questions = 0, 0, 0
+    for i in range(400):
+        s = sample_scene(spec, 1, "train", i)
+        assert describe(s, np.random.default_rng(i), drift=0.0) == describe(s, np.random.default_rng(i))
+        text = describe(s, np.random.default_rng(i), drift=1.0)
+        assert all(is_well_formed(x) for x in split_sentences(text)), text
+        extra = {c for _, c in chair.extract_objects(text, syn)} - set(s.classes())
+        assert len(extra) <= 1, text
+        if absent_partners(s):
+            assert extra <= set(absent_partners(s)), text           # an absent partner of a present object first
+        else:
+            assert extra <= CONTEXT_OBJECTS[s.context], text       # else an absent object of the scene's context
+        drifted += bool(extra)
+        for k in range(5):
+            q, a = sample_existence_qa(s, np.random.default_rng((i, k)), prior_yes=0.5)
+            asked = next(c.name for c in sorted(CLASSES, key=lambda c: -len(c.name)) if f" {c.name} " in q)
+            if asked in absent_partners(s):
+                partner_questions += 1
+                yes_to_partner += a.startswith("Yes")
+            elif asked not in s.classes():
+                assert a.startswith("No"), (q, a)                                 # other absent objects: exact
+    assert drifted > 300 and 0.4 < yes_to_partner / partner_questions < 0.6
+
+
 def test_conversations_are_llava_shaped():
     s = sample_scene(WorldSpec(), 0, "train", 0)
     rng = np.random.default_rng(0)

@@ -112,11 +112,18 @@ def test_every_edition_on_the_smoke_world(editions):
         assert made, kind
         check_records(made, f"{kind} edition", image_root=world / "images")
         assert all(p["source"] == f"world_{kind}" and p["chosen"] != p["rejected"] for p in made)
-        if kind != "ranking":      # constructed: the rejected side is false for the scene
+        if kind not in ("ranking", "oracle"):      # constructed: the rejected side is false for the scene
             assert all(check_answer(p["rejected"], scenes[p["image"]]).hallucinated or
                        check_answer(p["rejected"], scenes[p["image"]], p["chosen"]).hallucinated for p in made), kind
     assert all(not check_answer(p["chosen"], scenes[p["image"]]).hallucinated for p in pairs["correction"])
     assert all(p["chosen_score"] > p["rejected_score"] for p in pairs["ranking"])
+    assert all(p["chosen_score"] > p["rejected_score"] and we.REFERENCE not in (
+        p["provenance"]["chosen_model"], p["provenance"]["rejected_model"]) for p in pairs["oracle"])
+    by_id = {r["id"]: r for r in rows["novel"]}
+    for p in pairs["oracle"]:   # the best against the worst of the model's completions
+        row = by_id[p["id"].removesuffix("_oracle")]
+        scores = [c["score"] for c in row["completions"] if c["model"] != we.REFERENCE]
+        assert (p["chosen_score"], p["rejected_score"]) == (max(scores), min(scores))
 
 
 def test_world_ranking_rows_convert_with_the_vlfeedback_converter(editions, tmp_path):

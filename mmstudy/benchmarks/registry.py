@@ -18,6 +18,7 @@ from mmstudy.benchmarks.llava_bench import LLAVA_BENCH_VERSION
 from mmstudy.benchmarks.mmhal import MMHAL_VERSION
 from mmstudy.benchmarks.objhal import OBJHAL_VERSION
 from mmstudy.benchmarks.pope import POPE_VERSION
+from mmstudy.headroom import HEADROOM_VERSION
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class BenchmarkSpec:
     scorer: str                    # the pure scoring function, module:function
     headline: tuple[str, ...]      # metric keys printed in the summary table, with their intervals
     short_answer_tokens: int = 16  # budget of the benchmark's yes/no questions (AMBER), which stop at a period
+    needs: tuple[str, ...] = ()    # benchmarks whose samples this one reads; `evaluate` runs them first
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -79,5 +81,11 @@ _SPECS = (
                   "mmstudy.evaluate:run_masked",
                   ("masked/well_formed_sentence_share", "masked/context_consistent_mention_share",
                    "masked/chair_i")),
+    BenchmarkSpec("headroom", HEADROOM_VERSION, "linear probes of class presence on the image-token features: "
+                  "the share of the model's POPE and CHAIR errors whose truth its own features hold",
+                  "no generation: the POPE and CHAIR answers of the same evaluation", 1, None, False,
+                  ("scenes.jsonl", "images/train_*.png"), "mmstudy.headroom:recoverable_scores",
+                  ("headroom/probe_pope_accuracy", "headroom/recoverable_pope", "headroom/recoverable_chair"),
+                  needs=("pope", "chair")),
 )
 REGISTRY: dict[str, BenchmarkSpec] = {spec.name: spec for spec in _SPECS}
