@@ -1,7 +1,8 @@
 """Staged base training of the tiny world LLaVA, following LLaVA's recipe at toy scale.
 
-A from-scratch LLaVA trained end to end does not look at its image (../shared/NOTES.md §8), and one trained only
-on image-conditioned text has no language prior to fall back on when its image is masked (§4). So, like LLaVA:
+A from-scratch LLaVA trained end to end does not look at its image, and one trained only on image-conditioned text
+has no language prior to fall back on when its image is masked (docs/world.md, "The base model and its recipe").
+So, like LLaVA:
 
 1. `language`: pretrain the LM on the world's text alone (the Vicuna analog; this is where the co-occurrence prior
    lives);

@@ -1,4 +1,4 @@
-"""BDHS: Bias-Driven Hallucination Sampling (Amirloo et al. 2024, §3.3-3.4, Algorithm 1; PAPER.md §4).
+"""BDHS: Bias-Driven Hallucination Sampling (Amirloo et al. 2024, §3.3-3.4, Algorithm 1; docs/bdhs.md).
 
 The rejected response of a preference pair comes from the model itself. Hiding almost all image tokens from the
 language model's attention lets its prior speak (attention masking, Eq. 6: keep image token i iff u_i >= rho_th),
@@ -16,7 +16,7 @@ Variants (`BDHSConfig.variant`):
     povid     the POVID-style baseline: teacher forcing on y+ with a noised image, each token the argmax of the
               noisy-image logits (one pass, no loop)
 
-Choices the paper leaves open, made here (PAPER.md §4.3-4.4): cut positions are uniform over word boundaries
+Choices the paper leaves open, made here (docs/bdhs.md): cut positions are uniform over word boundaries
 0..n-1 of an n-word sentence (the prefix may be empty; the last word is always regenerated); the Yes/No swap
 (probability 0.5, the paper's regex with a word boundary added, so that "Nothing ..." or "Nobody ..." are not
 turned into "Yesthing ...") happens before the cut and only the sentence being completed is swapped (its
@@ -220,7 +220,7 @@ def _join(prefix: str, continuation: str) -> str:
 
 # ---------------------------------------------------------------- image corruption
 
-# The POVID / VCD noise schedule (PAPER.md §4.8): beta_k = sigmoid(linspace(-6, 6, 1000)) scaled to [1e-5, 5e-3].
+# The POVID / VCD noise schedule (docs/bdhs.md): beta_k = sigmoid(linspace(-6, 6, 1000)) scaled to [1e-5, 5e-3].
 NOISE_BETAS = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (0.5e-2 - 1e-5) + 1e-5
 _ALPHA_BAR = torch.cumprod(1 - NOISE_BETAS, dim=0)
 
@@ -506,7 +506,7 @@ def _one_iteration(model, processor, pending: list[Example], iteration: int, cfg
 def povid_rejected(model, processor, examples: Sequence[Example], cfg: BDHSConfig, images: ImageLoader,
                    batch_size: int = 32) -> list[str]:
     """POVID-style distortion: teacher forcing on y+ with a noised image; token t of y- is the argmax of the
-    noisy-image logits given the prompt and y+_{<t} (PAPER.md §4.8). One forward pass per batch, no sampling."""
+    noisy-image logits given the prompt and y+_{<t} (docs/bdhs.md). One forward pass per batch, no sampling."""
     out = []
     tok = processor.tokenizer
     for start in range(0, len(examples), batch_size):

@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="run hallucination benchmarks on a LLaVA model")
     p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint directory")
     p.add_argument("--data", "--world", dest="data", required=True, type=Path,
-                   help="data directory: a world, or real releases in the same layout (see README)")
+                   help="data directory: a world, or real releases in the same layout (see docs/benchmarks.md)")
     p.add_argument("--benchmarks", default="pope,chair",
                    help="comma list of: pope, chair, objhal, amber, mmhal, mmhal_v, llava_w, masked")
     p.add_argument("--judge", default=None,
@@ -698,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="a released preference dataset (or LLaVA-Instruct) -> mmstudy's schema")
     p.add_argument("dataset", choices=["llava_instruct", "povid", "rlhf_v", "vlfeedback", "rlaif_v", "ha_dpo", "trl"])
-    p.add_argument("--input", required=True, type=Path, help="the released file (README: Preference datasets)")
+    p.add_argument("--input", required=True, type=Path, help="the released file (docs/preference-data.md)")
     p.add_argument("--image-root", required=True, type=Path,
                    help="folder the records' images are relative to; embedded images are written here")
     p.add_argument("--out", required=True, type=Path,

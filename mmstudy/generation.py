@@ -1,6 +1,6 @@
 """Batched generation with LLaVA models, optionally with image tokens hidden from the LM (BDHS attention masking).
 
-BDHS (PAPER.md §4.2, Eq. 6; Amirloo et al. §3.4.1) limits the model's access to the image in latent space: each of
+BDHS (Amirloo et al. §3.4.1, Eq. 6; docs/bdhs.md) limits the model's access to the image in latent space: each of
 the k image tokens is kept iff u_i >= rho_th with u_i ~ U(0, 1), and the masked ones are hidden from the LM during
 generation. We hide them with NOTES §4 route 1: zeros in the 2D attention mask at the masked image positions (so
 no query in any LM layer attends to them), plus explicit `position_ids` computed from the padding-only mask, so

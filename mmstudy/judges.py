@@ -228,7 +228,7 @@ class LocalLlavaJudge:
 
 # The annotator instruction of Amirloo et al. (arXiv 2407.02477, Table 14; CC BY 4.0). The paper does not give the
 # layout of question and responses nor the parsing: ours puts them after the instruction and takes the first
-# "Response 1" / "Response 2" of the verdict (PAPER.md §2).
+# "Response 1" / "Response 2" of the verdict (Amirloo et al. §2; docs/benchmarks.md).
 PAIRWISE_INSTRUCTION = (
     "The most important part of this task is to choose a response that contains less hallucination. Everything in "
     "the answer should be based on the contents of the image. You are given an image, a question, and two responses. "

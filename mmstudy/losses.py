@@ -1,4 +1,4 @@
-"""Preference objectives as pure functions of per-sequence log-probabilities (Amirloo et al. §1-3; PAPER.md §1-3).
+"""Preference objectives as pure functions of per-sequence log-probabilities (Amirloo et al. §1-3; docs/alignment.md).
 
 Every objective takes the summed log-probabilities of the chosen and rejected responses under the policy and the
 reference, each a (B,) tensor, and returns (loss (B,), chosen rewards (B,), rejected rewards (B,)), the rewards

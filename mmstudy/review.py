@@ -50,7 +50,7 @@ ATTRIBUTE_WORDS = frozenset(
     "near between corner background foreground upper lower side".split())
 _WORD = re.compile(r"\w+(?:'\w+)*")
 
-# The descriptive columns of the paper's Table 1 (PAPER.md §5.1) per `source` value; size is counted from the data.
+# The descriptive columns of the paper's Table 1 (Amirloo et al. §5.1; docs/preference-data.md) per `source` value; size is counted from the data.
 TABLE1_COLUMNS = ("type", "name", "size", "prompt", "image", "chosen", "rejected", "annotator", "signal")
 DESCRIPTIVE = tuple(c for c in TABLE1_COLUMNS if c != "size")
 SOURCES = {
@@ -523,7 +523,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -
 
 
 def table1_markdown(result: dict) -> str:
-    """The generated Table 1 as markdown, the paper's column order (PAPER.md §5.1)."""
+    """The generated Table 1 as markdown, the paper's column order (Amirloo et al. §5.1; docs/preference-data.md)."""
     columns = ("dataset", "source") + TABLE1_COLUMNS
     return "# Table 1: preference datasets\n\n" + markdown_table(result["table1"], columns)
 

@@ -1,4 +1,4 @@
-"""The reward model of the RL baseline (Amirloo et al. §5.5, Eq. 1, Tables 7-8; PAPER.md §1.2, §7): a LLaVA backbone
+"""The reward model of the RL baseline (Amirloo et al. §5.5, Eq. 1, Tables 7-8; docs/alignment.md): a LLaVA backbone
 with a scalar head, trained with the Bradley-Terry loss on preference pairs, and its pairwise accuracy on held-out
 pairs per dataset (the paper's Table 7).
 

@@ -1,5 +1,5 @@
-"""RLOO, REINFORCE Leave-One-Out (Ahmadian et al. 2024): the RL baseline of Amirloo et al. §5.5 (Table 8; PAPER.md
-§1.2 Eq. 2, §7), on-policy samples from a LoRA-adapted LLaVA scored by a Bradley-Terry reward model
+"""RLOO, REINFORCE Leave-One-Out (Ahmadian et al. 2024): the RL baseline of Amirloo et al. §5.5 (Table 8, Eq. 2;
+docs/alignment.md), on-policy samples from a LoRA-adapted LLaVA scored by a Bradley-Terry reward model
 (`mmstudy.reward`). The prompts and images are those of the offline dataset in use (a preference or an sft file),
 as the paper takes POVID's.
 

@@ -13,7 +13,7 @@ one or two of these edits, each checked to be false for the scene:
     yes/no    an existence answer flipped ("Yes, there is a cup ..." <-> "No, there is no cup ...")
 
 Mined with a model (`mine_with`), only the pairs whose prompt that model answers wrongly are kept: the edition on
-which DPO improves POPE and CHAIR here (README, "Offline alignment").
+which DPO improves POPE and CHAIR here (docs/alignment.md).
 
     >>> pairs = povid_like_pairs("world", n=2000, seed=0)
     >>> mined = povid_like_pairs("world", seed=0, fresh=8000, partner_share=0.5, mine_with=(model, processor))

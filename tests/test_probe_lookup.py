@@ -6,7 +6,7 @@ A fresh LM of the default size learns "Is there an X in the image?" over a 36-wo
 (`symbolic_scene`, laid out like the 36 image tokens), in LLaVA's order (scene, then question) and with the
 question first. Both learn it within 1,200 steps of batch 32 (measured: 0.78 scene first); question first learns
 faster (0.74 vs 0.62 after 600 steps, measured with an earlier draft of this probe that drew its held-out set
-differently). This is why the language stage is long and existence-heavy (README, "The base model").
+differently). This is why the language stage is long and existence-heavy (docs/world.md, "The base model").
 """
 
 import numpy as np

@@ -9,7 +9,7 @@ release stores it (`{"annotations": [...], "model": [...], "response": [...]}`) 
 Considerations") to `{"Rating": "1".."5", "Rationale": ...}`.
 
 The pairing rule (the paper does not give its own; Silkie, VLFeedback's authors, used every pair with different
-mean ratings; this is [ours], PAPER.md §5.2):
+mean ratings; this is [ours], docs/preference-data.md):
   1. A completion's score is the mean of its aspect ratings. A completion with a missing or non-numeric rating
      (e.g. "N/A"), or an empty response, takes no part (counted as `completions_unrated` / `completions_empty`).
   2. Fewer than two scored completions: no pair (`skipped_fewer_than_two_rated`). All scores equal: no pair
