@@ -50,7 +50,8 @@ ATTRIBUTE_WORDS = frozenset(
     "near between corner background foreground upper lower side".split())
 _WORD = re.compile(r"\w+(?:'\w+)*")
 
-# The descriptive columns of the paper's Table 1 (Amirloo et al. §5.1; docs/preference-data.md) per `source` value; size is counted from the data.
+# The descriptive columns of the paper's Table 1 (Amirloo et al. §5.1; docs/preference-data.md) per `source`
+# value; size is counted from the data.
 TABLE1_COLUMNS = ("type", "name", "size", "prompt", "image", "chosen", "rejected", "annotator", "signal")
 DESCRIPTIVE = tuple(c for c in TABLE1_COLUMNS if c != "size")
 SOURCES = {

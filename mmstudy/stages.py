@@ -146,7 +146,8 @@ def link_external(run_dir: str | Path, model_path: str | Path, data_dir: str | P
     model_path, data_dir = Path(model_path).resolve(), Path(data_dir).resolve()
     _read_model_type(model_path)                     # a DataError naming the path unless it is a LLaVA checkpoint
     if not data_dir.is_dir():
-        raise io.DataError(f"{data_dir}: data_dir not found (benchmark data laid out as a world; see docs/benchmarks.md)")
+        raise io.DataError(f"{data_dir}: data_dir not found (benchmark data laid out as a world; see "
+                           "docs/benchmarks.md)")
     run_dir.mkdir(parents=True, exist_ok=True)
     for link, target in ((run_dir / "model", model_path), (run_dir / "world", data_dir)):
         if link.is_symlink() or link.exists():
