@@ -237,13 +237,20 @@ class PairScorer(torch.nn.Module):
 
     def forward(self, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
                 image_sizes=None) -> torch.Tensor:
-        last, hidden = shared_prefix_hidden(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
-                                            pixel_values, n_responses, image_sizes)
-        # token 0 of a response is predicted by the prompt's last position, token t by response position t - 1
-        h = torch.cat([last[:, None].repeat(n_responses, 1, 1), hidden[:, :-1]], dim=1)
-        logp = torch.log_softmax(unwrap_llava(self.model).lm_head(h).float() / self.temperature, dim=-1)
+        logp = response_log_probs(self.model, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values,
+                                  n_responses, image_sizes, self.temperature)
         token = logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
         return (token * response_mask).sum(-1)
+
+
+def response_log_probs(model, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
+                       image_sizes=None, temperature: float = 1.0) -> torch.Tensor:
+    """Next-token log-probs (nB, L, V) at every position of the response rows of a `collate` batch: token 0 of a
+    response is predicted by the prompt's last position, token t by response position t - 1."""
+    last, hidden = shared_prefix_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values,
+                                        n_responses, image_sizes)
+    h = torch.cat([last[:, None].repeat(n_responses, 1, 1), hidden[:, :-1]], dim=1)
+    return torch.log_softmax(unwrap_llava(model).lm_head(h).float() / temperature, dim=-1)
 
 
 def prepare_model(model, cfg: DPOTrainConfig):

@@ -334,14 +334,13 @@ def evaluate(model, processor, data_dir: str | Path, benchmarks: Sequence[str] =
         if REGISTRY[name].judged or (name == "objhal" and objhal_extractor == "judge"):
             ctx.require_judge(name)
     model.eval()
-    metrics, samples = {}, []
+    metrics = {}
     for name in benchmarks:
         m, s = RUNNERS[name](model, processor, ctx)
         metrics.update(m)
         metrics[f"{name}/version"] = REGISTRY[name].version
-        samples.extend(s)
         ctx.samples.extend(s)
-    return metrics, samples
+    return metrics, ctx.samples
 
 
 def with_requirements(benchmarks: Sequence[str]) -> list[str]:

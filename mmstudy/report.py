@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mmstudy import io
+from mmstudy.benchmarks.pope import SPLITS as POPE_SPLITS
 from mmstudy.benchmarks.stats import seed_interval
 
 logger = logging.getLogger(__name__)
@@ -268,7 +269,6 @@ def _mean(summary: pd.DataFrame, model: str, column: str) -> float | None:
 
 # ---------------------------------------------------------------------------------- paired per-item comparisons
 
-POPE_SPLITS = ("random", "popular", "adversarial")
 
 
 def _by_split(sample: dict, num: float, den: float) -> list[float]:

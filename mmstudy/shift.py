@@ -47,7 +47,7 @@ def kl_per_token(policy, base, processor, records: Sequence[dict], image_root: s
     """Mean KL(policy || base) per answer token (EOS included) over `records` ({"id", "image", "prompt",
     "answer"}), the answer teacher-forced after the chat prompt and image; both models are LLaVAs sharing
     `processor`."""
-    from mmstudy.dpo import collate, encode_pairs, shared_prefix_hidden, text_max_length, unwrap_llava
+    from mmstudy.dpo import collate, encode_pairs, response_log_probs, text_max_length
 
     pairs = [{"id": r["id"], "image": r["image"], "prompt": r["prompt"], "chosen": r["answer"],
               "rejected": r["answer"]} for r in records if r["answer"].strip()]
@@ -58,13 +58,9 @@ def kl_per_token(policy, base, processor, records: Sequence[dict], image_root: s
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
         batch = collate(encoded[start:start + batch_size], pad, device=policy.device)
-        logp = []
-        for model in (policy, base):
-            last, hidden = shared_prefix_hidden(model, batch["prompt_ids"], batch["prompt_mask"],
-                                                batch["response_ids"], batch["response_mask"], batch["pixel_values"],
-                                                1, batch.get("image_sizes"))
-            h = torch.cat([last[:, None], hidden[:, :-1]], dim=1)
-            logp.append(torch.log_softmax(unwrap_llava(model).lm_head(h).float(), dim=-1))
+        logp = [response_log_probs(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
+                                   batch["response_mask"], batch["pixel_values"], 1, batch.get("image_sizes"))
+                for model in (policy, base)]
         kl = (logp[0].exp() * (logp[0] - logp[1])).sum(-1)
         mask = batch["response_mask"].float()
         total += float((kl * mask).sum())
