@@ -420,6 +420,44 @@ def _run(args) -> None:
     logger.info("ran %d stage executions into %s", len(results), args.runs / (args.run_id or args.profile))
 
 
+def _float_list(text: str, flag: str, kind=float) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers") from None
+
+
+def _recipe_grid(args) -> None:
+    from mmstudy.plots import recipe_figure
+    from mmstudy.preferences import load_preferences
+    import pandas as pd
+
+    from mmstudy.recipe import RecipeGrid, choose_recipe, grid_report, point_name, run_grid
+    from mmstudy.runs import build_manifest
+
+    grid = RecipeGrid(lr=_float_list(args.lr, "--lr"), epochs=_float_list(args.epochs, "--epochs", int),
+                      beta=_float_list(args.beta, "--beta"), max_pairs=_float_list(args.pairs, "--pairs", int),
+                      selection_images=args.selection_images, tolerance=args.tolerance)
+    pairs = load_preferences(args.prefs, image_root=args.base_run / "world" / "images")
+    rows, base = run_grid(args.base_run, pairs, grid, args.out, seed=args.seed, device=args.device,
+                          progress=not args.quiet)
+    chosen = choose_recipe(rows, base, grid.tolerance)
+    report = grid_report(rows, base, grid, chosen)
+    report["manifest"] = build_manifest(args.seed, " ".join(sys.argv), _params(args))
+    io.write_json(args.out / "grid.json", report)
+    table = pd.DataFrame([{"name": point_name(r), **r} for r in rows] + [{"name": "base", **base}])
+    io.write_text(args.out / "grid.csv", table.iloc[[-1, *range(len(rows))]].to_csv(index=False))
+    with io.atomic_path(args.out / "grid.png") as tmp:
+        recipe_figure(rows, base, chosen, grid.tolerance).savefig(tmp, dpi=120, format="png")
+    if chosen is None:
+        logger.warning("no grid point keeps recall and POPE F1 within %.3f of the base: nothing chosen "
+                       "(see %s)", grid.tolerance, args.out / "grid.csv")
+    else:
+        logger.info("chosen: %s (CHAIR_i %.4f vs base %.4f, recall %.4f vs %.4f)",
+                    {k: chosen[k] for k in ("lr", "epochs", "beta", "max_pairs")}, chosen["chair_i"],
+                    base["chair_i"], chosen["recall"], base["recall"])
+
+
 def _app(args) -> None:
     from mmstudy.app import build_demo, launch
 
@@ -755,6 +793,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
     p.add_argument("--run-id", default=None, help="run id (default: the profile's name)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("recipe-grid", help="choose the alignment recipe: DPO on the positive control's pairs over a "
+                       "grid, scored on a selection split of new scenes (docs/alignment.md)")
+    p.add_argument("--base-run", required=True, type=Path, help="a run directory with world/ and model/ "
+                   "(runs/<id>/01_world_base)")
+    p.add_argument("--prefs", required=True, type=Path, help="the oracle pairs (02_preference_data's oracle.jsonl)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--lr", default="5e-5,1e-4,2e-4")
+    p.add_argument("--epochs", default="2,4")
+    p.add_argument("--beta", default="0.1")
+    p.add_argument("--pairs", default="768,1024", help="the file's first N pairs; 0: all")
+    p.add_argument("--selection-images", type=int, default=500)
+    p.add_argument("--tolerance", type=float, default=0.01, help="recall and POPE F1 may fall this much")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_recipe_grid)
 
     p = sub.add_parser("app", help="the Gradio inspector: preference pairs, live generation with masking, run "
                        "comparison and benchmark samples, over a runs directory")

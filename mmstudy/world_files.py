@@ -13,6 +13,9 @@ Layout of a world directory (every file deterministic for a seed, byte for byte)
     caption_eval.jsonl            caption-evaluation prompts with ground-truth objects (val images)
     mmhal/, llava_bench/, amber/, objhal/   world editions of those benchmarks (`mmstudy.world_benchmarks`)
 
+A selection split (`write_selection_split`: new scenes, laid out like a world for POPE and CHAIR) is what
+recipes are chosen on (`mmstudy.recipe`), never the benchmark items.
+
     >>> summary = write_world("world", WorldSpec.for_profile("smoke"), seed=0)
 """
 
@@ -55,7 +58,8 @@ CONVERSATION_MIX = {"describe": 0.35, "exist": 0.35, "qa": 0.30}   # SFT records
 TEXT_ONLY_MIX = {"describe": 0.7, "exist": 0.1, "qa": 0.2}        # language-model corpus, plain
 SYMBOLIC_MIX = {"describe": 0.2, "exist": 0.6, "qa": 0.2}         # language-model corpus, symbolic scenes
 RECORDS_PER_IMAGE = 2
-COCO_ID_OFFSET = {"train": 0, "val": 5_000_000, "text": 9_000_000}
+COCO_ID_OFFSET = {"train": 0, "val": 5_000_000, "select": 7_000_000, "text": 9_000_000}
+SELECTION_SPLIT = "select"   # scenes for choosing recipes: no benchmark, training set or preference file uses them
 
 
 def synonyms_text() -> str:
@@ -178,15 +182,7 @@ def _write_world(root: Path, spec: WorldSpec, seed: int, progress: bool) -> dict
         io.write_json(root / "annotations" / f"instances_{split}.json", instances)
         io.write_json(root / "annotations" / f"captions_{split}.json", captions)
     io.write_json(root / "text_only.json", _text_conversations(text_scenes, seed, spec))
-    logger.info("building POPE splits from %d val images", spec.pope_images)
-    val = splits["val"]
-    pope = build_pope_questions({f"{s.image_id}.png": s.classes() for s in val}, img_num=spec.pope_images,
-                                sample_num=3, seed=seed)
-    for name in POPE_SPLITS:
-        io.write_jsonl(root / "pope" / f"world_pope_{name}.json", pope[name])
-    io.write_jsonl(root / "caption_eval.jsonl", [
-        {"image_id": s.image_id, "image": f"{s.image_id}.png", "prompt": CAPTION_EVAL_PROMPT,
-         "gt_objects": sorted(s.classes())} for s in val[:spec.caption_images]])
+    pope = _write_eval_files(root, splits["val"], seed, spec.pope_images, spec.caption_images)
     summary = {
         "version": WORLD_VERSION, "seed": seed, "spec": {k: v for k, v in vars(spec).items()},
         "classes": [c.name for c in CLASSES], "contexts": {c.name: [list(p) for p in c.pairs] for c in CONTEXTS},
@@ -199,6 +195,64 @@ def _write_world(root: Path, spec: WorldSpec, seed: int, progress: bool) -> dict
 
     summary["counts"].update(write_benchmark_editions(root, spec, seed))
     io.write_json(root / "world.json", summary)
+    return summary
+
+
+def _write_eval_files(root: Path, scenes: list[Scene], seed: int, pope_images: int, caption_images: int) -> dict:
+    """POPE's three splits over `pope_images` of `scenes` and the caption-evaluation prompts of the first
+    `caption_images`: what `mmstudy.evaluate`'s pope and chair read. Returns the POPE questions by split."""
+    logger.info("building POPE splits from %d %s images", pope_images, scenes[0].split)
+    pope = build_pope_questions({f"{s.image_id}.png": s.classes() for s in scenes}, img_num=pope_images,
+                                sample_num=3, seed=seed)
+    for name in POPE_SPLITS:
+        io.write_jsonl(root / "pope" / f"world_pope_{name}.json", pope[name])
+    io.write_jsonl(root / "caption_eval.jsonl", [
+        {"image_id": s.image_id, "image": f"{s.image_id}.png", "prompt": CAPTION_EVAL_PROMPT,
+         "gt_objects": sorted(s.classes())} for s in scenes[:caption_images]])
+    return pope
+
+
+def write_selection_split(world_dir: str | Path, out_dir: str | Path, n_images: int = 500,
+                          progress: bool = True) -> dict:
+    """A data directory laid out like a world for `evaluate`'s pope and chair, built from `n_images` new scenes
+    of the world's spec and seed (split "select"): what a recipe is chosen on, so that nothing is chosen on the
+    benchmark items the report scores. Built in a temp dir, renamed when complete; an existing `out_dir` made
+    from the same world and size is kept. Returns its world.json."""
+    world_dir, out_dir = Path(world_dir), Path(out_dir)
+    info = load_world_info(world_dir)
+    if (out_dir / "world.json").is_file():
+        found = io.read_json(out_dir / "world.json")
+        if found.get("selection") == {"world": info["seed"], "images": n_images} and found["spec"] == info["spec"]:
+            return found
+        raise FileExistsError(f"{out_dir} holds a selection split of another world or size; remove it first")
+    if n_images < 10:
+        raise ValueError(f"a selection split needs at least 10 images, got {n_images}")
+    spec, seed = WorldSpec(**info["spec"]), info["seed"]
+    scenes = [sample_scene(spec, seed, SELECTION_SPLIT, i) for i in range(n_images)]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        io.write_text(tmp / "synonyms.txt", synonyms_text())
+        io.write_jsonl(tmp / "scenes.jsonl", [s.to_record() for s in scenes])
+        _write_images(tmp, scenes, spec, seed, progress)
+        instances, captions = _coco_files(scenes, spec, seed)   # named _val: the files evaluate's chair reads
+        io.write_json(tmp / "annotations" / "instances_val.json", instances)
+        io.write_json(tmp / "annotations" / "captions_val.json", captions)
+        eligible = sum(len(set(s.classes())) >= 3 for s in scenes)   # POPE asks 3 present objects per image
+        if not eligible:
+            raise ValueError(f"none of the {n_images} selection images has 3 distinct objects for POPE: "
+                             "use more images")
+        pope = _write_eval_files(tmp, scenes, seed, min(spec.pope_images, eligible), n_images)
+        summary = {**info, "selection": {"world": seed, "images": n_images},
+                   "counts": {"select_images": n_images, "caption_eval": n_images,
+                              "pope_questions": {k: len(v) for k, v in pope.items()}}}
+        io.write_json(tmp / "world.json", summary)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return summary
 
 

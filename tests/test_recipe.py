@@ -1,0 +1,103 @@
+"""The recipe grid: its validation, the choice rule, the selection split, and one tiny grid end to end."""
+
+import json
+import shutil
+
+import pytest
+
+from mmstudy import io
+from mmstudy.recipe import RecipeGrid, choose_recipe, point_name, selection_row
+from mmstudy.world_files import SELECTION_SPLIT, load_scenes, write_selection_split
+
+BASE = {"chair_i": 0.20, "recall": 0.90, "pope_f1": 0.88}
+
+
+def _row(chair_i, recall=0.90, pope_f1=0.88, kl=0.01, lr=1e-4):
+    return {"lr": lr, "epochs": 2, "beta": 0.1, "max_pairs": 0, "chair_i": chair_i, "recall": recall,
+            "pope_f1": pope_f1, "kl_per_token": kl}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lr": ()}, "lr"), ({"epochs": (2, 2)}, "epochs"), ({"beta": (0.0,)}, "beta must be > 0"),
+    ({"max_pairs": (-1,)}, "max_pairs >= 0"), ({"tolerance": -0.1}, "tolerance"),
+    ({"fixed": {"lr": 1e-3}}, "must not set"),
+])
+def test_grid_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RecipeGrid(**kwargs)
+
+
+def test_grid_points_are_the_product_with_distinct_names():
+    points = RecipeGrid(lr=(1e-4, 2e-4), epochs=(1, 2, 3), beta=(0.1,), max_pairs=(0, 64)).points()
+    assert len(points) == 12
+    assert len({point_name(p) for p in points}) == 12
+    assert point_name({"lr": 5e-5, "epochs": 2, "beta": 0.1, "max_pairs": 768}) == "lr5e-05_e2_b0.1_n768"
+
+
+def test_choice_skips_points_that_lose_recall_or_pope():
+    rows = [_row(0.10, recall=0.85), _row(0.11, pope_f1=0.80), _row(0.15), _row(0.18)]
+    assert choose_recipe(rows, BASE, tolerance=0.01) is rows[2]
+    assert choose_recipe(rows, BASE, tolerance=0.10) is rows[0]   # a looser tolerance admits the first
+
+
+def test_choice_breaks_ties_by_smaller_kl_and_says_none_when_nothing_keeps_recall():
+    rows = [_row(0.150, kl=0.05), _row(0.1505, kl=0.02), _row(0.16, kl=0.001)]
+    assert choose_recipe(rows, BASE) is rows[1]
+    assert choose_recipe([_row(0.1, recall=0.5)], BASE) is None
+
+
+def test_selection_row_names_what_is_missing():
+    with pytest.raises(KeyError, match="pope/macro/f1"):
+        selection_row({"chair/chair_i": 0.1, "chair/recall": 0.9, "pope/adversarial/accuracy": 0.8})
+
+
+def test_selection_split_is_new_scenes_laid_out_for_pope_and_chair(smoke_world, tmp_path):
+    out = tmp_path / "selection"
+    summary = write_selection_split(smoke_world, out, n_images=30, progress=False)
+    scenes = load_scenes(out)
+    assert len(scenes) == 30 and {s.split for s in scenes} == {SELECTION_SPLIT}
+    used = {s.image_id for s in load_scenes(smoke_world)}
+    assert not used & {s.image_id for s in scenes}
+    assert all((out / "images" / f"{s.image_id}.png").is_file() for s in scenes)
+    captions = io.read_jsonl(out / "caption_eval.jsonl")
+    assert [c["image_id"] for c in captions] == [s.image_id for s in scenes]
+    pope = io.read_jsonl(out / "pope" / "world_pope_adversarial.json")
+    assert pope and {q["image"] for q in pope} <= {f"{s.image_id}.png" for s in scenes}
+    assert summary["counts"]["pope_questions"]["adversarial"] == len(pope)
+    # kept when asked again; refused for another size rather than overwritten
+    assert write_selection_split(smoke_world, out, n_images=30, progress=False) == summary
+    with pytest.raises(FileExistsError, match="another world or size"):
+        write_selection_split(smoke_world, out, n_images=40, progress=False)
+    with pytest.raises(ValueError, match="at least 10"):
+        write_selection_split(smoke_world, tmp_path / "tiny", n_images=3, progress=False)
+
+
+def test_recipe_grid_command_trains_scores_and_chooses(smoke_world, base_dir, tmp_path):
+    from mmstudy.cli import main
+    from mmstudy.world_prefs import povid_like_pairs
+
+    run = tmp_path / "base_run"
+    run.mkdir()
+    (run / "world").symlink_to(smoke_world)
+    shutil.copytree(base_dir, run / "model")
+    prefs = tmp_path / "pairs.jsonl"
+    io.write_jsonl(prefs, povid_like_pairs(smoke_world, n=8, seed=0))
+    out = tmp_path / "grid"
+    args = ["-q", "recipe-grid", "--base-run", str(run), "--prefs", str(prefs), "--out", str(out),
+            "--lr", "1e-4,2e-4", "--epochs", "1", "--pairs", "4", "--selection-images", "12", "--tolerance", "1"]
+    assert main(args) == 0
+    report = json.loads((out / "grid.json").read_text())
+    assert len(report["rows"]) == 2 and report["base"]["recall"] >= 0
+    for row in report["rows"]:
+        assert row["pairs"] == 4 and row["steps"] == 1 and row["kl_per_token"] >= 0
+        assert (out / point_name(row) / "eval" / "shift.json").is_file()
+    # tolerance 1 keeps every point, so the rule's choice is the lowest CHAIR_i
+    assert report["chosen"]["chair_i"] == min(r["chair_i"] for r in report["rows"])
+    assert (out / "grid.png").stat().st_size > 0
+    lines = (out / "grid.csv").read_text().splitlines()
+    assert lines[0].startswith("name,") and len(lines) == 4
+    # resumable: a second call trains nothing and reads the same rows back
+    mtime = (out / point_name(report["rows"][0]) / "train_summary.json").stat().st_mtime
+    assert main(args) == 0
+    assert json.loads((out / "grid.json").read_text())["rows"] == report["rows"]
+    assert (out / point_name(report["rows"][0]) / "train_summary.json").stat().st_mtime == mtime
