@@ -403,40 +403,35 @@ def _execute(args) -> None:
     logger.info("%s: %d metrics in %s", args.notebook.name, len(metrics), Path(args.run_dir) / "metrics.json")
 
 
-def _seed_list(text: str, flag: str) -> list[int]:
+def _number_list(text: str, flag: str, kind=int) -> list:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
+        raise ValueError(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
 
 
 def _run(args) -> None:
     from mmstudy.pipeline import run_pipeline
 
-    seeds = _seed_list(args.seeds, "--seeds")
-    ablation_seeds = _seed_list(args.ablation_seeds, "--ablation-seeds") if args.ablation_seeds else None
+    seeds = _number_list(args.seeds, "--seeds")
+    ablation_seeds = _number_list(args.ablation_seeds, "--ablation-seeds") if args.ablation_seeds else None
     results = run_pipeline(args.profile, seeds, args.runs, args.run_id, args.only, ablation_seeds,
                            progress=not args.quiet)
     logger.info("ran %d stage executions into %s", len(results), args.runs / (args.run_id or args.profile))
 
 
-def _float_list(text: str, flag: str, kind=float) -> tuple:
-    try:
-        return tuple(kind(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers") from None
-
-
 def _recipe_grid(args) -> None:
-    from mmstudy.plots import recipe_figure
-    from mmstudy.preferences import load_preferences
     import pandas as pd
 
+    from mmstudy.plots import recipe_figure
+    from mmstudy.preferences import load_preferences
     from mmstudy.recipe import RecipeGrid, choose_recipe, grid_report, point_name, run_grid
     from mmstudy.runs import build_manifest
 
-    grid = RecipeGrid(lr=_float_list(args.lr, "--lr"), epochs=_float_list(args.epochs, "--epochs", int),
-                      beta=_float_list(args.beta, "--beta"), max_pairs=_float_list(args.pairs, "--pairs", int),
+    grid = RecipeGrid(lr=tuple(_number_list(args.lr, "--lr", float)),
+                      epochs=tuple(_number_list(args.epochs, "--epochs")),
+                      beta=tuple(_number_list(args.beta, "--beta", float)),
+                      max_pairs=tuple(_number_list(args.pairs, "--pairs")),
                       selection_images=args.selection_images, tolerance=args.tolerance)
     pairs = load_preferences(args.prefs, image_root=args.base_run / "world" / "images")
     rows, base = run_grid(args.base_run, pairs, grid, args.out, seed=args.seed, device=args.device,

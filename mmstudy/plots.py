@@ -34,22 +34,26 @@ def bdhs_figure(stats: dict):
 
 
 def recipe_figure(rows: list[dict], base: dict, chosen: dict | None, tolerance: float):
-    """The recipe grid on the selection split: each point's change of CHAIR_i against its change of recall
-    (points), the tolerance on recall (dashed), and the chosen point (ringed)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in rows:
-        x, y = 100 * (r["recall"] - base["recall"]), 100 * (r["chair_i"] - base["chair_i"])
-        keeps = r["recall"] >= base["recall"] - tolerance and r["pope_f1"] >= base["pope_f1"] - tolerance
-        ax.scatter(x, y, color="tab:blue" if keeps else "tab:gray", zorder=3)
-        ax.annotate(f"lr {r['lr']:.0e} e{r['epochs']} b{r['beta']:g} n{r['max_pairs'] or 'all'}", (x, y),
-                    fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if r is chosen:
-            ax.scatter(x, y, s=180, facecolors="none", edgecolors="tab:red", zorder=4, label="chosen")
-    ax.axvline(-100 * tolerance, color="black", linestyle="--", linewidth=0.8, label="recall tolerance")
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.set(xlabel="recall - base (points)", ylabel="CHAIR_i - base (points)",
-           title="recipe grid on the selection split (grey: loses recall or POPE F1)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    """The recipe grid on the selection split: each point's change of CHAIR_i against its change of recall (left)
+    and of POPE F1 (right), the tolerance (dashed), the points the rule excludes in grey, the chosen one ringed.
+    Points are labelled lr/epochs/beta/pairs."""
+    from mmstudy.recipe import keeps
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, column, name in ((axes[0], "recall", "recall"), (axes[1], "pope_f1", "POPE F1 (macro)")):
+        for r in rows:
+            x, y = 100 * (r[column] - base[column]), 100 * (r["chair_i"] - base["chair_i"])
+            ax.scatter(x, y, color="tab:blue" if keeps(r, base, tolerance) else "tab:gray", zorder=3)
+            ax.annotate(f"{r['lr']:.0e}/{r['epochs']}/{r['beta']:g}/{r['max_pairs'] or 'all'}", (x, y), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+            if r is chosen:
+                ax.scatter(x, y, s=180, facecolors="none", edgecolors="tab:red", zorder=4, label="chosen")
+        ax.axvline(-100 * tolerance, color="black", linestyle="--", linewidth=0.8, label="tolerance")
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set(xlabel=f"{name} - base (points)")
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="CHAIR_i - base (points)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("recipe grid on the selection split (lr/epochs/beta/pairs; grey: loses recall or POPE F1)")
     fig.tight_layout()
     return fig

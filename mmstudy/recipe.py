@@ -16,6 +16,7 @@ The rule, fixed before any grid was run (`choose_recipe`): among the points that
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from dataclasses import asdict, dataclass, field
@@ -71,47 +72,64 @@ def point_name(point: dict) -> str:
     return f"lr{point['lr']:.0e}_e{point['epochs']}_b{point['beta']:g}_n{point['max_pairs']}"
 
 
-def selection_row(metrics: dict, shift: dict | None = None) -> dict:
+def selection_row(metrics: dict, shift: dict | None = None, where: str = "") -> dict:
     """The columns the rule reads (and the KL) from one evaluation's metrics on the selection split."""
     missing = [key for key in COLUMNS.values() if key not in metrics]
     if missing:
-        raise KeyError(f"selection metrics lack {missing}: evaluate with {SELECTION_BENCHMARKS}")
+        raise KeyError(f"{where or 'selection metrics'}: no {missing}; evaluate with {SELECTION_BENCHMARKS}")
     row = {col: float(metrics[key]) for col, key in COLUMNS.items()}
     if shift is not None:
         row |= {"kl_per_token": float(shift["kl_per_token"]), "changed_share": float(shift["changed_share"])}
     return row
 
 
+def keeps(row: dict, base: dict, tolerance: float) -> bool:
+    """Whether a grid point keeps recall and POPE F1 within `tolerance` of the base's (float slack 1e-9)."""
+    return all(row[col] >= base[col] - tolerance - 1e-9 for col in ("recall", "pope_f1"))
+
+
 def choose_recipe(rows: Sequence[dict], base: dict, tolerance: float = 0.01) -> dict | None:
     """The rule of this module's docstring over grid rows (each a point's settings and its `selection_row`):
     the chosen row, or None when no point keeps recall and POPE F1 within `tolerance` of `base`. Pure."""
-    keeps = [r for r in rows
-             if r["recall"] >= base["recall"] - tolerance and r["pope_f1"] >= base["pope_f1"] - tolerance]
-    if not keeps:
+    kept = [r for r in rows if keeps(r, base, tolerance)]
+    if not kept:
         return None
-    best = min(r["chair_i"] for r in keeps)
-    tied = [r for r in keeps if r["chair_i"] <= best + TIE]
+    best = min(r["chair_i"] for r in kept)
+    tied = [r for r in kept if r["chair_i"] <= best + TIE]
     return min(tied, key=lambda r: (r.get("kl_per_token", 0.0), r["chair_i"]))
+
+
+def _grid_key(pairs: Sequence[dict], grid: RecipeGrid, seed: int) -> dict:
+    """What every point of a grid directory shares; a directory made with another key is refused."""
+    digest = hashlib.sha256("\n".join(f"{p['id']}\t{p['chosen']}\t{p['rejected']}" for p in pairs).encode())
+    return {"pairs": len(pairs), "pairs_sha256": digest.hexdigest(), "fixed": dict(grid.fixed), "seed": seed,
+            "selection_images": grid.selection_images}
 
 
 def run_grid(base_run: str | Path, pairs: Sequence[dict], grid: RecipeGrid, out_dir: str | Path, seed: int = 0,
              device: str = "cpu", progress: bool = True) -> tuple[list[dict], dict]:
-    """Train and score every grid point (resumable: a point whose eval/ is complete is kept). `base_run`: a
-    directory with world/ and model/ (01_world_base's run). Returns (rows, the base's row)."""
+    """Train and score every grid point (resumable: a point whose eval/ is complete is kept; a directory holding
+    a grid of other pairs, seed, fixed settings or selection size is refused). `base_run`: a directory with
+    world/ and model/ (01_world_base's run). Returns (rows, the base's row)."""
     from mmstudy.dpo import DPOTrainConfig, train_dpo
-    from mmstudy.model import load_llava
-    from mmstudy.shift import shift_metrics
-    from mmstudy.stages import evaluate_into
+    from mmstudy.stages import evaluate_into, shift_into
     from mmstudy.world_files import write_selection_split
 
     base_run, out_dir = Path(base_run), Path(out_dir)
+    too_many = [p["max_pairs"] for p in grid.points() if p["max_pairs"] > len(pairs)]
+    if too_many:
+        raise ValueError(f"the grid asks for {max(too_many)} pairs, the file has {len(pairs)}")
+    key, key_path = _grid_key(pairs, grid, seed), out_dir / "grid_key.json"
+    if key_path.is_file() and io.read_json(key_path) != key:
+        raise FileExistsError(f"{out_dir} holds a grid of other pairs, seed, fixed settings or selection size "
+                              f"({key_path}); pick another --out")
+    io.write_json(key_path, key)
     world, base_model = base_run / "world", base_run / "model"
     selection = out_dir / "selection"
     write_selection_split(world, selection, grid.selection_images, progress=progress)
     base_eval = out_dir / "base" / "eval"
     base = selection_row(evaluate_into(base_model, selection, base_eval, SELECTION_BENCHMARKS, seed=seed,
-                                       device=device, progress=progress))
-    base_samples = io.read_jsonl(base_eval / "samples.jsonl")
+                                       device=device, progress=progress), where=str(base_eval))
     rows = []
     for i, point in enumerate(grid.points()):
         run = out_dir / point_name(point)
@@ -122,17 +140,10 @@ def run_grid(base_run: str | Path, pairs: Sequence[dict], grid: RecipeGrid, out_
             train_dpo(base_model, chosen, cfg, run, world / "images", device=device, progress=progress)
         metrics = evaluate_into(run / "model", selection, run / "eval", SELECTION_BENCHMARKS, seed=seed,
                                 device=device, progress=progress)
-        shift_path = run / "eval" / "shift.json"
-        if not shift_path.is_file():
-            policy, processor = load_llava(run / "model", device=device)
-            reference, _ = load_llava(base_model, device=device)
-            io.write_json(shift_path, shift_metrics(policy, reference, processor,
-                                                    io.read_jsonl(run / "eval" / "samples.jsonl"), base_samples,
-                                                    selection / "images"))
+        shift = shift_into(run / "eval", base_run, device, base_eval=base_eval, image_root=selection / "images")
         summary = io.read_json(run / "train_summary.json")
         rows.append({**point, "pairs": summary["pairs"], "steps": summary["steps"],
-                     "train_seconds": summary["seconds"],
-                     **selection_row(metrics, io.read_json(shift_path))})
+                     "train_seconds": summary["seconds"], **selection_row(metrics, shift, where=str(run / "eval"))})
     return rows, base
 
 

@@ -283,15 +283,17 @@ def align(run_dir: str | Path, base_run: str | Path, prefs: str | Path, seed: in
     return {**train, **online_stats, **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 
-def shift_into(eval_dir: str | Path, base_run: str | Path, device: str = "cpu") -> dict:
+def shift_into(eval_dir: str | Path, base_run: str | Path, device: str = "cpu", base_eval: str | Path | None = None,
+               image_root: str | Path | None = None) -> dict:
     """How far the model evaluated in `eval_dir` (its model/ beside it) moved from the base model of `base_run`
     (`mmstudy.shift`: KL per token on the caption prompts, share of changed answers), into eval_dir/shift.json
-    (kept when there). {} with a warning when the base run has no evaluation samples to compare with."""
+    (kept when there). The base's answers on the same items are in `base_eval` (default base_run/eval), their
+    images in `image_root` (default base_run/world/images). {} with a warning when there are no base samples."""
     from mmstudy.model import load_llava
     from mmstudy.shift import shift_metrics
 
     eval_dir, base_run = Path(eval_dir), Path(base_run)
-    out, base_samples = eval_dir / "shift.json", base_run / "eval" / "samples.jsonl"
+    out, base_samples = eval_dir / "shift.json", Path(base_eval or base_run / "eval") / "samples.jsonl"
     if out.is_file():
         return io.read_json(out)
     if not base_samples.is_file():
@@ -300,7 +302,7 @@ def shift_into(eval_dir: str | Path, base_run: str | Path, device: str = "cpu") 
     policy, processor = load_llava(eval_dir.parent / "model", device=device)
     base, _ = load_llava(base_run / "model", device=device)
     found = shift_metrics(policy, base, processor, io.read_jsonl(eval_dir / "samples.jsonl"),
-                          io.read_jsonl(base_samples), base_run / "world" / "images")
+                          io.read_jsonl(base_samples), image_root or base_run / "world" / "images")
     io.write_json(out, found)
     return found
 

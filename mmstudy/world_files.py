@@ -220,11 +220,17 @@ def write_selection_split(world_dir: str | Path, out_dir: str | Path, n_images: 
     from the same world and size is kept. Returns its world.json."""
     world_dir, out_dir = Path(world_dir), Path(out_dir)
     info = load_world_info(world_dir)
+    wanted = {"version": info["version"], "seed": info["seed"], "spec": info["spec"], "images": n_images}
     if (out_dir / "world.json").is_file():
         found = io.read_json(out_dir / "world.json")
-        if found.get("selection") == {"world": info["seed"], "images": n_images} and found["spec"] == info["spec"]:
+        held = {k: found.get(k) for k in ("version", "seed", "spec")} | {
+            "images": (found.get("selection") or {}).get("images")}
+        if held == wanted:
             return found
-        raise FileExistsError(f"{out_dir} holds a selection split of another world or size; remove it first")
+        differ = "; ".join(f"{k}: {held[k]!r} there, {wanted[k]!r} asked" for k in wanted if held[k] != wanted[k])
+        raise FileExistsError(f"{out_dir} holds a selection split of another world or size ({differ}); remove it")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists, is not empty and holds no selection split: pick another path")
     if n_images < 10:
         raise ValueError(f"a selection split needs at least 10 images, got {n_images}")
     spec, seed = WorldSpec(**info["spec"]), info["seed"]
@@ -243,7 +249,7 @@ def write_selection_split(world_dir: str | Path, out_dir: str | Path, n_images: 
             raise ValueError(f"none of the {n_images} selection images has 3 distinct objects for POPE: "
                              "use more images")
         pope = _write_eval_files(tmp, scenes, seed, min(spec.pope_images, eligible), n_images)
-        summary = {**info, "selection": {"world": seed, "images": n_images},
+        summary = {**info, "selection": {"images": n_images},
                    "counts": {"select_images": n_images, "caption_eval": n_images,
                               "pope_questions": {k: len(v) for k, v in pope.items()}}}
         io.write_json(tmp / "world.json", summary)
