@@ -155,10 +155,16 @@ def write_world(out_dir: str | Path, spec: WorldSpec, seed: int, overwrite: bool
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    return _built_then_renamed(out_dir, lambda tmp: _write_world(tmp, spec, seed, progress))
+
+
+def _built_then_renamed(out_dir: Path, build) -> dict:
+    """`build(tmp)` into a temp dir beside `out_dir`, which replaces `out_dir` only when complete (removed on
+    failure). Returns what `build` returns."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        summary = _write_world(tmp, spec, seed, progress)
+        summary = build(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -235,31 +241,25 @@ def write_selection_split(world_dir: str | Path, out_dir: str | Path, n_images: 
         raise ValueError(f"a selection split needs at least 10 images, got {n_images}")
     spec, seed = WorldSpec(**info["spec"]), info["seed"]
     scenes = [sample_scene(spec, seed, SELECTION_SPLIT, i) for i in range(n_images)]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    eligible = sum(len(set(s.classes())) >= 3 for s in scenes)   # POPE asks 3 present objects per image
+    if not eligible:
+        raise ValueError(f"none of the {n_images} selection images has 3 distinct objects for POPE: use more images")
+
+    def build(tmp: Path) -> dict:
         io.write_text(tmp / "synonyms.txt", synonyms_text())
         io.write_jsonl(tmp / "scenes.jsonl", [s.to_record() for s in scenes])
         _write_images(tmp, scenes, spec, seed, progress)
         instances, captions = _coco_files(scenes, spec, seed)   # named _val: the files evaluate's chair reads
         io.write_json(tmp / "annotations" / "instances_val.json", instances)
         io.write_json(tmp / "annotations" / "captions_val.json", captions)
-        eligible = sum(len(set(s.classes())) >= 3 for s in scenes)   # POPE asks 3 present objects per image
-        if not eligible:
-            raise ValueError(f"none of the {n_images} selection images has 3 distinct objects for POPE: "
-                             "use more images")
         pope = _write_eval_files(tmp, scenes, seed, min(spec.pope_images, eligible), n_images)
         summary = {**info, "selection": {"images": n_images},
                    "counts": {"select_images": n_images, "caption_eval": n_images,
                               "pope_questions": {k: len(v) for k, v in pope.items()}}}
         io.write_json(tmp / "world.json", summary)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+        return summary
+
+    return _built_then_renamed(out_dir, build)
 
 
 # --- reading ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ existence, attribute state / number / action, and relation) are scored as a bina
 "No". This module holds the loaders, the noun extraction, the matching, the metrics and the bootstrap intervals,
 all pure functions apart from the loaders and `score_amber_files`.
 
-Protocol followed (reference `inference.py`, see BENCHMARKS.md):
+Protocol followed (reference `inference.py`, see docs/benchmarks.md):
     * nouns: the reference tokenizes the raw response (no lower-casing), keeps NLTK-POS-tagged NN* tokens,
       WordNet-lemmatizes them and keeps those in the association vocabulary (every key and value of
       relation.json). A noun in safe_words.txt is never a hallucination (it still counts in the CHAIR

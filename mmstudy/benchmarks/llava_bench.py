@@ -8,7 +8,7 @@ category and overall. This module reads the released files, renders the judge pr
 reply and scores; it never calls a judge itself (`score_llava_bench` takes the replies, or an `ask` callable).
 
 Protocol followed (LLaVA `llava/eval/eval_gpt_review_bench.py`, `llava/eval/summarize_gpt_review.py`,
-`llava/eval/table/rule.json`; see BENCHMARKS.md):
+`llava/eval/table/rule.json`; see docs/benchmarks.md):
     * files: `questions.jsonl` (question_id, image, text, category), `context.jsonl` (id, image, caption),
       `answers_gpt4.jsonl` and model answers (question_id, prompt, text, answer_id, model_id, metadata, as
       `llava/eval/model_vqa.py` writes them), `rule.json` ({"llava_bench_<category>": {"role", "prompt"}});

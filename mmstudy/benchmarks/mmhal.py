@@ -10,7 +10,7 @@ answer to evaluate) and picks a rating:
     4 somewhat informative, no hallucination                               0 not informative, with hallucination
     3 not informative, no hallucination
 
-Protocol followed (LLaVA-RLHF `Eval/eval_gpt4.py`, see BENCHMARKS.md):
+Protocol followed (LLaVA-RLHF `Eval/eval_gpt4.py`, see docs/benchmarks.md):
     * prompt: `JUDGE_TEMPLATE`, the reference text with its five examples, image contents joined by ", ";
       MMHal judges read text only (GPT-4 in the reference); MMHal-V sends the same prompt with the image attached
       (the paper used GPT-4o), which lets the judge catch what the `image_content` labels omit;

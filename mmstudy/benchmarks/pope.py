@@ -5,7 +5,7 @@ differ only in how the negative objects are drawn (random, popular, adversarial)
 classification with "yes" as the positive class. This module holds the construction procedure, the answer
 parsers and the metrics, all pure functions; callers read and write files (`mmstudy.io.write_jsonl`).
 
-Protocol followed (see BENCHMARKS.md):
+Protocol followed (see docs/benchmarks.md):
     * parsing: the reference / LLaVA `eval_pope.py` rule (`parse_yes_no`) by default; `parse_yes_no_strict` is
       the named fixed alternative, under which unparseable answers count as errors instead of "yes";
     * metrics: accuracy, precision, recall, F1 with positive class "yes", plus the *prediction* yes-ratio
