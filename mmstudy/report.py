@@ -349,12 +349,13 @@ class Claims:
             return pairs if a == "base" else [(x, y) for y, x in pairs]
         return [(da[s], db[s]) for s in sorted(set(da) & set(db))]
 
-    def paired(self, a: str, b: str, column: str) -> dict | None:
+    def paired(self, a: str, b: str, column: str, resample_seeds: bool = True) -> dict | None:
         """`column` of b minus a in the column's units (points for percentages), with its hierarchical-bootstrap
-        interval; None when either model did not run or they share no paired item."""
+        interval; None when either model did not run or they share no paired item. resample_seeds=False holds the
+        seeds' runs fixed and resamples the items only (`power_table`'s item share)."""
         from mmstudy.benchmarks.stats import hierarchical_paired_difference
 
-        key = (a, b, column)
+        key = (a, b, column, resample_seeds)
         if key not in self._paired:
             self._paired[key] = None
             if a in self.dirs and b in self.dirs:
@@ -365,7 +366,8 @@ class Claims:
                     if common:
                         xs.append(np.array([ra[k] for k in common]))
                         ys.append(np.array([rb[k] for k in common]))
-                d = hierarchical_paired_difference(xs, ys, ITEM_ROWS[column][2], n_boot=self.n_boot) if xs else None
+                d = hierarchical_paired_difference(xs, ys, ITEM_ROWS[column][2], n_boot=self.n_boot,
+                                                   resample_seeds=resample_seeds) if xs else None
                 if d is not None and np.isfinite(d["low"]):   # else undefined: e.g. CHAIR_i with no mention
                     scale = COLUMNS[column][1]
                     self._paired[key] = {**d, **{k: scale * d[k] for k in ("value", "low", "high", "se")}}
@@ -476,8 +478,14 @@ def control_status(runs: pd.DataFrame, claims: "Claims | None" = None) -> dict:
 def power_table(runs: pd.DataFrame, claims: "Claims | None" = None, seeds: int | None = None) -> pd.DataFrame:
     """Per column: the minimal detectable effect (80 % power, 95 % level) of a paired comparison with the base,
     from the bootstrap standard errors of the models run with `seeds` seeds (default: the most any model ran; the
-    median over them, and the largest), in the column's units. Columns: column, comparisons, n_seeds, n_items, se,
-    mde, mde_max."""
+    median over them, and the largest), in the column's units.
+
+    The standard error has two parts: the items (which questions and images the benchmark asks) and the seeds (the
+    trained models differ from seed to seed). `se_items` and `mde_items` hold the seeds' runs fixed and resample
+    the items only: the part a larger evaluation set reduces. The gap between `mde` and `mde_items` is the seeds'
+    part, which only more seeds, one data draw shared by the seeds or steadier training reduce (resampling seeds
+    also counts the items' noise once more: with 3 seeds that alone makes `mde` about 1.3 times `mde_items` in
+    expectation). Columns: column, comparisons, n_seeds, n_items, se, mde, mde_max, se_items, mde_items."""
     from mmstudy.benchmarks.stats import minimal_detectable_effect
 
     c = claims or Claims(runs)
@@ -485,15 +493,19 @@ def power_table(runs: pd.DataFrame, claims: "Claims | None" = None, seeds: int |
     models = [m for m, d in c.dirs.items() if m != "base" and len(d) == seeds]
     rows = []
     for column in COLUMNS:
-        found = [d for d in (c.paired("base", m, column) for m in models) if d is not None]
-        if not found:
+        pairs = [(d, c.paired("base", m, column, resample_seeds=False))
+                 for m in models if (d := c.paired("base", m, column)) is not None]
+        if not pairs:
             continue
-        se = np.array([d["se"] for d in found])
-        rows.append({"column": column, "comparisons": len(found), "n_seeds": seeds,
-                     "n_items": int(np.median([d["n_items"] for d in found])), "se": float(np.median(se)),
+        se = np.array([d["se"] for d, _ in pairs])
+        se_items = float(np.median([d["se"] for _, d in pairs]))
+        rows.append({"column": column, "comparisons": len(pairs), "n_seeds": seeds,
+                     "n_items": int(np.median([d["n_items"] for d, _ in pairs])), "se": float(np.median(se)),
                      "mde": minimal_detectable_effect(float(np.median(se))),
-                     "mde_max": minimal_detectable_effect(float(se.max()))})
-    return pd.DataFrame(rows, columns=["column", "comparisons", "n_seeds", "n_items", "se", "mde", "mde_max"])
+                     "mde_max": minimal_detectable_effect(float(se.max())), "se_items": se_items,
+                     "mde_items": minimal_detectable_effect(se_items)})
+    return pd.DataFrame(rows, columns=["column", "comparisons", "n_seeds", "n_items", "se", "mde", "mde_max",
+                                       "se_items", "mde_items"])
 
 
 def verdicts(runs: pd.DataFrame, claims: "Claims | None" = None) -> pd.DataFrame:

@@ -280,7 +280,7 @@ def test_smoke_chain_runs_and_resumes(tmp_path):
     assert metrics["09_report"]["models"] == 6 and metrics["09_report"]["coverage/Table 12"] == "2 of 4 rows"
     assert metrics["09_report"]["control"] in ("moves", "does not move", "not run")   # the smoke model: any
     power = (root / "09_report" / "power.csv").read_text().splitlines()
-    assert power[0] == "column,comparisons,n_seeds,n_items,se,mde,mde_max"
+    assert power[0] == "column,comparisons,n_seeds,n_items,se,mde,mde_max,se_items,mde_items"
     assert power[1].startswith("POPE F1,5,1,")    # 5 models against the base, with 1 seed
     assert {"eval/shift/kl_per_token", "eval/shift/changed_share", "eval/headroom/recoverable_pope"} <= set(
         metrics["05_offline/oracle/s0"])

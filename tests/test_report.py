@@ -163,6 +163,7 @@ def test_power_table_and_positive_control(runs_root):
     power = report.power_table(runs).set_index("column")
     assert set(power.index) == set(report.COLUMNS) - {"MMHal"}   # the samples hold no MMHal items
     assert (power["mde"] >= 0).all() and (power["mde_max"] >= power["mde"]).all()
+    assert (power["mde_items"] >= 0).all() and (power["mde_items"] <= 2 * power["mde"]).all()
     assert power.loc["POPE F1", "comparisons"] == 4 and power.loc["POPE F1", "n_items"] == 1800
     assert report.control_status(runs)["status"] == "not run"
     for seed in range(3):   # CHAIR_i 8 % -> 4 %, recall unchanged: the control moves the base

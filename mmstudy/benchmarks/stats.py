@@ -89,7 +89,8 @@ Z_975, Z_80 = 1.959964, 0.841621
 
 
 def hierarchical_paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], statistic: Statistic, *,
-                                   n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+                                   n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                                   resample_seeds: bool = True) -> dict:
     """statistic(pooled b) - statistic(pooled a) for runs paired by seed and by item, with a hierarchical bootstrap.
 
     a[s] and b[s] are (N_s, k) rows of the same items in the same order for seed s (the two models' runs with that
@@ -97,8 +98,9 @@ def hierarchical_paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarr
     then the items within each drawn seed (the same items for a and b), and recomputes the difference on the
     pooled rows. `statistic` maps summed rows (..., k) to a value, vectorized over the leading axes (e.g. a ratio
     of sums `s[..., 0] / s[..., 1]`), so a replicate is a weighted sum: every metric of the report is a function
-    of sums of per-item rows. Returns {"value", "low", "high", "se", "p_le_zero", "n_seeds", "n_items", ...};
-    se is the bootstrap standard deviation of the difference.
+    of sums of per-item rows. With resample_seeds=False every seed is drawn once and only the items are resampled:
+    the part of the uncertainty that more items can reduce. Returns {"value", "low", "high", "se", "p_le_zero",
+    "n_seeds", "n_items", ...}; se is the bootstrap standard deviation of the difference.
     """
     if len(a) != len(b) or not len(a):
         raise ValueError(f"need the same, non-zero number of seeds for both models, got {len(a)} and {len(b)}")
@@ -109,7 +111,8 @@ def hierarchical_paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarr
             raise ValueError(f"seed {s}: paired rows need equal (N, k) shapes with N > 0, got {xa.shape}, {xb.shape}")
     rng = np.random.default_rng(seed)
     n_seeds = len(a)
-    draws = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_boot)   # times each seed is drawn
+    draws = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_boot) if resample_seeds \
+        else np.ones((n_boot, n_seeds), dtype=int)                                # times each seed is drawn
     sums_a = np.zeros((n_boot, a[0].shape[1]))
     sums_b = np.zeros_like(sums_a)
     k = a[0].shape[1]
