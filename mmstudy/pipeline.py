@@ -59,6 +59,7 @@ STAGES = (
     Stage("09_report", per_seed=False, always=True, html=True),
 )
 _BY_NAME = {s.name: s for s in STAGES}
+_DATA_STAGES = ("02_preference_data", "03_bdhs")
 CORE_MODELS = {"base": ("01_world_base", None), "dpo_oracle": ("05_offline", "oracle"),
                "dpo_bdhs": ("05_offline", "bdhs"),
                "dpo_povid": ("05_offline", "povid"), "online_dpo": ("06_online", "online_dpo"),
@@ -89,10 +90,13 @@ def sweep_points(stage: str, profile: str, params_dir: Path = ROOT / "params") -
             for point, overrides in points.items()]
 
 
-def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Sequence[int], profile: str) -> dict:
-    """The params the driver sets: the upstream run directories and files a stage reads, and its variant."""
+def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Sequence[int], profile: str,
+          shared_data: bool = False) -> dict:
+    """The params the driver sets: the upstream run directories and files a stage reads, and its variant. With
+    `shared_data`, every seed trains on the first seed's preference data (02, 03)."""
     base = _run_dir(root, _BY_NAME["01_world_base"], seeds[0])
-    data = _run_dir(root, _BY_NAME["02_preference_data"], seed)
+    data_seed = seeds[0] if shared_data else seed
+    data = _run_dir(root, _BY_NAME["02_preference_data"], data_seed)
     wired: dict = {stage.variant_param: variant} if variant and stage.variant_param else {}
     if stage.name in ("02_preference_data", "03_bdhs", "05_offline", "06_online", "07_ablations"):
         wired["base_run"] = str(base)
@@ -107,14 +111,14 @@ def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Seque
         wired |= {"prefs": [str(first / f"{k}.jsonl") for k in kinds] + [str(bdhs)], "names": [*kinds, "bdhs"],
                   "tokenizer": str(base / "model")}
     if stage.name == "05_offline":
-        wired["prefs"] = str(_run_dir(root, _BY_NAME["03_bdhs"], seed) / "bdhs.jsonl") if variant == "bdhs" \
+        wired["prefs"] = str(_run_dir(root, _BY_NAME["03_bdhs"], data_seed) / "bdhs.jsonl") if variant == "bdhs" \
             else str(data / f"{variant}.jsonl")
     if stage.name == "06_online":
         wired["prefs"] = str(data / "povid.jsonl")
     if stage.name == "07_ablations":
         axis, point = variant.split("/")
         wired = {"axis": axis, "point": point, "base_run": str(base), "data_run": str(data),
-                 "bdhs_run": str(_run_dir(root, _BY_NAME["03_bdhs"], seed)),
+                 "bdhs_run": str(_run_dir(root, _BY_NAME["03_bdhs"], data_seed)),
                  "shared_dir": str(root / stage.name / "data" / f"s{seed}")}
     if stage.name == "08_evaluation":
         models = {m: (s, v) for m, (s, v) in CORE_MODELS.items() if _has_variant(_BY_NAME[s], v, profile)}
@@ -136,9 +140,12 @@ def _has_variant(stage: Stage, variant: str | None, profile: str) -> bool:
 
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str | None = None,
-         only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None) -> list[tuple[str, Path, dict, bool]]:
+         only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None,
+         shared_data: bool = False) -> list[tuple[str, Path, dict, bool]]:
     """(notebook, run directory, params, always) per execution, in order. The ablation sweep runs only when named
-    in `only`, with `ablation_seeds` (default: the first seed)."""
+    in `only`, with `ablation_seeds` (default: the first seed). `shared_data`: build the preference data (02, 03)
+    with the first seed only and train every seed on it, so that seeds differ in training alone (the default
+    draws new data per seed: claims then hold over draws of the data, at the cost of power)."""
     unknown = set(only) - {s.name for s in STAGES}
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; the stages are {[s.name for s in STAGES]}")
@@ -148,18 +155,22 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
     if missing:
         raise ValueError(f"ablation seeds {missing} are not among the seeds {list(seeds)}: the sweep reads their "
                          "02_preference_data and 03_bdhs runs")
+    if shared_data and list(ablation_seeds or seeds[:1]) != list(seeds[:1]):
+        raise ValueError(f"with shared data the ablation sweep runs with the first seed ({seeds[0]}) only: the "
+                         "data its points build is drawn per seed")
     root = Path(runs_dir) / (run_id or profile)
     jobs = []
     for stage in STAGES:
         if stage.name not in only and (only or stage.optional):
             continue
-        stage_seeds = (ablation_seeds or seeds[:1]) if stage.sweep else seeds if stage.per_seed else seeds[:1]
+        stage_seeds = (ablation_seeds or seeds[:1]) if stage.sweep else seeds[:1] if not stage.per_seed or (
+            shared_data and stage.name in _DATA_STAGES) else seeds
         points = sweep_points(stage.name, profile) if stage.sweep else [(v, {}) for v in stage.variants or (None,)
                                                                        if _has_variant(stage, v, profile)]
         for seed in stage_seeds:
             for variant, overrides in points:
                 params = {**stage_params(stage.name, profile), **overrides, "seed": seed,
-                          **_wire(stage, variant, root, seed, seeds, profile)}
+                          **_wire(stage, variant, root, seed, seeds, profile, shared_data)}
                 jobs.append((str(ROOT / "notebooks" / f"{stage.name}.ipynb"), _run_dir(root, stage, seed, variant),
                              params, stage.always))
     return jobs
@@ -167,15 +178,17 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
 
 def run_pipeline(profile: str, seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs",
                  run_id: str | None = None, only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, shared_data: bool = False) -> dict:
     """Execute the chain (or the stages in `only`); returns {run directory: metrics}, also merged into
     <runs>/<run id>/pipeline.json."""
     results = {}
-    for notebook, run_dir, params, always in plan(profile, seeds, runs_dir, run_id, only, ablation_seeds):
+    for notebook, run_dir, params, always in plan(profile, seeds, runs_dir, run_id, only, ablation_seeds,
+                                                   shared_data):
         logger.info("stage %s -> %s", Path(notebook).stem, run_dir)
         results[str(run_dir)] = execute(notebook, params, run_dir, force=always, again=always, progress=progress,
                                         html=_BY_NAME[Path(notebook).stem].html)
     summary = Path(runs_dir) / (run_id or profile) / "pipeline.json"
     earlier = io.read_json(summary)["stages"] if summary.is_file() else {}
-    io.write_json(summary, {"profile": profile, "seeds": list(seeds), "stages": {**earlier, **results}})
+    io.write_json(summary, {"profile": profile, "seeds": list(seeds), "shared_data": shared_data,
+                            "stages": {**earlier, **results}})
     return results

@@ -250,6 +250,19 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     assert ipo["shared_dir"] == str(tmp_path / "default" / "07_ablations" / "data" / "s1")
     rho = sweep[rel.index("07_ablations/rho_th/rho0.98/s1")][2]
     assert (rho["data"], rho["rho_th"], rho["loss"]) == ("bdhs", 0.98, "dpo")
+    shared = plan("smoke", [0, 1], tmp_path, shared_data=True)        # one data draw, trained on by every seed
+    shared_dirs = [str(d.relative_to(tmp_path / "smoke")) for _, d, _, _ in shared]
+    assert shared_dirs == [d for d in dirs if d not in ("02_preference_data/s1", "03_bdhs/s1")]
+    shared_params = {d: p for d, (_, _, p, _) in zip(shared_dirs, shared)}
+    first = tmp_path / "smoke" / "02_preference_data" / "s0"
+    assert shared_params["05_offline/oracle/s1"]["prefs"] == str(first / "oracle.jsonl")
+    assert shared_params["05_offline/oracle/s1"]["seed"] == 1
+    assert shared_params["05_offline/bdhs/s1"]["prefs"] == str(tmp_path / "smoke" / "03_bdhs" / "s0" / "bdhs.jsonl")
+    assert shared_params["06_online/mixed/s1"]["prefs"] == str(first / "povid.jsonl")
+    assert plan("default", [0, 1], tmp_path, only=["07_ablations"], shared_data=True)[0][2]["data_run"] == \
+        str(tmp_path / "default" / "02_preference_data" / "s0")
+    with pytest.raises(ValueError, match="first seed"):
+        plan("default", [0, 1], tmp_path, only=["07_ablations"], ablation_seeds=[1], shared_data=True)
     with pytest.raises(ValueError, match="unknown stage"):
         plan("smoke", [0], tmp_path, only=["09_nope"])
     with pytest.raises(ValueError, match="unknown profile"):
