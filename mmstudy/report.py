@@ -688,6 +688,45 @@ def overview_figure(summary: pd.DataFrame, models: Sequence[str], columns: Seque
     return fig
 
 
+def paired_frame(claims: "Claims", models: Sequence[str], columns: Sequence[str] = ("POPE F1", "CHAIR_i", "Recall",
+                 "MMHal", "LLaVA-W")) -> pd.DataFrame:
+    """Each model minus the base per column, paired per item (`Claims.paired`): model, column, value, low, high,
+    n_seeds; models without paired samples are left out."""
+    rows = []
+    for column in columns:
+        for model in models:
+            d = claims.paired("base", model, column) if model != "base" and model in claims.dirs else None
+            if d is not None:
+                rows.append({"model": model, "column": column, **{k: d[k] for k in ("value", "low", "high",
+                                                                                     "n_seeds")}})
+    return pd.DataFrame(rows, columns=["model", "column", "value", "low", "high", "n_seeds"])
+
+
+def paired_figure(frame: pd.DataFrame):
+    """One panel per column: each model's difference from the base with its paired 95 % interval, a line at zero;
+    filled where the interval excludes zero."""
+    import matplotlib.pyplot as plt
+
+    columns = list(dict.fromkeys(frame["column"]))
+    fig, axes = plt.subplots(1, max(len(columns), 1), figsize=(3 * max(len(columns), 1), 0.45 * frame["model"]
+                                                               .nunique() + 1.4), sharey=True, squeeze=False)
+    models = list(dict.fromkeys(frame["model"]))[::-1]
+    for ax, column in zip(axes[0], columns):
+        part = frame[frame["column"] == column].set_index("model")
+        for y, model in enumerate(models):
+            if model not in part.index:
+                continue
+            r = part.loc[model]
+            decided = r["low"] > 0 or r["high"] < 0
+            ax.errorbar(r["value"], y, xerr=[[r["value"] - r["low"]], [r["high"] - r["value"]]], fmt="o",
+                        color="#4c72b0", mfc="#4c72b0" if decided else "white", capsize=3)
+        ax.axvline(0, color="0.4", lw=0.8)
+        ax.set(title=f"{column} − base", yticks=range(len(models)), yticklabels=models)
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A frame as a GitHub Markdown table (`review.markdown_table`), the index as the first column."""
     from mmstudy.review import markdown_table as rows_table

@@ -203,3 +203,15 @@ def test_a_column_one_run_lacks_takes_the_interval_of_the_run_that_has_it(runs_r
     assert (row["mean"], row["low"], row["high"], row["n"], row["interval"]) == (
         pytest.approx(84.0), pytest.approx(83.0), pytest.approx(85.0), 1, "items")
     assert summary.loc[("mixed", "CHAIR_i")]["n"] == 2
+
+
+def test_paired_frame_and_figure_show_each_model_against_the_base(runs_root):
+    claims = report.Claims(report.collect(runs_root))
+    frame = report.paired_frame(claims, ["base", "dpo_povid", "online_dpo", "mixed"], ["POPE F1", "CHAIR_i"])
+    assert list(frame["model"]) == ["dpo_povid", "online_dpo"] * 2    # the base and models not run are left out
+    povid = frame.set_index(["model", "column"]).loc[("dpo_povid", "POPE F1")]
+    assert povid["value"] == pytest.approx(claims.paired("base", "dpo_povid", "POPE F1")["value"])
+    assert povid["low"] > 0 and povid["n_seeds"] == 3                 # 80 % -> 85 % on the same questions
+    fig = report.paired_figure(frame)
+    assert [ax.get_title() for ax in fig.axes] == ["POPE F1 − base", "CHAIR_i − base"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["online_dpo", "dpo_povid"]
