@@ -155,7 +155,7 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
     if missing:
         raise ValueError(f"ablation seeds {missing} are not among the seeds {list(seeds)}: the sweep reads their "
                          "02_preference_data and 03_bdhs runs")
-    if shared_data and list(ablation_seeds or seeds[:1]) != list(seeds[:1]):
+    if shared_data and "07_ablations" in only and list(ablation_seeds or seeds[:1]) != list(seeds[:1]):
         raise ValueError(f"with shared data the ablation sweep runs with the first seed ({seeds[0]}) only: the "
                          "data its points build is drawn per seed")
     root = Path(runs_dir) / (run_id or profile)
@@ -181,14 +181,18 @@ def run_pipeline(profile: str, seeds: Sequence[int] = (0,), runs_dir: str | Path
                  progress: bool = True, shared_data: bool = False) -> dict:
     """Execute the chain (or the stages in `only`); returns {run directory: metrics}, also merged into
     <runs>/<run id>/pipeline.json."""
+    summary = Path(runs_dir) / (run_id or profile) / "pipeline.json"
+    before = io.read_json(summary) if summary.is_file() else {}
+    if before.get("shared_data", False) != shared_data:
+        raise ValueError(f"{summary}: this run id was made {'with' if before.get('shared_data') else 'without'} "
+                         "--shared-data; call it the same way, or use another --run-id")
+    jobs = plan(profile, seeds, runs_dir, run_id, only, ablation_seeds, shared_data)
     results = {}
-    for notebook, run_dir, params, always in plan(profile, seeds, runs_dir, run_id, only, ablation_seeds,
-                                                   shared_data):
+    for notebook, run_dir, params, always in jobs:
         logger.info("stage %s -> %s", Path(notebook).stem, run_dir)
         results[str(run_dir)] = execute(notebook, params, run_dir, force=always, again=always, progress=progress,
                                         html=_BY_NAME[Path(notebook).stem].html)
-    summary = Path(runs_dir) / (run_id or profile) / "pipeline.json"
-    earlier = io.read_json(summary)["stages"] if summary.is_file() else {}
+    earlier = before.get("stages", {})
     io.write_json(summary, {"profile": profile, "seeds": list(seeds), "shared_data": shared_data,
                             "stages": {**earlier, **results}})
     return results

@@ -325,8 +325,9 @@ def _read_samples(run_dir: str) -> list[dict]:
 
 class Claims:
     """Claims about pairs of models, each decided on per-item differences: the same POPE questions, caption images
-    and judged items, pooled over the seeds both models ran (the base model is one run whatever the seed), with a
-    hierarchical bootstrap (seeds, then items; `hierarchical_paired_difference`) for the 95 % interval."""
+    and judged items (those every seed of both models answered), pooled over the seeds both models ran (the base
+    model is one run whatever the seed), with a bootstrap over seeds and, crossed with them, items
+    (`hierarchical_paired_difference`) for the 95 % interval."""
 
     def __init__(self, runs: pd.DataFrame, n_boot: int = 2000):
         self.runs, self.summary, self.n_boot = runs, summarize(runs), n_boot
@@ -359,15 +360,14 @@ class Claims:
         if key not in self._paired:
             self._paired[key] = None
             if a in self.dirs and b in self.dirs:
-                xs, ys = [], []
-                for run_a, run_b in self._runs_by_seed(a, b):
-                    ra, rb = item_rows(self.samples(run_a), column), item_rows(self.samples(run_b), column)
-                    common = sorted((k for k in ra if k in rb), key=repr)
-                    if common:
-                        xs.append(np.array([ra[k] for k in common]))
-                        ys.append(np.array([rb[k] for k in common]))
+                rows = [(item_rows(self.samples(run_a), column), item_rows(self.samples(run_b), column))
+                        for run_a, run_b in self._runs_by_seed(a, b)]
+                # The items every seed of both models answered: items are crossed with seeds in the bootstrap.
+                common = sorted(set.intersection(*(set(ra) & set(rb) for ra, rb in rows)), key=repr) if rows else []
+                xs = [np.array([ra[k] for k in common]) for ra, _ in rows]
+                ys = [np.array([rb[k] for k in common]) for _, rb in rows]
                 d = hierarchical_paired_difference(xs, ys, ITEM_ROWS[column][2], n_boot=self.n_boot,
-                                                   resample_seeds=resample_seeds) if xs else None
+                                                   resample_seeds=resample_seeds) if common else None
                 if d is not None and np.isfinite(d["low"]):   # else undefined: e.g. CHAIR_i with no mention
                     scale = COLUMNS[column][1]
                     self._paired[key] = {**d, **{k: scale * d[k] for k in ("value", "low", "high", "se")}}
@@ -718,8 +718,8 @@ def paired_figure(frame: pd.DataFrame):
                 continue
             r = part.loc[model]
             decided = r["low"] > 0 or r["high"] < 0
-            ax.errorbar(r["value"], y, xerr=[[r["value"] - r["low"]], [r["high"] - r["value"]]], fmt="o",
-                        color="#4c72b0", mfc="#4c72b0" if decided else "white", capsize=3)
+            ax.errorbar(r["value"], y, xerr=[[max(r["value"] - r["low"], 0)], [max(r["high"] - r["value"], 0)]],
+                        fmt="o", color="#4c72b0", mfc="#4c72b0" if decided else "white", capsize=3)
         ax.axvline(0, color="0.4", lw=0.8)
         ax.set(title=f"{column} − base", yticks=range(len(models)), yticklabels=models)
         ax.grid(alpha=0.3, axis="x")

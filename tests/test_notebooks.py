@@ -209,7 +209,7 @@ def test_jupyterlab_lists_and_opens_the_notebooks(tmp_path):
 
 
 def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
-    from mmstudy.pipeline import plan
+    from mmstudy.pipeline import plan, run_pipeline
 
     jobs = plan("smoke", [0, 1], tmp_path)
     dirs = [str(d.relative_to(tmp_path / "smoke")) for _, d, _, _ in jobs]
@@ -259,10 +259,11 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     assert shared_params["05_offline/oracle/s1"]["seed"] == 1
     assert shared_params["05_offline/bdhs/s1"]["prefs"] == str(tmp_path / "smoke" / "03_bdhs" / "s0" / "bdhs.jsonl")
     assert shared_params["06_online/mixed/s1"]["prefs"] == str(first / "povid.jsonl")
-    assert plan("default", [0, 1], tmp_path, only=["07_ablations"], shared_data=True)[0][2]["data_run"] == \
-        str(tmp_path / "default" / "02_preference_data" / "s0")
     with pytest.raises(ValueError, match="first seed"):
         plan("default", [0, 1], tmp_path, only=["07_ablations"], ablation_seeds=[1], shared_data=True)
+    io.write_json(tmp_path / "smoke" / "pipeline.json", {"shared_data": True, "stages": {}})
+    with pytest.raises(ValueError, match="made with --shared-data"):   # before anything executes
+        run_pipeline("smoke", [0], tmp_path, only=["09_report"])
     with pytest.raises(ValueError, match="unknown stage"):
         plan("smoke", [0], tmp_path, only=["09_nope"])
     with pytest.raises(ValueError, match="unknown profile"):

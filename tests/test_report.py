@@ -164,6 +164,11 @@ def test_power_table_and_positive_control(runs_root):
     assert set(power.index) == set(report.COLUMNS) - {"MMHal"}   # the samples hold no MMHal items
     assert (power["mde"] >= 0).all() and (power["mde_max"] >= power["mde"]).all()
     assert (power["mde_items"] >= 0).all() and (power["mde_items"] <= 2 * power["mde"]).all()
+    claims = report.Claims(runs)
+    items = [claims.paired("base", m, "POPE F1", resample_seeds=False)["se"]
+             for m in ("dpo_povid", "online_dpo", "loss/ipo", "loss/slic")]
+    assert power.loc["POPE F1", "se_items"] == pytest.approx(np.median(items))
+    assert power.loc["POPE F1", "se_items"] < power.loc["POPE F1", "se"]   # the seeds' models differ
     assert power.loc["POPE F1", "comparisons"] == 4 and power.loc["POPE F1", "n_items"] == 1800
     assert report.control_status(runs)["status"] == "not run"
     for seed in range(3):   # CHAIR_i 8 % -> 4 %, recall unchanged: the control moves the base

@@ -89,18 +89,29 @@ def test_the_seeds_share_of_a_paired_difference():
     from mmstudy.benchmarks.stats import hierarchical_paired_difference
 
     rng = np.random.default_rng(1)
-    a = [rng.random((2000, 1)) < 0.5 for _ in range(3)]
-    b = [x | (rng.random((2000, 1)) < p) for x, p in zip(a, (0.02, 0.2, 0.4))]
+    a = rng.random((2000, 1)) < 0.5                                   # the base: one run, the same for every seed
     ratio = lambda s: s[..., 0] / s[..., 1]  # noqa: E731
     rows = lambda xs: [np.hstack([x, np.ones_like(x)]).astype(float) for x in xs]  # noqa: E731
-    full = hierarchical_paired_difference(rows(a), rows(b), ratio, n_boot=1000)
-    items = hierarchical_paired_difference(rows(a), rows(b), ratio, n_boot=1000, resample_seeds=False)
-    assert items["value"] == full["value"]
-    assert items["se"] < full["se"] / 5
-    assert items["low"] < items["value"] < items["high"]
-    # The same gain on every seed: only the items differ. Resampling the seeds counts the items' noise a second
-    # time (the seeds' estimates differ by it), so the full standard error is larger, but not by the factor above.
-    steady = [x | (rng.random((2000, 1)) < 0.2) for x in a]
-    full = hierarchical_paired_difference(rows(a), rows(steady), ratio, n_boot=1000)
-    items = hierarchical_paired_difference(rows(a), rows(steady), ratio, n_boot=1000, resample_seeds=False)
-    assert items["se"] <= full["se"] < 2 * items["se"]
+    b = [a | (rng.random((2000, 1)) < p) for p in (0.02, 0.2, 0.4)]
+    full = hierarchical_paired_difference(rows([a] * 3), rows(b), ratio, n_boot=1000)
+    items = hierarchical_paired_difference(rows([a] * 3), rows(b), ratio, n_boot=1000, resample_seeds=False)
+    assert items["se"] < full["se"] / 5 and items["low"] < items["value"] < items["high"]
+
+
+def test_items_are_crossed_with_seeds():
+    """Every seed answers the same items: three identical seeds carry the information of one, not of three, and
+    resampling them changes nothing."""
+    from mmstudy.benchmarks.stats import hierarchical_paired_difference
+
+    rng = np.random.default_rng(2)
+    a = rng.random((1000, 1)) < 0.5
+    b = a | (rng.random((1000, 1)) < 0.2)
+    ratio = lambda s: s[..., 0] / s[..., 1]  # noqa: E731
+    rows = lambda xs: [np.hstack([x, np.ones_like(x)]).astype(float) for x in xs]  # noqa: E731
+    one = hierarchical_paired_difference(rows([a]), rows([b]), ratio, n_boot=2000)
+    three = hierarchical_paired_difference(rows([a] * 3), rows([b] * 3), ratio, n_boot=2000)
+    fixed = hierarchical_paired_difference(rows([a] * 3), rows([b] * 3), ratio, n_boot=2000, resample_seeds=False)
+    assert three["value"] == pytest.approx(one["value"])
+    assert three["se"] == pytest.approx(fixed["se"], rel=0.1) and three["se"] == pytest.approx(one["se"], rel=0.1)
+    with pytest.raises(ValueError, match="same items"):
+        hierarchical_paired_difference(rows([a, a[:500]]), rows([b, b[:500]]), ratio)

@@ -91,16 +91,19 @@ Z_975, Z_80 = 1.959964, 0.841621
 def hierarchical_paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], statistic: Statistic, *,
                                    n_boot: int = 2000, level: float = 0.95, seed: int = 0,
                                    resample_seeds: bool = True) -> dict:
-    """statistic(pooled b) - statistic(pooled a) for runs paired by seed and by item, with a hierarchical bootstrap.
+    """statistic(pooled b) - statistic(pooled a) for runs paired by seed and by item, with a two-way bootstrap.
 
-    a[s] and b[s] are (N_s, k) rows of the same items in the same order for seed s (the two models' runs with that
-    seed; the base model is the same run for every seed). Each replicate resamples the seeds with replacement,
-    then the items within each drawn seed (the same items for a and b), and recomputes the difference on the
-    pooled rows. `statistic` maps summed rows (..., k) to a value, vectorized over the leading axes (e.g. a ratio
-    of sums `s[..., 0] / s[..., 1]`), so a replicate is a weighted sum: every metric of the report is a function
-    of sums of per-item rows. With resample_seeds=False every seed is drawn once and only the items are resampled:
-    the part of the uncertainty that more items can reduce. Returns {"value", "low", "high", "se", "p_le_zero",
-    "n_seeds", "n_items", ...}; se is the bootstrap standard deviation of the difference.
+    a[s] and b[s] are (N, k) rows of the same N items in the same order for every seed s (the two models' runs with
+    that seed; the base model is the same run for every seed). Items are crossed with seeds, not nested in them:
+    every seed answers the same questions about the same images, so an item that is hard for one seed's model is
+    hard for the others. Each replicate therefore draws the seeds with replacement and, independently, one
+    multiset of items that every drawn seed uses, and recomputes the difference on the pooled rows. `statistic`
+    maps summed rows (..., k) to a value, vectorized over the leading axes (e.g. a ratio of sums
+    `s[..., 0] / s[..., 1]`), so a replicate is a weighted sum: every metric of the report is a function of sums
+    of per-item rows. With resample_seeds=False every seed is drawn once and only the items are resampled: the
+    part of the uncertainty that more items can reduce. Returns {"value", "low", "high", "se", "p_le_zero",
+    "n_seeds", "n_items", ...}; se is the bootstrap standard deviation of the difference; n_items counts rows
+    over the seeds.
     """
     if len(a) != len(b) or not len(a):
         raise ValueError(f"need the same, non-zero number of seeds for both models, got {len(a)} and {len(b)}")
@@ -109,21 +112,19 @@ def hierarchical_paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarr
     for s, (xa, xb) in enumerate(zip(a, b)):
         if xa.shape != xb.shape or xa.ndim != 2 or not len(xa):
             raise ValueError(f"seed {s}: paired rows need equal (N, k) shapes with N > 0, got {xa.shape}, {xb.shape}")
+        if xa.shape != a[0].shape:
+            raise ValueError(f"seed {s}: every seed needs the same items, got {xa.shape} rows against {a[0].shape}")
     rng = np.random.default_rng(seed)
-    n_seeds = len(a)
+    n_seeds, (n, k) = len(a), a[0].shape
     draws = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_boot) if resample_seeds \
         else np.ones((n_boot, n_seeds), dtype=int)                                # times each seed is drawn
-    sums_a = np.zeros((n_boot, a[0].shape[1]))
-    sums_b = np.zeros_like(sums_a)
-    k = a[0].shape[1]
-    for s in range(n_seeds):
-        # Resampling N items uniformly is a multinomial over the distinct (a row, b row) patterns weighted by how
-        # many items share each: the same replicates, with a few dozen categories instead of thousands of items.
-        patterns, counts = np.unique(np.hstack([a[s], b[s]]), axis=0, return_counts=True)
-        n = len(a[s])
-        weights = rng.multinomial(draws[:, s] * n, counts / n)                      # (n_boot, patterns)
-        sums_a += weights @ patterns[:, :k]
-        sums_b += weights @ patterns[:, k:]
+    # Resampling N items uniformly is a multinomial over the distinct rows (an item's a and b rows for every seed,
+    # side by side) weighted by how many items share each: the same replicates, with fewer categories than items.
+    patterns, counts = np.unique(np.hstack([np.hstack([xa, xb]) for xa, xb in zip(a, b)]), axis=0,
+                                 return_counts=True)
+    per_seed = (rng.multinomial(n, counts / n, size=n_boot) @ patterns).reshape(n_boot, n_seeds, 2, k)
+    sums_a = np.einsum("rs,rsk->rk", draws, per_seed[:, :, 0])
+    sums_b = np.einsum("rs,rsk->rk", draws, per_seed[:, :, 1])
     with np.errstate(divide="ignore", invalid="ignore"):
         diffs = statistic(sums_b) - statistic(sums_a)
         value = float(statistic(sum(x.sum(0) for x in b)) - statistic(sum(x.sum(0) for x in a)))
