@@ -139,6 +139,17 @@ def _has_variant(stage: Stage, variant: str | None, profile: str) -> bool:
     return True
 
 
+def _stage_seeds(stage: Stage, seeds: Sequence[int], ablation_seeds: Sequence[int] | None,
+                 shared_data: bool) -> Sequence[int]:
+    """The seeds a stage runs with: the sweep's `ablation_seeds` (default: the first seed); every seed for a
+    per-seed stage, except the data stages with `shared_data`; the first seed otherwise."""
+    if stage.sweep:
+        return ablation_seeds or seeds[:1]
+    if stage.per_seed and not (shared_data and stage.name in _DATA_STAGES):
+        return seeds
+    return seeds[:1]
+
+
 def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str | None = None,
          only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None,
          shared_data: bool = False) -> list[tuple[str, Path, dict, bool]]:
@@ -163,8 +174,7 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
     for stage in STAGES:
         if stage.name not in only and (only or stage.optional):
             continue
-        stage_seeds = (ablation_seeds or seeds[:1]) if stage.sweep else seeds[:1] if not stage.per_seed or (
-            shared_data and stage.name in _DATA_STAGES) else seeds
+        stage_seeds = _stage_seeds(stage, seeds, ablation_seeds, shared_data)
         points = sweep_points(stage.name, profile) if stage.sweep else [(v, {}) for v in stage.variants or (None,)
                                                                        if _has_variant(stage, v, profile)]
         for seed in stage_seeds:

@@ -323,6 +323,11 @@ def _read_samples(run_dir: str) -> list[dict]:
     return io.read_jsonl(path) if path.is_file() else []
 
 
+def excludes_zero(d: dict | None) -> bool:
+    """Whether a paired difference (`Claims.paired`) is beyond the noise: its 95 % interval excludes zero."""
+    return d is not None and (d["low"] > 0 or d["high"] < 0)
+
+
 class Claims:
     """Claims about pairs of models, each decided on per-item differences: the same POPE questions, caption images
     and judged items (those every seed of both models answered), pooled over the seeds both models ran (the base
@@ -398,8 +403,7 @@ class Claims:
 
     def moved(self, model: str) -> int:
         """Columns on which `model` differs from the base beyond the noise (paired interval excludes zero)."""
-        found = [self.paired("base", model, c) for c in COLUMNS]
-        return sum(d is not None and (d["low"] > 0 or d["high"] < 0) for d in found)
+        return sum(excludes_zero(self.paired("base", model, c)) for c in COLUMNS)
 
     def size(self) -> tuple[str | None, str]:
         """The largest preference set moves more columns away from the base (beyond the noise) than the smallest;
@@ -482,10 +486,9 @@ def power_table(runs: pd.DataFrame, claims: "Claims | None" = None, seeds: int |
 
     The standard error has two parts: the items (which questions and images the benchmark asks) and the seeds (the
     trained models differ from seed to seed). `se_items` and `mde_items` hold the seeds' runs fixed and resample
-    the items only: the part a larger evaluation set reduces. The gap between `mde` and `mde_items` is the seeds'
-    part, which only more seeds, one data draw shared by the seeds or steadier training reduce (resampling seeds
-    also counts the items' noise once more: with 3 seeds that alone makes `mde` about 1.3 times `mde_items` in
-    expectation). Columns: column, comparisons, n_seeds, n_items, se, mde, mde_max, se_items, mde_items."""
+    the items only: the part a larger evaluation set reduces. When the seeds' models do not differ the two agree;
+    the gap is the seeds' part, which only more seeds, one data draw shared by the seeds or steadier training
+    reduce. Columns: column, comparisons, n_seeds, n_items, se, mde, mde_max, se_items, mde_items."""
     from mmstudy.benchmarks.stats import minimal_detectable_effect
 
     c = claims or Claims(runs)
@@ -664,8 +667,10 @@ def curves_figure(frame: pd.DataFrame, ylabel: str = "reward margin (β-scaled l
     return fig
 
 
-def overview_figure(summary: pd.DataFrame, models: Sequence[str], columns: Sequence[str] = ("POPE F1", "CHAIR_i",
-                    "Recall", "MMHal", "LLaVA-W")):
+FIGURE_COLUMNS = ("POPE F1", "CHAIR_i", "Recall", "MMHal", "LLaVA-W")
+
+
+def overview_figure(summary: pd.DataFrame, models: Sequence[str], columns: Sequence[str] = FIGURE_COLUMNS):
     """Bars per model and column with the 95 % interval as whiskers."""
     import matplotlib.pyplot as plt
 
@@ -688,8 +693,7 @@ def overview_figure(summary: pd.DataFrame, models: Sequence[str], columns: Seque
     return fig
 
 
-def paired_frame(claims: "Claims", models: Sequence[str], columns: Sequence[str] = ("POPE F1", "CHAIR_i", "Recall",
-                 "MMHal", "LLaVA-W")) -> pd.DataFrame:
+def paired_frame(claims: "Claims", models: Sequence[str], columns: Sequence[str] = FIGURE_COLUMNS) -> pd.DataFrame:
     """Each model minus the base per column, paired per item (`Claims.paired`): model, column, value, low, high,
     n_seeds; models without paired samples are left out."""
     rows = []
@@ -708,18 +712,17 @@ def paired_figure(frame: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     columns = list(dict.fromkeys(frame["column"]))
-    fig, axes = plt.subplots(1, max(len(columns), 1), figsize=(3 * max(len(columns), 1), 0.45 * frame["model"]
-                                                               .nunique() + 1.4), sharey=True, squeeze=False)
     models = list(dict.fromkeys(frame["model"]))[::-1]
+    panels = max(len(columns), 1)
+    fig, axes = plt.subplots(1, panels, figsize=(3 * panels, 0.45 * len(models) + 1.4), sharey=True, squeeze=False)
     for ax, column in zip(axes[0], columns):
         part = frame[frame["column"] == column].set_index("model")
         for y, model in enumerate(models):
             if model not in part.index:
                 continue
             r = part.loc[model]
-            decided = r["low"] > 0 or r["high"] < 0
             ax.errorbar(r["value"], y, xerr=[[max(r["value"] - r["low"], 0)], [max(r["high"] - r["value"], 0)]],
-                        fmt="o", color="#4c72b0", mfc="#4c72b0" if decided else "white", capsize=3)
+                        fmt="o", color="#4c72b0", mfc="#4c72b0" if excludes_zero(r) else "white", capsize=3)
         ax.axvline(0, color="0.4", lw=0.8)
         ax.set(title=f"{column} − base", yticks=range(len(models)), yticklabels=models)
         ax.grid(alpha=0.3, axis="x")
