@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmstudy import io
 from mmstudy.data import conversation_turns, load_llava_instruct
@@ -77,11 +78,15 @@ class BaseTrainConfig:
     blind_keep_max: float = 0.1      # a blind example keeps each image token with prob ~ U(0, blind_keep_max)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    length_pool: int = 50            # text stages: batches drawn as a pool of this many, sorted by length and cut
+    #                                  into batches of like length (less padding); 0 or 1: plain random batches
     threads: int = 2                 # torch CPU threads
 
     def __post_init__(self):
         if not 0 <= self.p_blind <= 1 or not 0 <= self.blind_keep_max <= 1:
             raise ValueError("p_blind and blind_keep_max must be probabilities")
+        if self.length_pool < 0:
+            raise ValueError(f"length_pool must be >= 0, got {self.length_pool}")
         if self.align_temperature <= 0:
             raise ValueError("align_temperature must be > 0")
 
@@ -155,25 +160,41 @@ def _lr_factor(step: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _batches(n: int, batch_size: int, steps: int, seed: int):
-    """`steps` batches of indices into range(n), epoch-wise permutations from a seeded generator."""
+def _batches(n: int, batch_size: int, steps: int, seed: int, lengths: torch.Tensor | None = None, pool: int = 0):
+    """`steps` batches of indices into range(n), epoch-wise permutations from a seeded generator (an epoch's tail
+    shorter than a batch is dropped). With `lengths` and `pool` > 1, each run of `pool` batches of the permutation
+    is sorted by length, cut into batches and those batches shuffled: batches of like length, so less padding,
+    while every example is still seen once per epoch."""
     g = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(n, generator=g), 0
-    for _ in range(steps):
-        if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=g), 0
-        yield order[pos:pos + batch_size]
-        pos += batch_size
+    grouped = lengths is not None and pool > 1
+    done = 0
+    while True:
+        order = torch.randperm(n, generator=g)[:n - n % batch_size]
+        chunk = pool * batch_size if grouped else len(order)
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            if grouped:
+                part = part[torch.argsort(lengths[part], stable=True)]
+            batches = part.view(-1, batch_size)
+            if grouped:
+                batches = batches[torch.randperm(len(batches), generator=g)]
+            for idx in batches:
+                if done == steps:
+                    return
+                yield idx
+                done += 1
 
 
 def _run_stage(name: str, params: list, stage: StageConfig, cfg: BaseTrainConfig, n: int, step_fn,
-               progress: bool) -> dict:
-    """The shared loop: AdamW, warm-up + cosine, grad clipping, a progress bar; step_fn(idx) -> (loss, metrics)."""
+               progress: bool, lengths: list[int] | None = None) -> dict:
+    """The shared loop: AdamW, warm-up + cosine, grad clipping, a progress bar; step_fn(idx) -> (loss, metrics).
+    `lengths` (per example): batches of like length (`BaseTrainConfig.length_pool`)."""
     opt = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, stage.steps))
     start, history = time.time(), []
-    bar = tqdm(_batches(n, min(stage.batch_size, n), stage.steps, derive_seed(cfg.seed, name)), total=stage.steps,
-               desc=f"stage {name}", disable=not progress)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    batches = _batches(n, min(stage.batch_size, n), stage.steps, derive_seed(cfg.seed, name), lengths, cfg.length_pool)
+    bar = tqdm(batches, total=stage.steps, desc=f"stage {name}", disable=not progress)
     log_every = max(1, stage.steps // 10)
     for step, idx in enumerate(bar):
         loss, metrics = step_fn(idx)
@@ -235,7 +256,7 @@ def stage_language(model, tokenizer, world_dir: Path, cfg: BaseTrainConfig, prog
         batch["labels"][batch["attention_mask"] == 0] = IGNORE_INDEX
         return model(**batch).loss, {}
 
-    return _run_stage("language", params, cfg.language, cfg, len(encoded), step, progress)
+    return _run_stage("language", params, cfg.language, cfg, len(encoded), step, progress, list(map(len, encoded)))
 
 
 def stage_vision(model, images, scenes, cfg: BaseTrainConfig, progress: bool) -> dict:
@@ -289,6 +310,19 @@ def stage_projector(model, tokenizer, images, scenes, cfg: BaseTrainConfig, prog
     return _run_stage("projector", params, cfg.projector, cfg, len(images), step, progress)
 
 
+@torch.no_grad()
+def _image_tokens(model, images: torch.Tensor, progress: bool, batch_size: int = 256) -> torch.Tensor:
+    """The LM-side image tokens (tower, then projector) of every image, (N, n_img, H_text): what the model's own
+    forward would compute from the pixels, computed once while both are frozen."""
+    was_training = model.training
+    model.eval()   # the same numbers as train mode: the tiny tower and projector have no dropout
+    chunks = [torch.stack(model.model.get_image_features(pixel_values=normalise(images[i:i + batch_size]),
+                                                         return_dict=True).pooler_output)
+              for i in tqdm(range(0, len(images), batch_size), desc="image tokens", disable=not progress)]
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
 def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cfg: BaseTrainConfig,
                    progress: bool) -> dict:
     records = load_llava_instruct(world_dir / "llava_instruct_train.json", image_dir=world_dir / "images")
@@ -301,6 +335,7 @@ def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cf
     image_idx = torch.tensor([index_of[r["image"]] for r in records])
     image_id = model.config.image_token_id
     params = _set_trainable(model, model.model.language_model, model.lm_head)
+    features = _image_tokens(model, images, progress)   # tower and projector are frozen: computed once
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "blind"))
 
     def step(idx):
@@ -310,9 +345,11 @@ def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cf
             keep_p = torch.rand(len(idx), 1, generator=g) * cfg.blind_keep_max
             drop = (torch.rand(batch["input_ids"].shape, generator=g) >= keep_p) & blind[:, None]
             batch["attention_mask"][drop & (batch["input_ids"] == image_id)] = 0
-        return model(pixel_values=normalise(images[image_idx[idx]]), **batch).loss, {}
+        image = BaseModelOutputWithPooling(pooler_output=list(features[image_idx[idx]]))
+        return model(**batch, mm_encoder_outputs={"image": image}).loss, {}
 
-    return _run_stage("instruct", params, cfg.instruct, cfg, len(records), step, progress)
+    return _run_stage("instruct", params, cfg.instruct, cfg, len(records), step, progress,
+                      [len(ids) for ids, _ in encoded])
 
 
 # --- driver ----------------------------------------------------------------------------------------------------

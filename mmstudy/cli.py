@@ -416,7 +416,7 @@ def _run(args) -> None:
     seeds = _number_list(args.seeds, "--seeds")
     ablation_seeds = _number_list(args.ablation_seeds, "--ablation-seeds") if args.ablation_seeds else None
     results = run_pipeline(args.profile, seeds, args.runs, args.run_id, args.only, ablation_seeds,
-                           progress=not args.quiet, shared_data=args.shared_data)
+                           progress=not args.quiet, shared_data=args.data_draws == "shared")
     logger.info("ran %d stage executions into %s", len(results), args.runs / (args.run_id or args.profile))
 
 
@@ -785,9 +785,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", default=[], metavar="STAGE",
                    help="run only these stages (07_ablations runs only when named here)")
     p.add_argument("--ablation-seeds", default="", help="seeds of the ablation sweep (default: the first seed)")
-    p.add_argument("--shared-data", action="store_true",
-                   help="build the preference data with the first seed only and train every seed on it (seeds "
-                        "then differ in training alone; use its own --run-id)")
+    p.add_argument("--data-draws", choices=["shared", "per-seed"], default="shared",
+                   help="shared (default): the preference data is built once, with the first seed, and every seed "
+                        "trains on it (seeds differ in training alone, as the paper has one dataset per method); "
+                        "per-seed: each seed draws its own data (claims hold over draws of the data, with less "
+                        "power). A run id keeps the setting it was made with")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
     p.add_argument("--run-id", default=None, help="run id (default: the profile's name)")
     p.set_defaults(func=_run)

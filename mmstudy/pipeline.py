@@ -91,7 +91,7 @@ def sweep_points(stage: str, profile: str, params_dir: Path = ROOT / "params") -
 
 
 def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Sequence[int], profile: str,
-          shared_data: bool = False) -> dict:
+          shared_data: bool = True) -> dict:
     """The params the driver sets: the upstream run directories and files a stage reads, and its variant. With
     `shared_data`, every seed trains on the first seed's preference data (02, 03)."""
     base = _run_dir(root, _BY_NAME["01_world_base"], seeds[0])
@@ -152,11 +152,12 @@ def _stage_seeds(stage: Stage, seeds: Sequence[int], ablation_seeds: Sequence[in
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str | None = None,
          only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None,
-         shared_data: bool = False) -> list[tuple[str, Path, dict, bool]]:
+         shared_data: bool = True) -> list[tuple[str, Path, dict, bool]]:
     """(notebook, run directory, params, always) per execution, in order. The ablation sweep runs only when named
-    in `only`, with `ablation_seeds` (default: the first seed). `shared_data`: build the preference data (02, 03)
-    with the first seed only and train every seed on it, so that seeds differ in training alone (the default
-    draws new data per seed: claims then hold over draws of the data, at the cost of power)."""
+    in `only`, with `ablation_seeds` (default: the first seed). `shared_data` (the default): build the preference
+    data (02, 03) with the first seed only and train every seed on it, as the paper has one dataset per method,
+    so that seeds differ in training alone; False draws new data per seed (claims then hold over draws of the
+    data, at a cost in power: docs/sensitivity.md)."""
     unknown = set(only) - {s.name for s in STAGES}
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; the stages are {[s.name for s in STAGES]}")
@@ -188,14 +189,15 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
 
 def run_pipeline(profile: str, seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs",
                  run_id: str | None = None, only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None,
-                 progress: bool = True, shared_data: bool = False) -> dict:
+                 progress: bool = True, shared_data: bool = True) -> dict:
     """Execute the chain (or the stages in `only`); returns {run directory: metrics}, also merged into
     <runs>/<run id>/pipeline.json."""
     summary = Path(runs_dir) / (run_id or profile) / "pipeline.json"
     before = io.read_json(summary) if summary.is_file() else {}
-    if before.get("shared_data", False) != shared_data:
-        raise ValueError(f"{summary}: this run id was made {'with' if before.get('shared_data') else 'without'} "
-                         "--shared-data; call it the same way, or use another --run-id")
+    if before and before.get("shared_data", False) != shared_data:   # a summary without the key predates it
+        made = "shared" if before.get("shared_data") else "per-seed"
+        raise ValueError(f"{summary}: this run id was made with --data-draws {made}; call it the same way, or "
+                         "use another --run-id")
     jobs = plan(profile, seeds, runs_dir, run_id, only, ablation_seeds, shared_data)
     results = {}
     for notebook, run_dir, params, always in jobs:

@@ -87,22 +87,23 @@ def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
                   benchmarks: Sequence[str] = ("pope", "chair"), limit: int | None = None, seed: int = 0,
                   judge: str = "", device: str = "cpu", progress: bool = True) -> dict:
     """Benchmarks of the model in `model_dir` into out_dir/results.json + samples.jsonl (as `mmstudy eval`
-    writes them); an existing results.json with the same benchmarks, limit and judge is kept. `judge`: a
-    `make_judge` spec for the judged benchmarks (mmhal, mmhal_v, llava_w), e.g. "oracle" on a world. Returns the
-    metrics."""
+    writes them); an existing results.json with the same benchmarks, limit, judge and data (`data_version`) is
+    kept, otherwise it is replaced and a shift.json derived from the old samples removed. `judge`: a `make_judge`
+    spec for the judged benchmarks (mmhal, mmhal_v, llava_w), e.g. "oracle" on a world. Returns the metrics."""
     from mmstudy.evaluate import evaluate
     from mmstudy.model import load_llava
     from mmstudy.runs import build_manifest
 
     out = Path(out_dir) / "results.json"
     params = {"model": str(model_dir), "data": str(data_dir), "benchmarks": list(benchmarks), "limit": limit,
-              "judge": judge}
+              "judge": judge, "data_version": data_version(data_dir)}
+    same = ("benchmarks", "limit", "judge", "data_version")
     if out.is_file() and (out.parent / "samples.jsonl").is_file():
         done = io.read_json(out)
-        if {k: done["manifest"]["params"].get(k) for k in ("benchmarks", "limit", "judge")} == \
-                {k: params[k] for k in ("benchmarks", "limit", "judge")}:
+        if {k: done["manifest"]["params"].get(k) for k in same} == {k: params[k] for k in same}:
             logger.info("evaluation %s is complete: kept", out)
             return done["metrics"]
+        logger.info("evaluation %s was made with other benchmarks, limit, judge or data: evaluating again", out)
     judge_obj = None
     if judge:
         from mmstudy.judges import make_judge
@@ -111,9 +112,19 @@ def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     model, processor = load_llava(model_dir, device=device)
     metrics, samples = evaluate(model, processor, data_dir, list(benchmarks), judge=judge_obj, limit=limit,
                                 seed=seed, progress=progress)
+    (out.parent / "shift.json").unlink(missing_ok=True)   # derived from the samples about to be replaced
     io.write_jsonl(out.parent / "samples.jsonl", samples)
     io.write_json(out, {"metrics": metrics, "manifest": build_manifest(seed, "evaluate", params)})
     return metrics
+
+
+def data_version(data_dir: str | Path) -> str | None:
+    """What identifies the benchmark items of `data_dir`: a digest of its world.json (version, spec, seed and item
+    counts of a world or selection split), or None for data that is not a world."""
+    import hashlib
+
+    path = Path(data_dir) / "world.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
 def world_and_base(run_dir: str | Path, world_profile: str, base_profile: str, seed: int,

@@ -29,7 +29,8 @@ from mmstudy.runs import derive_seed
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 2   # 2: clearer glyphs, prior-driven errors in the instruction data (the headroom issue)
+WORLD_VERSION = 3   # 2: clearer glyphs, prior-driven errors in the instruction data (the headroom issue); 3: 3,000
+#                     caption images (the power of CHAIR_i, docs/sensitivity.md); training scenes as in 2
 SUPERSAMPLE = 4  # glyphs are drawn at 4x and box-filtered down, so small objects stay anti-aliased
 
 COLOURS = {
@@ -111,7 +112,7 @@ class WorldSpec:
 
     image_size: int = 48            # px, square; a 3x3 grid of cells of image_size/3 px
     n_train: int = 20000            # training images
-    n_val: int = 1200               # held-out images (benchmarks draw from these)
+    n_val: int = 3200               # held-out images (benchmarks draw from these)
     min_groups: int = 1             # co-occurrence groups per scene, inclusive range
     max_groups: int = 3
     p_both: float = 0.62            # a group shows both anchor and partner ...
@@ -133,7 +134,7 @@ class WorldSpec:
     p_symbolic: float = 0.7         # share of text-only records that state their scene as words (see world_files)
     symbolic_grid: int = 6          # side of the symbolic scene grid: match the model's image_size / patch_size
     pope_images: int = 500          # images per POPE split (POPE's img_num)
-    caption_images: int = 1000      # images in the caption-evaluation prompt set (CHAIR, recall)
+    caption_images: int = 3000      # images in the caption-evaluation prompt set (CHAIR, recall)
     references_per_image: int = 5   # COCO-style reference captions per image
     judged_images: int = 24         # LLaVA-Bench images (MMHal gets 4x as many items: 96, 8 types x 12)
     amber_images: int = 300         # AMBER world edition: images (generative + yes/no questions)

@@ -142,3 +142,42 @@ def test_config_validation():
         BaseTrainConfig(p_blind=1.5)
     with pytest.raises(ValueError, match="unknown base-training profile"):
         BaseTrainConfig.for_profile("xl")
+
+
+def test_length_grouped_batches_see_every_example_once_per_epoch_with_less_padding():
+    lengths = torch.randint(5, 200, (1000,), generator=torch.Generator().manual_seed(0))
+    plain = list(base._batches(1000, 10, 300, seed=3))
+    assert [b.tolist() for b in base._batches(1000, 10, 300, 3, lengths, pool=1)] == [b.tolist() for b in plain]
+    grouped = list(base._batches(1000, 10, 300, 3, lengths, pool=20))
+    assert [b.tolist() for b in grouped] == [b.tolist() for b in base._batches(1000, 10, 300, 3, lengths, 20)]
+    for epoch in (grouped[:100], grouped[100:200]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(1000))
+
+    def padded(batches):
+        return sum(len(b) * lengths[b].max().item() for b in batches)
+
+    assert padded(grouped) < 0.7 * padded(plain)
+    with pytest.raises(ValueError, match="length_pool"):
+        BaseTrainConfig(length_pool=-1)
+
+
+def test_instruct_image_tokens_computed_once_give_the_loss_of_the_pixel_path(fresh, smoke_world):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from mmstudy.data import conversation_turns, load_llava_instruct
+
+    model, processor, _ = fresh
+    names = [f"{s.image_id}.png" for s in load_scenes(smoke_world, "train")]
+    images = base.load_images_uint8(smoke_world, names, progress=False)
+    records = load_llava_instruct(smoke_world / "llava_instruct_train.json")[:4]
+    encoded = [tokenize_turns(processor.tokenizer, conversation_turns(r), model.config.image_seq_length)
+               for r in records]
+    batch = base.pad_batch([e[0] for e in encoded], [e[1] for e in encoded], processor.tokenizer.pad_token_id)
+    idx = torch.tensor([names.index(r["image"]) for r in records])
+    model.train()
+    features = base._image_tokens(model, images, progress=False, batch_size=7)
+    assert features.shape == (len(names), model.config.image_seq_length, model.config.text_config.hidden_size)
+    from_pixels = model(pixel_values=normalise(images[idx]), **batch).loss
+    image = BaseModelOutputWithPooling(pooler_output=list(features[idx]))
+    assert torch.allclose(model(**batch, mm_encoder_outputs={"image": image}).loss, from_pixels, atol=1e-6)
+    assert model.training

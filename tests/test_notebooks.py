@@ -211,7 +211,7 @@ def test_jupyterlab_lists_and_opens_the_notebooks(tmp_path):
 def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     from mmstudy.pipeline import plan, run_pipeline
 
-    jobs = plan("smoke", [0, 1], tmp_path)
+    jobs = plan("smoke", [0, 1], tmp_path, shared_data=False)             # data drawn per seed
     dirs = [str(d.relative_to(tmp_path / "smoke")) for _, d, _, _ in jobs]
     assert dirs == ["01_world_base", "02_preference_data/s0", "02_preference_data/s1", "03_bdhs/s0", "03_bdhs/s1",
                     "04_data_review", "05_offline/oracle/s0", "05_offline/bdhs/s0", "05_offline/povid/s0",
@@ -241,7 +241,8 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
                                                          "povid.jsonl")
     assert plan("default", [0], tmp_path)[0][2]["world_profile"] == "default"
     assert [d.name for _, d, _, _ in plan("smoke", [0], tmp_path, only=["05_offline"])] == ["s0"] * 3
-    sweep = plan("default", [0, 1, 2], tmp_path, only=["07_ablations"], ablation_seeds=[1])
+    sweep = plan("default", [0, 1, 2], tmp_path, only=["07_ablations"], ablation_seeds=[1],
+                 shared_data=False)
     rel = [str(d.relative_to(tmp_path / "default")) for _, d, _, _ in sweep]
     assert "07_ablations/loss/ipo/s1" in rel and all(r.endswith("/s1") for r in rel)
     ipo = sweep[rel.index("07_ablations/loss/ipo/s1")][2]
@@ -250,7 +251,7 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     assert ipo["shared_dir"] == str(tmp_path / "default" / "07_ablations" / "data" / "s1")
     rho = sweep[rel.index("07_ablations/rho_th/rho0.98/s1")][2]
     assert (rho["data"], rho["rho_th"], rho["loss"]) == ("bdhs", 0.98, "dpo")
-    shared = plan("smoke", [0, 1], tmp_path, shared_data=True)        # one data draw, trained on by every seed
+    shared = plan("smoke", [0, 1], tmp_path)        # the default: one data draw, trained on by every seed
     shared_dirs = [str(d.relative_to(tmp_path / "smoke")) for _, d, _, _ in shared]
     assert shared_dirs == [d for d in dirs if d not in ("02_preference_data/s1", "03_bdhs/s1")]
     shared_params = {d: p for d, (_, _, p, _) in zip(shared_dirs, shared)}
@@ -260,9 +261,9 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     assert shared_params["05_offline/bdhs/s1"]["prefs"] == str(tmp_path / "smoke" / "03_bdhs" / "s0" / "bdhs.jsonl")
     assert shared_params["06_online/mixed/s1"]["prefs"] == str(first / "povid.jsonl")
     with pytest.raises(ValueError, match="first seed"):
-        plan("default", [0, 1], tmp_path, only=["07_ablations"], ablation_seeds=[1], shared_data=True)
-    io.write_json(tmp_path / "smoke" / "pipeline.json", {"shared_data": True, "stages": {}})
-    with pytest.raises(ValueError, match="made with --shared-data"):   # before anything executes
+        plan("default", [0, 1], tmp_path, only=["07_ablations"], ablation_seeds=[1])
+    io.write_json(tmp_path / "smoke" / "pipeline.json", {"shared_data": False, "stages": {}})
+    with pytest.raises(ValueError, match="made with --data-draws per-seed"):   # before anything executes
         run_pipeline("smoke", [0], tmp_path, only=["09_report"])
     with pytest.raises(ValueError, match="unknown stage"):
         plan("smoke", [0], tmp_path, only=["09_nope"])

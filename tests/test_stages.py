@@ -130,3 +130,23 @@ def test_paper_profile_plan_uses_the_checkpoint_and_released_data(tmp_path):
     sizes = {f"{p['axis']}/{p['point']}": p["size"] for _, _, p, _ in sweep}
     assert sizes["loss/ipo"] == 0 and sizes["annotator/llava7b"] == 0       # as the full-POVID chain runs
     assert sizes["rho_th/rho0.98"] == sizes["povid_plus/attn"] == 5000     # as the chain's BDHS (5k)
+
+
+def test_evaluate_into_keeps_an_evaluation_of_the_same_data_and_redoes_one_of_other_data(base_dir, smoke_world,
+                                                                                       tmp_path):
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(smoke_world, world)
+    out = tmp_path / "eval"
+    first = stages.evaluate_into(base_dir, world, out, ["pope"], limit=6, progress=False)
+    io.write_json(out / "shift.json", {"kl": 0.1})                       # derived from these samples
+    stamp = (out / "samples.jsonl").stat().st_mtime_ns
+    assert stages.evaluate_into(base_dir, world, out, ["pope"], limit=6, progress=False) == first
+    assert (out / "samples.jsonl").stat().st_mtime_ns == stamp and (out / "shift.json").is_file()
+    info = io.read_json(world / "world.json")
+    io.write_json(world / "world.json", {**info, "version": info["version"] + 1})   # other benchmark items
+    stages.evaluate_into(base_dir, world, out, ["pope"], limit=6, progress=False)
+    assert (out / "samples.jsonl").stat().st_mtime_ns != stamp
+    assert not (out / "shift.json").exists()
+    assert io.read_json(out / "results.json")["manifest"]["params"]["data_version"] == stages.data_version(world)
