@@ -596,6 +596,18 @@ def chain_param(runs_root: str | Path, pattern: str, key: str):
     return io.read_json(found[0]).get(key) if found else None
 
 
+def data_draws(runs_root: str | Path) -> str:
+    """How the chain's seeds got their preference data, read from the prefs param of every `05_offline` run:
+    "shared" (each dataset is one file that every seed trained on: a claim holds for that draw of the data),
+    "per-seed" (each seed trained on its own draw: claims hold over draws of the data), or "one seed"."""
+    by_variant: dict[str, set] = {}
+    for path in sorted(Path(runs_root).glob("05_offline/*/s*/params.json")):
+        by_variant.setdefault(path.parent.parent.name, set()).add((path.parent.name, io.read_json(path).get("prefs")))
+    if all(len(runs) < 2 for runs in by_variant.values()):
+        return "one seed"
+    return "shared" if all(len({prefs for _, prefs in runs}) == 1 for runs in by_variant.values()) else "per-seed"
+
+
 def png(fig) -> bytes:
     """A figure as PNG bytes (the caller writes them, atomically with `io.write_bytes`), and closes it."""
     import io as stdio

@@ -220,3 +220,13 @@ def test_paired_frame_and_figure_show_each_model_against_the_base(runs_root):
     fig = report.paired_figure(frame)
     assert [ax.get_title() for ax in fig.axes] == ["POPE F1 − base", "CHAIR_i − base"]
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["online_dpo", "dpo_povid"]
+
+
+def test_data_draws_read_from_the_prefs_each_seed_trained_on(tmp_path):
+    assert report.data_draws(tmp_path) == "one seed"
+    for seed in (0, 1):
+        _run(tmp_path, f"05_offline/povid/s{seed}", seed, 0.85, params={"prefs": "02_preference_data/s0/povid.jsonl"})
+    assert report.data_draws(tmp_path) == "shared"
+    _run(tmp_path, "05_offline/bdhs/s0", 0, 0.85, params={"prefs": "03_bdhs/s0/bdhs.jsonl"})
+    _run(tmp_path, "05_offline/bdhs/s1", 1, 0.85, params={"prefs": "03_bdhs/s1/bdhs.jsonl"})
+    assert report.data_draws(tmp_path) == "per-seed"
