@@ -78,8 +78,9 @@ class BaseTrainConfig:
     blind_keep_max: float = 0.1      # a blind example keeps each image token with prob ~ U(0, blind_keep_max)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    length_pool: int = 50            # text stages: batches drawn as a pool of this many, sorted by length and cut
-    #                                  into batches of like length (less padding); 0 or 1: plain random batches
+    length_pool: int = 0             # text stages: > 1 draws batches as a pool of this many, sorted by length and
+    #                                  cut into batches of like length (half the padding, but it reweights tokens
+    #                                  and changed the base model: docs/world.md); 0 or 1: plain random batches
     threads: int = 2                 # torch CPU threads
 
     def __post_init__(self):
