@@ -596,6 +596,15 @@ def chain_param(runs_root: str | Path, pattern: str, key: str):
     return io.read_json(found[0]).get(key) if found else None
 
 
+DATA_NOTES = {   # what a claim covers, per `data_draws`
+    "shared": "**Data:** every seed trained on one draw of each preference dataset, so a claim holds for that draw "
+              "and the seeds measure training alone (`mmstudy run --data-draws per-seed` draws anew per seed).",
+    "per-seed": "**Data:** each seed trained on its own draw of each preference dataset: the claims hold over draws "
+                "of the data.",
+    "one seed": "**Data:** one seed: each claim rests on one trained model per method.",
+}
+
+
 def data_draws(runs_root: str | Path) -> str:
     """How the chain's seeds got their preference data, read from the prefs param of every `05_offline` run:
     "shared" (each dataset is one file that every seed trained on: a claim holds for that draw of the data),

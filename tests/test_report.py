@@ -223,7 +223,7 @@ def test_paired_frame_and_figure_show_each_model_against_the_base(runs_root):
 
 
 def test_data_draws_read_from_the_prefs_each_seed_trained_on(tmp_path):
-    assert report.data_draws(tmp_path) == "one seed"
+    assert report.data_draws(tmp_path) == "one seed" and set(report.DATA_NOTES) == {"one seed", "shared", "per-seed"}
     for seed in (0, 1):
         _run(tmp_path, f"05_offline/povid/s{seed}", seed, 0.85, params={"prefs": "02_preference_data/s0/povid.jsonl"})
     assert report.data_draws(tmp_path) == "shared"
