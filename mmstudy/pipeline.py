@@ -91,7 +91,7 @@ def sweep_points(stage: str, profile: str, params_dir: Path = ROOT / "params") -
 
 
 def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Sequence[int], profile: str,
-          shared_data: bool = True) -> dict:
+          shared_data: bool) -> dict:
     """The params the driver sets: the upstream run directories and files a stage reads, and its variant. With
     `shared_data`, every seed trains on the first seed's preference data (02, 03)."""
     base = _run_dir(root, _BY_NAME["01_world_base"], seeds[0])
