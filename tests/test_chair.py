@@ -11,7 +11,7 @@ import pytest
 from mmstudy.benchmarks import chair
 from mmstudy.io import DataError
 
-COCO_SYNONYMS = Path(__file__).parents[1] / "data" / "coco_chair_synonyms.txt"
+COCO_SYNONYMS = Path(__file__).parents[1] / "mmstudy" / "resources" / "coco_chair_synonyms.txt"
 
 # A world-style synonym file in the COCO format: multi-word classes, synonyms, one multi-word entry
 # ("coffee table") that the reference's hard-coded bigram list does not know.

@@ -30,7 +30,7 @@ from mmstudy.world import (
 from mmstudy.world_files import load_scenes, synonyms_text, write_world
 from mmstudy.world_text import describe, is_well_formed, sample_conversation, split_sentences, symbolic_scene
 
-COCO_SYNONYMS = Path(__file__).resolve().parents[1] / "data" / "coco_chair_synonyms.txt"
+COCO_SYNONYMS = Path(__file__).resolve().parents[1] / "mmstudy" / "resources" / "coco_chair_synonyms.txt"
 
 
 def test_world_has_enough_classes_contexts_and_distinct_glyphs():
