@@ -1,4 +1,4 @@
-"""Batched generation and BDHS image-token masking (PAPER.md §4.2, Eq. 6) on a tiny random LLaVA.
+"""Batched generation and BDHS image-token masking (docs/bdhs.md) on a tiny random LLaVA.
 
 Run: python -m pytest tests/test_generation.py -q
 """
