@@ -41,7 +41,7 @@ from mmstudy.model import (
     build_tiny_llava,
     build_tokenizer,
 )
-from mmstudy.runs import derive_seed, set_seed
+from mmstudy.runs import cpu_threads, derive_seed, set_seed
 from mmstudy.world import CLASSES, cell_labels
 from mmstudy.world_files import load_scenes, load_world_info
 from mmstudy.world_text import vocabulary_text
@@ -79,7 +79,7 @@ class BaseTrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     pack_width: int = 160            # text stages pack a batch's sequences into rows of max(this, longest) positions
-    threads: int = 2                 # torch CPU threads
+    threads: int = 0                 # torch CPU threads; 0: OMP_NUM_THREADS, else the cores allowed (runs.cpu_threads)
 
     def __post_init__(self):
         if not 0 <= self.p_blind <= 1 or not 0 <= self.blind_keep_max <= 1:
@@ -402,7 +402,7 @@ def train_base(world_dir: str | Path, cfg: BaseTrainConfig, checkpoint_dir: str 
     """Run the four stages; returns (model, processor, report). With `checkpoint_dir`, each finished stage is
     saved there and a rerun resumes after the last finished stage."""
     world_dir = Path(world_dir)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cpu_threads(cfg.threads))
     set_seed(cfg.seed)
     model, processor = build_world_model(world_dir, cfg)
     tokenizer = processor.tokenizer

@@ -488,6 +488,9 @@ def _add_trainer_args(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmstudy", description=__doc__.split("\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads for this command and the notebooks it runs (default: "
+                             "OMP_NUM_THREADS, else the cores this process may use; see docs/study.md)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("world", help="generate the synthetic world (images + text in the real formats)")
@@ -829,7 +832,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from mmstudy.runs import use_cpu_threads
+
     try:
+        use_cpu_threads(args.threads)
         args.func(args)
     except (io.DataError, FileExistsError, ValueError) as e:
         logger.error("%s", e)

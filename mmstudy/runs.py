@@ -9,6 +9,7 @@ import datetime as _dt
 import hashlib
 import importlib.metadata
 import logging
+import os
 import platform
 import random
 import subprocess
@@ -30,6 +31,33 @@ def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed from (seed, *parts) with a stable hash (Python's `hash()` of a str is salted per process)."""
     key = "\x1f".join([str(int(seed))] + [str(p) for p in parts]).encode("utf-8")
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """Threads for torch on the CPU: `requested` when > 0, else `OMP_NUM_THREADS` when set, else the cores this
+    process may run on (`os.sched_getaffinity`, so `taskset -c 0 mmstudy ...` gets one thread). Two processes
+    whose threads together exceed the cores slow each other by an order of magnitude (docs/study.md)."""
+    if requested < 0:
+        raise ValueError(f"threads must be >= 0 (0: OMP_NUM_THREADS, else the cores allowed), got {requested}")
+    if requested:
+        return requested
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"OMP_NUM_THREADS={env!r} is not a positive whole number")
+        return int(env)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def use_cpu_threads(requested: int = 0) -> int:
+    """Set torch's threads to `cpu_threads(requested)` and export them as OMP_NUM_THREADS, so that the processes
+    this one starts (papermill kernels, data workers) use as many; returns the number."""
+    n = cpu_threads(requested)
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    return n
 
 
 def set_seed(seed: int) -> None:

@@ -5,10 +5,11 @@ import logging
 import pytest
 import torch
 
+from mmstudy.runs import cpu_threads
 from mmstudy.world import WorldSpec
 from mmstudy.world_files import write_world
 
-torch.set_num_threads(2)
+torch.set_num_threads(min(2, cpu_threads()))   # at most 2; fewer under taskset or OMP_NUM_THREADS
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ from mmstudy.model import (
     image_token_id,
 )
 
-torch.set_num_threads(2)
 
 CORPUS = [
     "describe the image .",

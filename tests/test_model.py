@@ -40,7 +40,6 @@ from mmstudy.model import (
     save_llava,
 )
 
-torch.set_num_threads(2)
 
 CORPUS = [
     "Describe the image.",
