@@ -19,28 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from common import smoke_setup
+from common import loop_generate, smoke_setup
 
-from mmstudy.bdhs import SENTENCE_STOPS, BDHSConfig, ImageLoader, _draw, _one_iteration, load_examples
-from mmstudy.generation import chat_prompt, generate
+from mmstudy.bdhs import BDHSConfig, ImageLoader, _draw, _one_iteration, load_examples
 from mmstudy.model import load_llava
-
-
-def loop_generate(model, processor, examples, cfg, images, n_tokens) -> list[str]:
-    """The baseline: one `generate` call per sentence, batch size 1, same prompts, masks and stop rule."""
-    texts = []
-    for ex in examples:
-        draw = _draw(ex, 1, n_tokens, cfg, guided=True)
-        base = chat_prompt(processor, ex.prompt)
-        parts = []
-        for context, cut in draw.prefixes:
-            assistant = " ".join(t for t in (context, cut) if t)
-            prompt = f"{base} {assistant}" if assistant else base
-            cont = generate(model, processor, [images(ex)], [prompt], max_new_tokens=cfg.max_sentence_tokens,
-                            batch_size=1, image_keep=[draw.keep], stop_after=SENTENCE_STOPS, progress=False)[0]
-            parts.append(f"{cut} {cont.strip()}".strip() if cut else cont.strip())
-        texts.append(" ".join(parts))
-    return texts
 
 
 def main() -> None:
@@ -73,7 +55,7 @@ def main() -> None:
                                     args.batch_size, progress=False)
         t_ours = time.perf_counter() - start
         start = time.perf_counter()
-        loop = loop_generate(model, processor, examples, cfg, images, n_tokens)
+        loop = loop_generate(model, processor, examples, cfg, images, {ex.id: n_tokens for ex in examples})
         t_loop = time.perf_counter() - start
     same = sum(a == b for a, b in zip(ours, loop))
     print(f"examples={len(examples)} sentences={sentences} device={model.device} "  # noqa: T201

@@ -13,7 +13,8 @@ token budget: the rates are of full-length work; accuracies are meaningless and 
             model FLOP utilisation: FLOPs of the measured steps (counted from their token counts) per second,
             divided by this GPU's bf16 matmul rate measured in the same run (float32 on a CPU)
     bdhs    generated tokens per second of mmstudy's batched BDHS (`bdhs_generate`, one guided iteration, rho 0.99)
-            against a loop of one `model.generate` call per sentence of each example, same prompts, masks and cuts
+            against `common.loop_generate`, one `model.generate` call per sentence of each example, same prompts,
+            masks and cuts
     eval    POPE and caption (CHAIR) items per second through `mmstudy.evaluate.evaluate` on the smoke world
     launch  one `accelerate launch -m mmstudy train-dpo` subprocess on the saved model: wall time and exit status
 
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import loop_generate
 
 logger = logging.getLogger("gpu_check")
 
@@ -334,27 +336,6 @@ class AcceptAll:
         return np.zeros(len(a))
 
 
-def per_example_loop(model, processor, examples, cfg, images, n_tokens: dict) -> list[str]:
-    """The baseline: one `model.generate` call (through `mmstudy.generation.generate`, batch size 1) per sentence
-    of each example, with the same draws (mask, cuts), prompts and stop rule as the batched path."""
-    from mmstudy.bdhs import SENTENCE_STOPS, _draw
-    from mmstudy.generation import chat_prompt, generate
-
-    texts = []
-    for ex in examples:
-        draw = _draw(ex, 1, n_tokens[ex.id], cfg, guided=True)
-        base = chat_prompt(processor, ex.prompt)
-        sentences = []
-        for context, cut in draw.prefixes:
-            assistant = " ".join(t for t in (context, cut) if t)
-            prompt = f"{base} {assistant}" if assistant else base
-            cont = generate(model, processor, [images(ex)], [prompt], max_new_tokens=cfg.max_sentence_tokens,
-                            batch_size=1, image_keep=[draw.keep], stop_after=SENTENCE_STOPS, progress=False)[0]
-            sentences.append(f"{cut} {cont.strip()}".strip() if cut else cont.strip())
-        texts.append(" ".join(s for s in sentences if s))
-    return texts
-
-
 def _generated_tokens(tokenizer, texts: list[str], examples, cfg, n_tokens: dict) -> int:
     """Tokens the model generated in `texts` (each example's rejected response): its tokens less those of the
     guidance cuts, which are copied from y+."""
@@ -392,7 +373,7 @@ def measure_bdhs(model, processor, world: Path, scale: Scale, device: str) -> di
     t_batched = time.perf_counter() - start
     peak = peak_memory_gb(device)
     start = time.perf_counter()
-    loop = per_example_loop(model, processor, examples, cfg, images, n_tokens)
+    loop = loop_generate(model, processor, examples, cfg, images, n_tokens)
     sync(device)
     t_loop = time.perf_counter() - start
     tok = processor.tokenizer

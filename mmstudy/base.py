@@ -153,10 +153,10 @@ def pack_rows(lengths: list[int], width: int = 0) -> list[list[int]]:
     """First-fit decreasing: the batch's sequences (by index) in rows of max(width, longest) positions."""
     width, rows, room = max(width, *lengths), [], []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        r = next((r for r in range(len(rows)) if room[r] >= lengths[i]), None)
-        if r is None:
-            rows.append([]), room.append(width)
-            r = len(rows) - 1
+        r = next((r for r in range(len(rows)) if room[r] >= lengths[i]), len(rows))
+        if r == len(rows):
+            rows.append([])
+            room.append(width)
         rows[r].append(i)
         room[r] -= lengths[i]
     return rows
@@ -174,8 +174,8 @@ def pack_batch(seqs: list[list[int]], labels: list[list[int]], pad_id: int,
     the order the rows hold them (the order of their images)."""
     if any(target[0] != IGNORE_INDEX for target in labels):
         raise ValueError("pack_batch: every sequence's first label must be IGNORE_INDEX")
-    rows = pack_rows(list(map(len, seqs)), width)
     width = max(width, *map(len, seqs))
+    rows = pack_rows(list(map(len, seqs)), width)
     ids = torch.full((len(rows), width), pad_id)
     lab = torch.full((len(rows), width), IGNORE_INDEX)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
