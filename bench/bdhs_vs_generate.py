@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from common import loop_generate, smoke_setup
 
-from mmstudy.bdhs import BDHSConfig, ImageLoader, _draw, _one_iteration, load_examples
-from mmstudy.model import load_llava
+from mmstudy.data.bdhs import BDHSConfig, ImageLoader, draw_iteration, load_examples, one_iteration
+from mmstudy.models.llava import load_llava
 
 
 def main() -> None:
@@ -47,11 +47,11 @@ def main() -> None:
         n_tokens = model.config.image_seq_length
         for ex in examples:
             images(ex)                                    # both timings exclude image loading
-        sentences = sum(len(_draw(ex, 1, n_tokens, cfg, True).prefixes) for ex in examples)
-        _one_iteration(model, processor, examples[:8], 1, cfg, images, {ex.id: n_tokens for ex in examples},
+        sentences = sum(len(draw_iteration(ex, 1, n_tokens, cfg, True).prefixes) for ex in examples)
+        one_iteration(model, processor, examples[:8], 1, cfg, images, {ex.id: n_tokens for ex in examples},
                        args.batch_size, progress=False)          # warm-up (lazy initialisation, CUDA kernels)
         start = time.perf_counter()
-        ours, _, _ = _one_iteration(model, processor, examples, 1, cfg, images, {ex.id: n_tokens for ex in examples},
+        ours, _, _ = one_iteration(model, processor, examples, 1, cfg, images, {ex.id: n_tokens for ex in examples},
                                     args.batch_size, progress=False)
         t_ours = time.perf_counter() - start
         start = time.perf_counter()

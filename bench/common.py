@@ -7,10 +7,10 @@ from pathlib import Path
 
 def smoke_setup(root: Path) -> tuple[Path, Path]:
     """(model directory, world directory) of a smoke-profile world and base model under `root` (about 15 s)."""
-    from mmstudy.base import BaseTrainConfig, train_base
-    from mmstudy.model import save_llava
-    from mmstudy.world import WorldSpec
-    from mmstudy.world_files import write_world
+    from mmstudy.models.llava import save_llava
+    from mmstudy.training.base import BaseTrainConfig, train_base
+    from mmstudy.world.files import write_world
+    from mmstudy.world.scene import WorldSpec
 
     world = root / "world"
     write_world(world, WorldSpec.for_profile("smoke"), seed=0, progress=False)
@@ -23,12 +23,12 @@ def loop_generate(model, processor, examples, cfg, images, n_tokens: dict) -> li
     """The baseline BDHS is measured against: one `generate` call (batch size 1) per sentence of each example,
     with the draws (mask, cuts), prompts and stop rule of the batched path; `n_tokens`: image tokens per example
     id."""
-    from mmstudy.bdhs import SENTENCE_STOPS, _draw
-    from mmstudy.generation import chat_prompt, generate
+    from mmstudy.data.bdhs import SENTENCE_STOPS, draw_iteration
+    from mmstudy.models.generation import chat_prompt, generate
 
     texts = []
     for ex in examples:
-        draw = _draw(ex, 1, n_tokens[ex.id], cfg, guided=True)
+        draw = draw_iteration(ex, 1, n_tokens[ex.id], cfg, guided=True)
         base = chat_prompt(processor, ex.prompt)
         sentences = []
         for context, cut in draw.prefixes:

@@ -31,8 +31,8 @@ LORA_R, LORA_ALPHA, BATCH, LR = 8, 16, 8, 5e-5
 
 
 def run_ours(world: Path, model_dir: str, prefs: Path, out: Path, epochs: int) -> dict:
-    from mmstudy.dpo import DPOTrainConfig, train_dpo
-    from mmstudy.preferences import load_preferences
+    from mmstudy.data.preferences import load_preferences
+    from mmstudy.training.dpo import DPOTrainConfig, train_dpo
 
     pairs = load_preferences(prefs)
     cfg = DPOTrainConfig(lora_r=LORA_R, lora_alpha=LORA_ALPHA, batch_size=BATCH, lr=LR, projector_lr=LR,
@@ -51,7 +51,7 @@ def run_trl(world: Path, model_dir: str, prefs: Path, out: Path, epochs: int, tw
     from trl import DPOConfig, DPOTrainer
 
     from mmstudy import io
-    from mmstudy.model import LORA_TARGET_REGEX, load_llava
+    from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava
 
     pairs = [json.loads(line) for line in prefs.read_text().splitlines()]
     model, processor = load_llava(model_dir)
@@ -88,9 +88,9 @@ def matmul_peak(n: int = 1024, reps: int = 20) -> float:
 
 def training_flops(model_dir: str, prefs: Path, world: Path, epochs: int) -> float:
     """Matmul FLOPs of our run: (2 + 4 + 2) N per token; a pair's prompt runs once, then each response."""
-    from mmstudy.dpo import encode_pairs
-    from mmstudy.model import load_llava
-    from mmstudy.preferences import load_preferences
+    from mmstudy.data.preferences import load_preferences
+    from mmstudy.models.llava import load_llava
+    from mmstudy.training.dpo import encode_pairs
 
     model, processor = load_llava(model_dir)
     lm = model.model.language_model
@@ -130,7 +130,7 @@ def main() -> None:
         tmp = Path(tmp)
         model, world = (args.model, args.world) if args.model else smoke_setup(tmp)
         from mmstudy import io
-        from mmstudy.world_prefs import povid_like_pairs
+        from mmstudy.editions.povid import povid_like_pairs
 
         prefs = tmp / "prefs.jsonl"
         io.write_jsonl(prefs, povid_like_pairs(world, n=n_pairs, seed=0))

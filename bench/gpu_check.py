@@ -8,14 +8,14 @@ decodes to a word. The data are a smoke world's, its images resized to COCO's 64
 under AnyRes, as the paper's COCO images have). Random weights never stop early, so every generation runs to its
 token budget: the rates are of full-length work; accuracies are meaningless and not reported.
 
-    dpo     LoRA DPO steps per second through `mmstudy.dpo.train_dpo` (what `mmstudy train-dpo` runs), the paper's
-            LoRA (r 128, alpha 256, projector trained), reference = adapters disabled, computed each step; and the
-            model FLOP utilisation: FLOPs of the measured steps (counted from their token counts) per second,
+    dpo     LoRA DPO steps per second through `mmstudy.training.dpo.train_dpo` (what `mmstudy train-dpo` runs),
+            the paper's LoRA (r 128, alpha 256, projector trained), reference = adapters disabled, computed each step;
+            and the model FLOP utilisation: FLOPs of the measured steps (counted from their token counts) per second,
             divided by this GPU's bf16 matmul rate measured in the same run (float32 on a CPU)
     bdhs    generated tokens per second of mmstudy's batched BDHS (`bdhs_generate`, one guided iteration, rho 0.99)
             against `common.loop_generate`, one `model.generate` call per sentence of each example, same prompts,
             masks and cuts
-    eval    POPE and caption (CHAIR) items per second through `mmstudy.evaluate.evaluate` on the smoke world
+    eval    POPE and caption (CHAIR) items per second through `mmstudy.evaluation.evaluate.evaluate` on the smoke world
     launch  one `accelerate launch -m mmstudy train-dpo` subprocess on the saved model: wall time and exit status
 
     python bench/gpu_check.py [--out gpu_check.json] [--device cuda] [--tiny]
@@ -102,8 +102,8 @@ SECTIONS = ("matmul", "dpo", "bdhs", "eval", "launch")
 def build_tokenizer_of_size(vocab_size: int):
     """mmstudy's word-level tokenizer over the world's words, padded with filler words (w00000, ...) to exactly
     `vocab_size` ids."""
-    from mmstudy.model import build_tokenizer
-    from mmstudy.world_text import vocabulary_text
+    from mmstudy.models.llava import build_tokenizer
+    from mmstudy.world.text import vocabulary_text
 
     words = len(build_tokenizer([vocabulary_text()]))
     if vocab_size < words:
@@ -119,7 +119,7 @@ def build_processor(scale: Scale, tokenizer):
     """A LlavaNextProcessor (PIL AnyRes image processor, CLIP normalisation) with mmstudy's chat template."""
     from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
 
-    from mmstudy.model import CHAT_TEMPLATE, IMAGE_TOKEN
+    from mmstudy.models.llava import CHAT_TEMPLATE, IMAGE_TOKEN
 
     side = scale.vision["image_size"]
     image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": side},
@@ -141,7 +141,7 @@ def build_model(scale: Scale, processor, device: str, dtype: torch.dtype):
         LlavaNextForConditionalGeneration,
     )
 
-    from mmstudy.model import IMAGE_TOKEN
+    from mmstudy.models.llava import IMAGE_TOKEN
 
     tok = processor.tokenizer
     text = LlamaConfig(**scale.text, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -269,7 +269,7 @@ def _dpo_run(model_dir: Path, world: Path, pairs: list[dict], batch: int, scale:
              out: Path) -> dict:
     """One `train_dpo` run of `scale.dpo_steps` steps of `batch` pairs; per-step times from its metrics.jsonl."""
     from mmstudy import io
-    from mmstudy.dpo import DPOTrainConfig, train_dpo
+    from mmstudy.training.dpo import DPOTrainConfig, train_dpo
 
     cfg = DPOTrainConfig(lora_r=scale.lora_r, lora_alpha=scale.lora_alpha, batch_size=batch, epochs=1,
                          checkpoint_every=0, merge=False, lr=1e-6, projector_lr=2e-5)
@@ -283,8 +283,8 @@ def measure_dpo(model_dir: Path, processor, config, world: Path, pairs: list[dic
                 matmul_tflops: float, work: Path) -> dict:
     """LoRA DPO steps per second through `train_dpo` (the first step is warm-up, the rest are timed) and the model
     FLOP utilisation against the measured matmul rate. Halves the batch on a CUDA out-of-memory error."""
-    from mmstudy.checkpoints import epoch_order
-    from mmstudy.dpo import encode_pairs
+    from mmstudy.training.checkpoints import epoch_order
+    from mmstudy.training.dpo import encode_pairs
 
     oom = []
     batch = scale.dpo_batch
@@ -339,12 +339,12 @@ class AcceptAll:
 def _generated_tokens(tokenizer, texts: list[str], examples, cfg, n_tokens: dict) -> int:
     """Tokens the model generated in `texts` (each example's rejected response): its tokens less those of the
     guidance cuts, which are copied from y+."""
-    from mmstudy.bdhs import _draw
+    from mmstudy.data.bdhs import draw_iteration
 
     count = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else 0  # noqa: E731
     total = 0
     for text, ex in zip(texts, examples):
-        cuts = sum(count(cut) for _, cut in _draw(ex, 1, n_tokens[ex.id], cfg, guided=True).prefixes)
+        cuts = sum(count(cut) for _, cut in draw_iteration(ex, 1, n_tokens[ex.id], cfg, guided=True).prefixes)
         total += max(0, count(text) - cuts)
     return total
 
@@ -353,15 +353,15 @@ def measure_bdhs(model, processor, world: Path, scale: Scale, device: str) -> di
     """Generated tokens per second of batched BDHS (`bdhs_generate`: one prefill per example, every sentence of
     every example in one decode loop) against the per-example `generate` loop, on the same examples; one guided
     iteration at rho 0.99 (LLaVA-1.6 keeps about 1 % of its image tokens)."""
-    from mmstudy.bdhs import BDHSConfig, ImageLoader, _draw, bdhs_generate, load_examples
-    from mmstudy.generation import chat_prompt, image_token_counts
+    from mmstudy.data.bdhs import BDHSConfig, ImageLoader, bdhs_generate, draw_iteration, load_examples
+    from mmstudy.models.generation import chat_prompt, image_token_counts
 
     examples = load_examples(world / "llava_instruct_train.json", world / "images", n=scale.bdhs_examples, seed=0)
     images = ImageLoader(world / "images")
     cfg = BDHSConfig(rho_th=0.99, iterations=1)
     n_tokens = {ex.id: image_token_counts(processor, [images(ex)], [chat_prompt(processor, ex.prompt)])[0]
                 for ex in examples}
-    sentences = sum(len(_draw(ex, 1, n_tokens[ex.id], cfg, True).prefixes) for ex in examples)
+    sentences = sum(len(draw_iteration(ex, 1, n_tokens[ex.id], cfg, True).prefixes) for ex in examples)
     embedder = AcceptAll()
     bdhs_generate(model, processor, examples[:1], cfg, embedder, images, scale.bdhs_batch, progress=False)  # warm-up
     reset_peak(device)
@@ -392,9 +392,10 @@ def measure_bdhs(model, processor, world: Path, scale: Scale, device: str) -> di
 
 
 def measure_eval(model, processor, world: Path, scale: Scale, device: str) -> dict:
-    """POPE and caption (CHAIR) items per second through `mmstudy.evaluate.evaluate` on the first `eval_items`
-    items of each POPE split and of the caption prompts (batch = eval_items; registry budgets: 16 and 96 tokens)."""
-    from mmstudy.evaluate import evaluate
+    """POPE and caption (CHAIR) items per second through `mmstudy.evaluation.evaluate.evaluate` on the first
+    `eval_items` items of each POPE split and of the caption prompts (batch = eval_items;
+    registry budgets: 16 and 96 tokens)."""
+    from mmstudy.evaluation.evaluate import evaluate
 
     out = {"ok": True, "items_per_benchmark_limit": scale.eval_items}
     for name in ("pope", "chair"):
@@ -487,10 +488,10 @@ def resize_images(image_dir: Path, size: tuple[int, int]) -> int:
 def check(results: dict, scale: Scale, device: str, work: Path) -> None:
     """Every measurement on one model, into `results` (filled as it goes, so a fatal error keeps what came
     before)."""
-    from mmstudy.model import save_llava
-    from mmstudy.world import WorldSpec
-    from mmstudy.world_files import write_world
-    from mmstudy.world_prefs import povid_like_pairs
+    from mmstudy.editions.povid import povid_like_pairs
+    from mmstudy.models.llava import save_llava
+    from mmstudy.world.files import write_world
+    from mmstudy.world.scene import WorldSpec
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     matmul = run_section(results, "matmul", measure_matmul, device, scale.matmul_n, scale.matmul_reps)

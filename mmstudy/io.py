@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -126,3 +127,19 @@ def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename `src` onto `dst`; an existing `dst` is moved aside first and deleted only after the swap."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+    os.replace(dst, old / dst.name)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(old / dst.name, dst)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

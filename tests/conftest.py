@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mmstudy.runs import cpu_threads
-from mmstudy.world import WorldSpec
-from mmstudy.world_files import write_world
+from mmstudy.world.files import write_world
+from mmstudy.world.scene import WorldSpec
 
 torch.set_num_threads(min(2, cpu_threads()))   # at most 2; fewer under taskset or OMP_NUM_THREADS
 
@@ -23,7 +23,7 @@ def smoke_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_model(smoke_world):
     """(model, processor, report) of a smoke-profile base training on the smoke world (seconds, no quality)."""
-    from mmstudy.base import BaseTrainConfig, train_base
+    from mmstudy.training.base import BaseTrainConfig, train_base
 
     logging.getLogger("mmstudy").setLevel(logging.WARNING)
     return train_base(smoke_world, BaseTrainConfig.for_profile("smoke"), progress=False)
@@ -32,7 +32,7 @@ def smoke_model(smoke_world):
 @pytest.fixture(scope="session")
 def base_dir(smoke_model, tmp_path_factory):
     """The smoke model saved as a Hugging Face directory (what the trainers load)."""
-    from mmstudy.model import save_llava
+    from mmstudy.models.llava import save_llava
 
     model, processor, _ = smoke_model
     path = tmp_path_factory.mktemp("smoke_model") / "base"

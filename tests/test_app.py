@@ -1,4 +1,4 @@
-"""Tests of the Gradio inspector: the view helpers (mmstudy.app_views), the BDHS mask it redraws, the Blocks built
+"""Tests of the Gradio inspector: the view helpers (mmstudy.app.views), the BDHS mask it redraws, the Blocks built
 without launching, and one end-to-end run in headless Chromium (Playwright driving Debian's /usr/bin/chromium) over
 a smoke runs directory, with a screenshot of every tab saved into $MMSTUDY_APP_SCREENSHOTS (default: a pytest tmp
 dir).
@@ -23,11 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mmstudy import app_render as render
-from mmstudy import app_views as views
 from mmstudy import io
-from mmstudy.review import diff_words, words
-from mmstudy.world import Scene, SceneObject
+from mmstudy.app import render, views
+from mmstudy.textdiff import diff_words, words
+from mmstudy.world.scene import Scene, SceneObject
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -88,7 +87,7 @@ def test_discover_runs_lists_runs_and_reports_broken_ones(tmp_path):
     io.write_jsonl(runs / ".hidden" / "p.jsonl", [_pair(0)])
     io.write_json(runs / "w" / "world.json", {"version": 1})
     io.write_jsonl(runs / "w" / "inside_world.jsonl", [_pair(0)])                   # worlds are not searched
-    from mmstudy.preferences import save_preferences
+    from mmstudy.data.preferences import save_preferences
 
     save_preferences([_pair(0), _pair(1)], runs / "prefs" / "arrow")                  # a datasets Arrow folder
     index = views.discover_runs(runs)
@@ -195,7 +194,7 @@ def test_object_mentions_against_ground_truth():
 
 
 def test_truth_from_coco_annotations(smoke_world):
-    from mmstudy.world_files import load_scenes
+    from mmstudy.world.layout import load_scenes
 
     truth = views.Truth(coco_dir=smoke_world / "annotations")
     scene = load_scenes(smoke_world, "val")[0]
@@ -246,12 +245,12 @@ def test_metric_figure_and_benchmark_order():
 
 
 def test_kept_image_tokens_is_the_mask_bdhs_drew():
-    from mmstudy.bdhs import BDHSConfig, Example, _draw, kept_image_tokens
+    from mmstudy.data.bdhs import BDHSConfig, Example, draw_iteration, kept_image_tokens
 
     ex = Example("train_000001_0", "a.png", "Describe.", "There is a dog. Yes, there is a cup.")
     for rho, seed, iteration, n in ((0.99, 0, 1, 36), (0.5, 3, 2, 36), (0.8, 1, 5, 577)):
         cfg = BDHSConfig(rho_th=rho, seed=seed, iterations=5)
-        drawn = _draw(ex, iteration, n, cfg, guided=True).keep
+        drawn = draw_iteration(ex, iteration, n, cfg, guided=True).keep
         assert torch.equal(kept_image_tokens(ex.id, iteration, n, cfg), drawn)
     assert kept_image_tokens(ex.id, 1, 36, BDHSConfig(variant="noise")) is None
 
@@ -260,7 +259,7 @@ def test_kept_image_tokens_is_the_mask_bdhs_drew():
 
 
 def test_app_command_defaults_to_localhost():
-    from mmstudy.app import DEFAULT_HOST, DEFAULT_PORT
+    from mmstudy.app.ui import DEFAULT_HOST, DEFAULT_PORT
     from mmstudy.cli import build_parser
 
     args = build_parser().parse_args(["app", "--runs", "runs"])
@@ -271,7 +270,7 @@ def test_app_command_defaults_to_localhost():
 def test_build_demo_on_a_missing_runs_directory_shows_a_message(tmp_path):
     import gradio as gr
 
-    from mmstudy.app import build_demo
+    from mmstudy.app.ui import build_demo
 
     demo = build_demo(tmp_path / "missing")
     assert isinstance(demo, gr.Blocks)
@@ -280,7 +279,7 @@ def test_build_demo_on_a_missing_runs_directory_shows_a_message(tmp_path):
 
 
 def test_handlers_refuse_crafted_paths_with_a_message(tmp_path):
-    from mmstudy.app import Inspector
+    from mmstudy.app.ui import Inspector
 
     runs = tmp_path / "runs"
     io.write_jsonl(runs / "crafted.jsonl", [_pair(0, image="../../../../../../../etc/hostname")])
@@ -314,10 +313,10 @@ def smoke_runs(smoke_world, base_dir, tmp_path_factory):
     image path, two models (the smoke model and a noised copy), their evaluations (POPE, CHAIR, MMHal with the
     oracle judge), and an evaluation directory with a broken results.json. The world stays outside (--world)."""
     from mmstudy import cli
-    from mmstudy.bdhs import BDHSConfig, ImageLoader, load_examples, model_fingerprint, run_bdhs
-    from mmstudy.model import load_llava, save_llava
-    from mmstudy.preferences import save_preferences
-    from mmstudy.world_prefs import povid_like_pairs
+    from mmstudy.data.bdhs import BDHSConfig, ImageLoader, load_examples, model_fingerprint, run_bdhs
+    from mmstudy.data.preferences import save_preferences
+    from mmstudy.editions.povid import povid_like_pairs
+    from mmstudy.models.llava import load_llava, save_llava
 
     runs = tmp_path_factory.mktemp("runs")
     save_preferences(povid_like_pairs(smoke_world, n=20, seed=0, progress=False), runs / "prefs" / "world_povid.jsonl")
@@ -364,7 +363,7 @@ def _text(page, selector: str) -> str:
 def test_inspector_in_browser(smoke_runs, smoke_world, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from mmstudy.app import build_demo, launch
+    from mmstudy.app.ui import build_demo, launch
 
     expect.set_options(timeout=60_000)   # the VM can be slow for minutes; every wait ends as soon as it holds
 
@@ -396,9 +395,9 @@ def _check_pairs(page, runs, world, shots):
     from playwright.sync_api import expect
 
     from mmstudy.benchmarks.chair import extract_objects
-    from mmstudy.online import world_scenes
-    from mmstudy.oracle import world_synonyms
-    from mmstudy.preferences import load_preferences
+    from mmstudy.data.preferences import load_preferences
+    from mmstudy.judges.oracle import world_synonyms
+    from mmstudy.training.online import world_scenes
 
     expect(page.locator("#summary")).to_contain_text("evals/broken")           # the broken run, as a message
     bdhs = load_preferences(runs / "prefs" / "bdhs.jsonl")                     # the first file, shown on load
@@ -434,10 +433,10 @@ def _check_pairs(page, runs, world, shots):
 def _check_live(page, runs, world, shots):
     from playwright.sync_api import expect
 
-    from mmstudy.generation import chat_prompt, generate, image_token_counts, sample_image_keep
-    from mmstudy.model import load_llava
-    from mmstudy.online import world_scenes
-    from mmstudy.world_text import CAPTION_EVAL_PROMPT
+    from mmstudy.models.generation import chat_prompt, generate, image_token_counts, sample_image_keep
+    from mmstudy.models.llava import load_llava
+    from mmstudy.training.online import world_scenes
+    from mmstudy.world.text import CAPTION_EVAL_PROMPT
 
     page.get_by_role("tab", name="Live").click()
     name = page.locator("#live-image-name input").input_value()
@@ -446,7 +445,7 @@ def _check_live(page, runs, world, shots):
     scene = world_scenes(world)(name)
     expect(page.locator("#live-checks")).to_contain_text(f"ground truth (world): {', '.join(sorted(scene.classes()))}")
     expect(page.locator("#live-checks")).to_contain_text("models/noised (masked, ρ_th 0.99) objects:")
-    model, processor = load_llava(runs / "models" / "base")       # what mmstudy.generation answers, independently
+    model, processor = load_llava(runs / "models" / "base")   # what mmstudy.models.generation answers, independently
     image, prompt = io.load_image(world / "images" / name), chat_prompt(processor, CAPTION_EVAL_PROMPT)
     n = image_token_counts(processor, [image], [prompt])[0]
     expected = generate(model, processor, [image, image], [prompt, prompt], max_new_tokens=64, batch_size=2,
@@ -494,7 +493,7 @@ def _check_benchmarks(page, runs, shots):
 
 
 def test_live_answers_about_an_uploaded_image(smoke_runs):
-    from mmstudy.app import NONE, Inspector
+    from mmstudy.app.ui import NONE, Inspector
 
     app = Inspector(smoke_runs)                           # no world: an upload has no ground truth
     out = app.live(None, Image.new("RGB", (48, 48), (0, 120, 0)), "What is in the image?", "models/base", NONE,
@@ -507,7 +506,7 @@ def test_live_answers_about_an_uploaded_image(smoke_runs):
 
 
 def test_two_word_object_names_are_highlighted_whole():
-    from mmstudy.oracle import world_synonyms
+    from mmstudy.judges.oracle import world_synonyms
 
     objects = {"traffic light": "in the image", "car": "in the image", "stop sign": "not in the image"}
     got = render.spans("i see a traffic light. a car and a stop sign.", objects=objects, synonyms=world_synonyms())

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmstudy import base
-from mmstudy.base import BaseTrainConfig, StageConfig, normalise, tokenize_turns, train_base
-from mmstudy.world_files import load_scenes
+from mmstudy.training import base
+from mmstudy.training.base import BaseTrainConfig, StageConfig, normalise, tokenize_turns, train_base
+from mmstudy.world.layout import load_scenes
 
 
 @pytest.fixture()
@@ -155,7 +155,7 @@ def test_pack_rows_places_every_sequence_once_within_the_longest():
 
 
 def _encoded_batch(model, processor, smoke_world, n=6):
-    from mmstudy.data import conversation_turns, load_llava_instruct
+    from mmstudy.data.llava import conversation_turns, load_llava_instruct
 
     records = load_llava_instruct(smoke_world / "llava_instruct_train.json")[:60]
     encoded = [tokenize_turns(processor.tokenizer, conversation_turns(r), model.config.image_seq_length)
@@ -217,7 +217,7 @@ def test_pack_batch_refuses_a_first_label_that_would_be_learned_across_sequences
 def test_instruct_image_tokens_computed_once_give_the_loss_of_the_pixel_path(fresh, smoke_world):
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from mmstudy.data import conversation_turns, load_llava_instruct
+    from mmstudy.data.llava import conversation_turns, load_llava_instruct
 
     model, processor, _ = fresh
     names = [f"{s.image_id}.png" for s in load_scenes(smoke_world, "train")]

@@ -8,15 +8,16 @@ import torch
 from PIL import Image
 
 from mmstudy import io
-from mmstudy.bdhs import (
+from mmstudy.cli import main
+from mmstudy.data.bdhs import (
     BDHSConfig,
     Example,
     ImageLoader,
     SentenceEmbedder,
-    _draw,
     bdhs_generate,
     bdhs_statistics,
     diffusion_noise,
+    draw_iteration,
     guidance_prefixes,
     load_examples,
     regenerate_rejected,
@@ -24,7 +25,6 @@ from mmstudy.bdhs import (
     split_sentences,
     swap_yes_no,
 )
-from mmstudy.cli import main
 
 
 class WordOverlap:
@@ -118,7 +118,7 @@ def test_guided_generation_keeps_the_ground_truth_prefixes(smoke_model, examples
     assert len(results) == len(examples)
     for ex, r in zip(examples, results):
         assert r.guided and r.iterations == 1 and r.mask_kept == 1.0
-        cuts = [cut for _, cut in _draw(ex, 1, model.config.image_seq_length, cfg, guided=True).prefixes]
+        cuts = [cut for _, cut in draw_iteration(ex, 1, model.config.image_seq_length, cfg, guided=True).prefixes]
         assert r.rejected.startswith(cuts[0])
         assert all(cut in r.rejected for cut in cuts)
 
@@ -246,7 +246,7 @@ def test_llava_next_anyres_layout(tmp_path):
     """Masking and guidance work on LLaVA-NeXT's AnyRes layout (image tokens vary with the image's size)."""
     from test_model import CORPUS, _real_llava_next
 
-    from mmstudy.model import build_tokenizer
+    from mmstudy.models.llava import build_tokenizer
 
     torch.manual_seed(0)
     model, processor = _real_llava_next(build_tokenizer(CORPUS))
@@ -271,7 +271,7 @@ def test_sentence_embedder_offline():
 
 
 def test_bdhs_cli(smoke_model, smoke_world, tmp_path):
-    from mmstudy.model import save_llava
+    from mmstudy.models.llava import save_llava
 
     model, processor, _ = smoke_model
     save_llava(model, processor, tmp_path / "m")
@@ -295,12 +295,12 @@ def test_bdhs_cli(smoke_model, smoke_world, tmp_path):
                                  BDHSConfig(variant="noise", iterations=1, noise_steps=400, seed=4)])
 def test_fast_path_equals_generate_per_sentence(smoke_model, examples, loader, cfg):
     """One prefill per example + a shared decode loop gives exactly what `generate` gives sentence by sentence."""
-    from mmstudy.bdhs import _one_iteration
+    from mmstudy.data.bdhs import one_iteration
 
     model, processor, _ = smoke_model
     n = {ex.id: model.config.image_seq_length for ex in examples}
-    slow = _one_iteration(model, processor, examples, 1, cfg, loader, n, 8, False, fast=False)
-    fast = _one_iteration(model, processor, examples, 1, cfg, loader, n, 8, False, fast=True)
+    slow = one_iteration(model, processor, examples, 1, cfg, loader, n, 8, False, fast=False)
+    fast = one_iteration(model, processor, examples, 1, cfg, loader, n, 8, False, fast=True)
     assert fast == slow
 
 

@@ -18,7 +18,7 @@ from mmstudy import io
 from mmstudy.cli import main
 from mmstudy.converters import CONVERTERS, ConvertConfig, convert, write_result
 from mmstudy.converters.common import make_ids_unique
-from mmstudy.preferences import load_preferences, load_sft
+from mmstudy.data.preferences import load_preferences, load_sft
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "datasets"
 IMAGES = FIXTURES / "images"

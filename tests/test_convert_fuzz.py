@@ -28,7 +28,7 @@ from mmstudy.converters.povid import povid_pair
 from mmstudy.converters.rlhf_v import rlaif_v_pair, rlhf_v_pair
 from mmstudy.converters.trl_prefs import trl_pair
 from mmstudy.converters.vlfeedback import vlfeedback_pair
-from mmstudy.preferences import PREFERENCE, SFT, check_preference, check_record
+from mmstudy.data.preferences import PREFERENCE, SFT, check_preference, check_record
 
 FUZZ = settings(max_examples=1000, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -207,7 +207,7 @@ def test_fuzz_llava_instruct(image_root, record):
     except io.DataError as e:
         message = str(e)
         assert message.startswith(f"{path}, record 0") or message.startswith(f"{path}: "), message
-        # mmstudy.data names a turn as "conversations[k]: field 'from' ..." or "conversations[0]: <image> in ..."
+        # mmstudy.data.llava names a turn as "conversations[k]: field 'from' ..." or "conversations[0]: <image> in ..."
         assert any(s in message for s in ("field", "JSON object", "conversations[", "UTF-8")), message
         return
     for out in result.records:

@@ -9,11 +9,11 @@ from safetensors.torch import load_file
 
 from mmstudy import io
 from mmstudy.cli import main
-from mmstudy.dpo import DPOTrainConfig, train_dpo
-from mmstudy.oracle import check_answer
-from mmstudy.preferences import load_preferences
-from mmstudy.world_files import load_scenes
-from mmstudy.world_prefs import povid_like_pairs
+from mmstudy.data.preferences import load_preferences
+from mmstudy.editions.povid import povid_like_pairs
+from mmstudy.judges.oracle import check_answer
+from mmstudy.training.dpo import DPOTrainConfig, train_dpo
+from mmstudy.world.layout import load_scenes
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +161,8 @@ def test_preference_loader_errors(tmp_path, smoke_world):
 
 def test_shared_prompt_log_probs_equal_a_plain_forward(smoke_model, pairs, smoke_world):
     """The prompt runs once and both responses continue from its cache: same log-probs as two full forwards."""
-    from mmstudy.dpo import PairScorer, collate, encode_pairs
-    from mmstudy.generation import chat_prompt
+    from mmstudy.models.generation import chat_prompt
+    from mmstudy.training.dpo import PairScorer, collate, encode_pairs
 
     model, processor, _ = smoke_model
     encoded, _ = encode_pairs(processor, pairs[:3], smoke_world / "images", 10**6, "error", False)
@@ -206,8 +206,8 @@ def _existence_pair(scene, name, present: bool) -> dict:
 
 
 def test_keep_model_errors_keeps_wrong_answers_and_balances_yes_no(smoke_world):
-    from mmstudy.world import CLASSES
-    from mmstudy.world_prefs import keep_model_errors
+    from mmstudy.editions.povid import keep_model_errors
+    from mmstudy.world.scene import CLASSES
 
     scenes = load_scenes(smoke_world, "val")[:6]
     pairs, answers, absents = [], [], []
@@ -236,7 +236,7 @@ def test_keep_model_errors_keeps_wrong_answers_and_balances_yes_no(smoke_world):
 
 
 def test_answer_prompts_uses_the_evaluation_settings(smoke_world, smoke_model):
-    from mmstudy.world_prefs import answer_prompts, is_existence
+    from mmstudy.editions.povid import answer_prompts, is_existence
 
     model, processor, _ = smoke_model
     pairs = povid_like_pairs(smoke_world, n=12, seed=3, partner_share=0.5)
@@ -254,7 +254,7 @@ def test_mining_keeps_the_pairs_the_model_gets_wrong(smoke_world, smoke_model, t
     response for every other pair, the chosen one for the rest."""
     import shutil
 
-    from mmstudy import world_prefs
+    from mmstudy.editions import povid as world_prefs
 
     world = tmp_path / "world"
     shutil.copytree(smoke_world, world)

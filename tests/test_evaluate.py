@@ -9,7 +9,8 @@ import pytest
 
 from mmstudy import io
 from mmstudy.benchmarks import pope
-from mmstudy.evaluate import cooccurrence_shares, evaluate
+from mmstudy.evaluation.evaluate import evaluate
+from mmstudy.world.cooccurrence import cooccurrence_shares
 
 
 @pytest.fixture(scope="module")

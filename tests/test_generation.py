@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mmstudy.generation import chat_prompt, generate, prepare_inputs, sample_image_keep
-from mmstudy.model import (
+from mmstudy.models.generation import chat_prompt, generate, prepare_inputs, sample_image_keep
+from mmstudy.models.llava import (
     SPECIAL_TOKENS,
     TinyLlavaConfig,
     build_processor,
@@ -18,7 +18,6 @@ from mmstudy.model import (
     build_tokenizer,
     image_token_id,
 )
-
 
 CORPUS = [
     "describe the image .",

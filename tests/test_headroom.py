@@ -4,16 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from mmstudy.evaluate import evaluate, with_requirements
-from mmstudy.headroom import (
+from mmstudy.benchmarks.headroom import pope_object, recoverable_scores
+from mmstudy.evaluation.evaluate import evaluate, with_requirements
+from mmstudy.evaluation.headroom import (
     Features,
     HeadroomConfig,
     default_layers,
     fit_probe,
     image_features,
     log_loss,
-    pope_object,
-    recoverable_scores,
 )
 
 

@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mmstudy.http_judge import HttpJudge
 from mmstudy.io import DataError
-from mmstudy.judges import JudgeRequest
+from mmstudy.judges.base import JudgeRequest
+from mmstudy.judges.http import HttpJudge
 
 MODEL = "judge-model-7b"
 KEY_ENV = "MMSTUDY_TEST_JUDGE_KEY"
@@ -297,7 +297,7 @@ def test_malformed_200_is_a_failure(server, sleeps, tmp_path, payload):
 def test_model_mismatch_is_counted_and_warned_once(server, sleeps, tmp_path, caplog):
     server.served_model = "some-other-model"
     judge = make(server, sleeps, cache_dir=tmp_path / "cache")
-    with caplog.at_level(logging.WARNING, logger="mmstudy.http_judge"):
+    with caplog.at_level(logging.WARNING, logger="mmstudy.judges.http"):
         replies = judge.complete([JudgeRequest("a"), JudgeRequest("b")])
         judge.complete([JudgeRequest("c")])
     assert [r.text for r in replies] == ["answer: a", "answer: b"]

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from mmstudy import oracle
 from mmstudy.benchmarks import mmhal
-from mmstudy.judges import (
+from mmstudy.judges import oracle
+from mmstudy.judges.base import (
     JudgeReply,
     JudgeRequest,
     LocalLlavaJudge,
@@ -15,7 +15,7 @@ from mmstudy.judges import (
     make_judge,
     parse_preference,
 )
-from mmstudy.world import Scene, SceneObject
+from mmstudy.world.scene import Scene, SceneObject
 
 SCENE = Scene("val_000001", "val", "kitchen", [
     SceneObject("fork", 0, "small", [0, 0, 8, 8]),
@@ -101,7 +101,7 @@ def test_make_judge_specs(tmp_path):
 
 
 def test_local_llava_judge(smoke_model, smoke_world, tmp_path):
-    from mmstudy.model import save_llava
+    from mmstudy.models.llava import save_llava
 
     model, processor, _ = smoke_model
     save_llava(model, processor, tmp_path / "judge")

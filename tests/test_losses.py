@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mmstudy.losses import LOSSES, avg_dpo_loss, dpo_loss, ipo_loss, slic_loss
+from mmstudy.training.losses import LOSSES, avg_dpo_loss, dpo_loss, ipo_loss, slic_loss
 
 
 def t(*values):

@@ -25,9 +25,9 @@ from transformers import (
     LlavaProcessor,
 )
 
-from mmstudy.generation import chat_prompt, generate, image_token_counts, sample_image_keep
 from mmstudy.io import DataError
-from mmstudy.model import (
+from mmstudy.models.generation import chat_prompt, generate, image_token_counts, sample_image_keep
+from mmstudy.models.llava import (
     IMAGE_TOKEN,
     SPECIAL_TOKENS,
     TinyLlavaConfig,
@@ -39,7 +39,6 @@ from mmstudy.model import (
     lora_target_modules,
     save_llava,
 )
-
 
 CORPUS = [
     "Describe the image.",

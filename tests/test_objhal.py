@@ -15,7 +15,7 @@ from mmstudy.benchmarks import chair, objhal
 from mmstudy.io import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "objhal"
-# Ground truth of the fixture images (CHAIR classes), as mmstudy.evaluate.coco_ground_truth would build them.
+# Ground truth of the fixture images (CHAIR classes), as mmstudy.evaluation.runners.coco_ground_truth would build them.
 GT = {101: {"person", "dog", "frisbee"}, 202: {"car", "bus", "person"}, 303: {"pizza"}}
 TEXTS = ("A man throws a frisbee to his dog while a cat watches.", "Two cars drive past the people.", "It looks nice.")
 

@@ -8,13 +8,14 @@ import torch
 from safetensors.torch import load_file
 
 from mmstudy import io
-from mmstudy.bdhs import BDHSConfig
 from mmstudy.cli import main
-from mmstudy.dpo import DPOTrainConfig, train_dpo
-from mmstudy.judges import JudgeReply, make_judge
-from mmstudy.online import OnlineConfig, OnlinePairs, rank_samples, world_scenes
-from mmstudy.oracle import check_answer
-from mmstudy.world_prefs import fresh_records, povid_like_pairs
+from mmstudy.data.bdhs import BDHSConfig
+from mmstudy.editions.povid import fresh_records, povid_like_pairs
+from mmstudy.judges.base import JudgeReply
+from mmstudy.judges.oracle import check_answer
+from mmstudy.judges.registry import make_judge
+from mmstudy.training.dpo import DPOTrainConfig, train_dpo
+from mmstudy.training.online import OnlineConfig, OnlinePairs, rank_samples, world_scenes
 
 
 class WordOverlap:

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from mmstudy import io
-from mmstudy.preferences import SFT as SFT_SCHEMA
-from mmstudy.preferences import (
+from mmstudy.data.preferences import SFT as SFT_SCHEMA
+from mmstudy.data.preferences import (
     check_preference,
     check_sft,
     load_preferences,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from mmstudy.base import IGNORE_INDEX, pad_batch, tokenize_turns
-from mmstudy.model import TinyLlavaConfig, build_processor, build_tiny_llava, build_tokenizer
-from mmstudy.world import WorldSpec, sample_scene
-from mmstudy.world_text import sample_existence_qa, symbolic_scene, vocabulary_text
+from mmstudy.models.llava import TinyLlavaConfig, build_processor, build_tiny_llava, build_tokenizer
+from mmstudy.training.base import IGNORE_INDEX, pad_batch, tokenize_turns
+from mmstudy.world.scene import WorldSpec, sample_scene
+from mmstudy.world.text import sample_existence_qa, symbolic_scene, vocabulary_text
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,9 @@ import shutil
 import pytest
 
 from mmstudy import io
-from mmstudy.recipe import RecipeGrid, choose_recipe, keeps, point_name, selection_row
-from mmstudy.world_files import SELECTION_SPLIT, load_scenes, write_selection_split
+from mmstudy.study.recipe import RecipeGrid, choose_recipe, keeps, point_name, selection_row
+from mmstudy.world.files import write_selection_split
+from mmstudy.world.layout import SELECTION_SPLIT, load_scenes
 
 BASE = {"chair_i": 0.20, "recall": 0.90, "pope_f1": 0.88}
 
@@ -88,7 +89,7 @@ def test_selection_split_is_new_scenes_laid_out_for_pope_and_chair(smoke_world, 
 
 def test_recipe_grid_command_trains_scores_and_chooses(smoke_world, base_dir, tmp_path):
     from mmstudy.cli import main
-    from mmstudy.world_prefs import povid_like_pairs
+    from mmstudy.editions.povid import povid_like_pairs
 
     run = tmp_path / "base_run"
     run.mkdir()

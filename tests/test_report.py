@@ -1,11 +1,12 @@
-"""The report's numbers from run directories (mmstudy.report): collection, intervals over seeds, the paper's
+"""The report's numbers from run directories (mmstudy.study.report): collection, intervals over seeds, the paper's
 tables and the verdicts, on small run directories written here."""
 
 import numpy as np
 import pytest
 
-from mmstudy import io, report
+from mmstudy import io
 from mmstudy.benchmarks.stats import seed_interval
+from mmstudy.study import report
 
 _U = np.random.default_rng(1234).random((3, 200))   # per POPE item: how hard it is (shared by every model)
 _W = np.random.default_rng(5678).random((100, 4))   # per caption mention: how tempting a hallucination it is

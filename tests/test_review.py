@@ -11,10 +11,8 @@ import pytest
 
 from mmstudy import io
 from mmstudy.cli import main
-from mmstudy.review import (
+from mmstudy.data.review import (
     classify_difference,
-    diff_words,
-    edit_distance,
     exact_kinds,
     length_stats,
     markdown_table,
@@ -22,9 +20,8 @@ from mmstudy.review import (
     review_figures,
     source_info,
     table1,
-    word_similarity,
-    words,
 )
+from mmstudy.textdiff import diff_words, edit_distance, word_similarity, words
 
 
 def pair(i, chosen, rejected, source="t", prompt="Describe the image.", **extra):
@@ -32,7 +29,7 @@ def pair(i, chosen, rejected, source="t", prompt="Describe the image.", **extra)
             "source": source, **extra}
 
 
-# Hand-made world pairs, as mmstudy.world_prefs writes them (provenance "edits").
+# Hand-made world pairs, as mmstudy.editions.povid writes them (provenance "edits").
 WORLD = [
     pair(0, "There is a small cup at the top left.", "There is a large cup at the top left.", "world_povid",
          provenance={"edits": ["size"]}),

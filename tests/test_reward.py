@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from mmstudy import io
 from mmstudy.cli import main
-from mmstudy.generation import chat_prompt
-from mmstudy.reward import (
+from mmstudy.editions.povid import povid_like_pairs
+from mmstudy.models.generation import chat_prompt
+from mmstudy.training.reward import (
     RewardModel,
     RewardTrainConfig,
     bradley_terry_loss,
@@ -29,7 +30,6 @@ from mmstudy.reward import (
     score_pairs,
     train_reward_model,
 )
-from mmstudy.world_prefs import povid_like_pairs
 
 ADAPTED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -84,7 +84,7 @@ def test_config_validation():
 def test_scores_equal_a_plain_forward_of_backbone_and_head(smoke_model, pairs, smoke_world):
     """Prompt once, both responses from its cache, head on the closing EOS: the same as a full forward of each
     prompt + response and the head on its last position."""
-    from mmstudy.dpo import encode_pairs
+    from mmstudy.training.dpo import encode_pairs
 
     model, processor, _ = smoke_model
     rm = RewardModel(model, seed=3).eval()
@@ -111,9 +111,9 @@ def test_scores_equal_a_plain_forward_on_llava_15_and_next_layouts(layout):
     from PIL import Image
     from test_model import CORPUS, _real_llava15, _real_llava_next
 
-    from mmstudy.dpo import collate
-    from mmstudy.model import build_tokenizer
-    from mmstudy.reward import encode_responses
+    from mmstudy.models.llava import build_tokenizer
+    from mmstudy.training.dpo import collate
+    from mmstudy.training.reward import encode_responses
 
     tok = build_tokenizer(CORPUS)
     torch.manual_seed(0)

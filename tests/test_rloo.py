@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 
 from mmstudy import io
 from mmstudy.cli import main
-from mmstudy.dpo import PairScorer
-from mmstudy.generation import chat_prompt, generate
-from mmstudy.reward import RewardModel, save_reward_model
-from mmstudy.rloo import (
+from mmstudy.editions.povid import povid_like_pairs
+from mmstudy.models.generation import chat_prompt, generate
+from mmstudy.training.dpo import PairScorer
+from mmstudy.training.reward import RewardModel, save_reward_model
+from mmstudy.training.rloo import (
     GumbelSampler,
     RLOOConfig,
     cut_at_eos,
@@ -33,7 +34,6 @@ from mmstudy.rloo import (
     step_records,
     train_rloo,
 )
-from mmstudy.world_prefs import povid_like_pairs
 
 ADAPTED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -143,7 +143,7 @@ def test_policy_log_probs_equal_a_plain_forward(smoke_model, smoke_world, prompt
     tokens = [[tok(" " + t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in row] for row in texts]
     tokens[1][1] = tokens[1][1][:1]                    # a row without EOS, as a truncated sample
     examples = policy_examples(processor, images, questions, ["a", "b"], tokens)
-    from mmstudy.dpo import collate
+    from mmstudy.training.dpo import collate
 
     with torch.no_grad():
         got = PairScorer(model, temperature)(**collate(examples, processor.tokenizer.pad_token_id)).tolist()

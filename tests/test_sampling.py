@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mmstudy import io
-from mmstudy.judges import make_judge
-from mmstudy.online import OnlineConfig, OnlinePairs, world_scenes
-from mmstudy.sampling import HFSampler, VLLMSampler, make_sampler, policy_weights
-from mmstudy.world_prefs import povid_like_pairs
+from mmstudy.editions.povid import povid_like_pairs
+from mmstudy.judges.registry import make_judge
+from mmstudy.models.sampling import HFSampler, VLLMSampler, make_sampler, policy_weights
+from mmstudy.training.online import OnlineConfig, OnlinePairs, world_scenes
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_vllm_sampler_says_how_to_get_vllm(monkeypatch):
 def _lora_policy(model):
     from peft import LoraConfig, get_peft_model
 
-    from mmstudy.model import lora_target_modules
+    from mmstudy.models.llava import lora_target_modules
 
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_modules()))
     with torch.no_grad():
@@ -54,7 +54,7 @@ def _lora_policy(model):
 
 
 def test_policy_weights_merge_lora_under_checkpoint_names(base_dir):
-    from mmstudy.model import load_llava
+    from mmstudy.models.llava import load_llava
 
     base, _ = load_llava(base_dir)
     names = set(base.state_dict())

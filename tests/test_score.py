@@ -9,7 +9,7 @@ import pytest
 
 from mmstudy import io
 from mmstudy.cli import main
-from mmstudy.evaluate import score_chair_file, score_pope_file
+from mmstudy.evaluation.files import score_chair_file, score_pope_file
 
 QUESTIONS = [  # released POPE format
     {"question_id": 0, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?",

@@ -2,9 +2,9 @@
 
 import pytest
 
-from mmstudy.base import BaseTrainConfig
-from mmstudy.settings import parse_sets, with_overrides
-from mmstudy.world import WorldSpec
+from mmstudy.study.settings import parse_sets, with_overrides
+from mmstudy.training.base import BaseTrainConfig
+from mmstudy.world.scene import WorldSpec
 
 
 def test_overrides_reach_nested_fields_and_keep_tuples():

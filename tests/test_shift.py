@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mmstudy.shift import changed_shares, kl_per_token, shift_metrics
+from mmstudy.training.shift import changed_shares, kl_per_token, shift_metrics
 
 
 def test_changed_shares_pair_items_per_benchmark():

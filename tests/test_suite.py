@@ -9,10 +9,10 @@ from mmstudy import io
 from mmstudy.benchmarks.pope import load_coco_objects
 from mmstudy.benchmarks.registry import REGISTRY
 from mmstudy.cli import main
-from mmstudy.compare import compare_runs
-from mmstudy.evaluate import evaluate, summary_table
-from mmstudy.judges import JudgeReply, OracleJudge, new_stats
-from mmstudy.world_files import load_scenes
+from mmstudy.evaluation.compare import compare_runs
+from mmstudy.evaluation.evaluate import evaluate, summary_table
+from mmstudy.judges.base import JudgeReply, OracleJudge, new_stats
+from mmstudy.world.layout import load_scenes
 
 ALL = tuple(REGISTRY)
 
@@ -94,7 +94,7 @@ def test_objhal_judge_extractor_through_the_oracle(smoke_model, smoke_world):
 
 
 def test_eval_cli_writes_results_samples_and_a_table(smoke_model, smoke_world, tmp_path, capsys):
-    from mmstudy.model import save_llava
+    from mmstudy.models.llava import save_llava
 
     model, processor, _ = smoke_model
     save_llava(model, processor, tmp_path / "m")

@@ -15,8 +15,10 @@ from pycocotools.coco import COCO
 
 from mmstudy import io
 from mmstudy.benchmarks import chair, pope
-from mmstudy.data import load_llava_instruct
-from mmstudy.world import (
+from mmstudy.data.llava import load_llava_instruct
+from mmstudy.world.files import write_world
+from mmstudy.world.layout import load_scenes
+from mmstudy.world.scene import (
     CLASSES,
     CONTEXTS,
     POSITIONS,
@@ -27,8 +29,14 @@ from mmstudy.world import (
     render_scene,
     sample_scene,
 )
-from mmstudy.world_files import load_scenes, synonyms_text, write_world
-from mmstudy.world_text import describe, is_well_formed, sample_conversation, split_sentences, symbolic_scene
+from mmstudy.world.text import (
+    describe,
+    is_well_formed,
+    sample_conversation,
+    split_sentences,
+    symbolic_scene,
+    synonyms_text,
+)
 
 COCO_SYNONYMS = Path(__file__).resolve().parents[1] / "mmstudy" / "resources" / "coco_chair_synonyms.txt"
 
@@ -98,7 +106,7 @@ def test_descriptions_name_every_object_and_parse_with_the_grammar(tmp_path):
 
 
 def test_prior_driven_errors_of_the_instruction_data(tmp_path):
-    from mmstudy.world_text import CONTEXT_OBJECTS, absent_partners, sample_existence_qa
+    from mmstudy.world.text import CONTEXT_OBJECTS, absent_partners, sample_existence_qa
 
     spec = WorldSpec()
     (tmp_path / "synonyms.txt").write_text(synonyms_text())
@@ -229,7 +237,7 @@ def test_write_world_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path
         write_world(out, WorldSpec.for_profile("smoke"), seed=0, progress=False)
     assert (out / "keep.txt").read_text() == "precious"
 
-    import mmstudy.world_files as wf
+    import mmstudy.world.files as wf
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

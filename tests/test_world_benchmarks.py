@@ -5,10 +5,10 @@ import json
 from mmstudy import io
 from mmstudy.benchmarks import amber, llava_bench, mmhal, objhal
 from mmstudy.cli import main
-from mmstudy.judges import JudgeRequest, OracleJudge
-from mmstudy.world import WorldSpec
-from mmstudy.world_benchmarks import write_benchmark_editions
-from mmstudy.world_files import load_scenes
+from mmstudy.judges.base import JudgeRequest, OracleJudge
+from mmstudy.world.benchmarks import write_benchmark_editions
+from mmstudy.world.layout import load_scenes
+from mmstudy.world.scene import WorldSpec
 
 
 def test_editions_load_with_the_release_loaders(smoke_world):

@@ -1,16 +1,16 @@
-"""World editions of the ranking and correction datasets and the Table 4 variants (mmstudy.world_editions)."""
+"""World editions of the ranking and correction datasets and the Table 4 variants (mmstudy.editions.sampled)."""
 
 import shutil
 
 import pytest
 
 from mmstudy import io
-from mmstudy import world_editions as we
 from mmstudy.converters.common import ConvertConfig
 from mmstudy.converters.vlfeedback import convert_vlfeedback
-from mmstudy.oracle import check_answer
-from mmstudy.preferences import check_records
-from mmstudy.world import Scene, SceneObject
+from mmstudy.data.preferences import check_records
+from mmstudy.editions import sampled as we
+from mmstudy.judges.oracle import check_answer
+from mmstudy.world.scene import Scene, SceneObject
 
 PARK = Scene("p1", "val", "park", [SceneObject("frisbee", 0, "large", [0, 0, 8, 8]),
                                    SceneObject("dog", 4, "small", [16, 16, 8, 8]),
@@ -104,8 +104,8 @@ def test_every_edition_on_the_smoke_world(editions):
     assert all(r["image"].startswith("pref1_") for r in rows["novel"])
     assert not any(r["image"].startswith("pref") for r in rows["sft"])
     scenes = {}
-    from mmstudy.world_files import load_scenes
-    from mmstudy.world_prefs import fresh_records
+    from mmstudy.editions.povid import fresh_records
+    from mmstudy.world.layout import load_scenes
     scenes.update({f"{s.image_id}.png": s for s in load_scenes(world, "train")})
     scenes.update(fresh_records(world, 24, 1)[1])
     for kind, made in pairs.items():

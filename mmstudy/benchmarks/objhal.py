@@ -3,7 +3,7 @@
 300 COCO val2014 images, each with a detailed-description request; a model's answer is reduced to the COCO
 objects it mentions, and a mention is hallucinated when its class is not in the image's ground truth (COCO
 instance categories plus the objects of the reference captions: CHAIR's ground truth, built by the caller with
-`mmstudy.evaluate.coco_ground_truth`). This module reads the released files, extracts objects, and scores; it
+`mmstudy.evaluation.runners.coco_ground_truth`). This module reads the released files, extracts objects, and scores; it
 never calls a judge itself (the judge extractor works on texts the caller got from `build_extraction_prompt`).
 
 Protocol followed (RLAIF-V `eval/eval_gpt_obj_halbench.py`, `eval/summarize_gpt_obj_halbench_review.py`; the
@@ -300,7 +300,8 @@ def rlaifv_synonyms(synonyms: chair.Synonyms) -> chair.Synonyms:
     built from a loaded COCO list: entries stripped (so "motor bike" and "cheesecake" match), the extra
     entries of `RLAIFV_EXTRA_SYNONYMS` (for classes the list has), every multi-word entry and
     `RLAIFV_EXTRA_DOUBLE_WORDS` merged as double words, and protect_vocabulary on (WordNet's lemmatizer leaves
-    "bus" and "skis" alone). Pass the result to `mmstudy.evaluate.coco_ground_truth` too, so that ground truth
+    "bus" and "skis" alone). Pass the result to `mmstudy.evaluation.runners.coco_ground_truth` too, so that ground
+    truth
     and answers are read alike."""
     to_class = {word.strip(): cls for word, cls in synonyms.to_class.items()}
     for cls, extra in RLAIFV_EXTRA_SYNONYMS:

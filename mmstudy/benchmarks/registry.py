@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from mmstudy.benchmarks.amber import AMBER_VERSION
 from mmstudy.benchmarks.chair import CHAIR_VERSION
+from mmstudy.benchmarks.headroom import HEADROOM_VERSION
 from mmstudy.benchmarks.llava_bench import LLAVA_BENCH_VERSION
 from mmstudy.benchmarks.mmhal import MMHAL_VERSION
 from mmstudy.benchmarks.objhal import OBJHAL_VERSION
 from mmstudy.benchmarks.pope import POPE_VERSION
-from mmstudy.headroom import HEADROOM_VERSION
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,13 @@ _SPECS = (
                    "llava_w/complex/relative_score")),
     BenchmarkSpec("masked", CHAIR_VERSION, "descriptions with 99 % of the image tokens hidden (BDHS's setting)",
                   "'Describe the image in detail.'", 96, None, False, ("caption_eval.jsonl", "scenes.jsonl"),
-                  "mmstudy.evaluate:run_masked",
+                  "mmstudy.evaluation.runners:run_masked",
                   ("masked/well_formed_sentence_share", "masked/context_consistent_mention_share",
                    "masked/chair_i")),
     BenchmarkSpec("headroom", HEADROOM_VERSION, "linear probes of class presence on the image-token features: "
                   "the share of the model's POPE and CHAIR errors whose truth its own features hold",
                   "no generation: the POPE and CHAIR answers of the same evaluation", 1, None, False,
-                  ("scenes.jsonl", "images/train_*.png"), "mmstudy.headroom:recoverable_scores",
+                  ("scenes.jsonl", "images/train_*.png"), "mmstudy.benchmarks.headroom:recoverable_scores",
                   ("headroom/probe_pope_accuracy", "headroom/recoverable_pope", "headroom/recoverable_chair"),
                   needs=("pope", "chair")),
 )

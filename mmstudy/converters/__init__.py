@@ -23,7 +23,7 @@ from mmstudy.converters.povid import convert_povid
 from mmstudy.converters.rlhf_v import convert_rlaif_v, convert_rlhf_v
 from mmstudy.converters.trl_prefs import convert_trl
 from mmstudy.converters.vlfeedback import convert_vlfeedback
-from mmstudy.preferences import PREFERENCE, SFT, write_records
+from mmstudy.data.preferences import PREFERENCE, SFT, write_records
 
 CONVERTERS: dict[str, Callable[[Path, ConvertConfig], ConvertResult]] = {
     "llava_instruct": convert_llava_instruct,

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 from PIL import Image
 
 from mmstudy import io
-from mmstudy.preferences import PREFERENCE, Schema, check_record, image_exists, show
+from mmstudy.data.preferences import PREFERENCE, Schema, check_record, image_exists, show
 
 logger = logging.getLogger(__name__)
 

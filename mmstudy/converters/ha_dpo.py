@@ -35,7 +35,7 @@ from mmstudy.converters.common import (
     obj,
     text,
 )
-from mmstudy.preferences import PREFERENCE, show
+from mmstudy.data.preferences import PREFERENCE, show
 from mmstudy.runs import derive_seed
 
 SOURCE = "ha_dpo"

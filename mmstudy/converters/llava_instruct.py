@@ -5,7 +5,7 @@ https://huggingface.co/datasets/liuhaotian/LLaVA-Instruct-150K; images: COCO tra
 so `--image-root` is the folder holding `000000033471.jpg`, ...
 
 Each record with an image gives one sft record {id, image, prompt, chosen, source}: the first turn's question
-(without <image>) and answer, as `mmstudy.bdhs.load_examples` takes them (a first turn needs no history; later
+(without <image>) and answer, as `mmstudy.data.bdhs.load_examples` takes them (a first turn needs no history; later
 turns are dropped and counted as `first_turn_only`). Records without an image are skipped (`skipped_text_only`).
 Ids keep LLaVA's (repeats, one per COCO image and task, become "<id>~2", ...), so BDHS pairs made from the file
 carry them.
@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmstudy.converters.common import Context, ConvertConfig, ConvertResult, SkipRecord, clean_text, collect, record_id
-from mmstudy.data import conversation_turns, load_llava_instruct
-from mmstudy.preferences import SFT
+from mmstudy.data.llava import conversation_turns, load_llava_instruct
+from mmstudy.data.preferences import SFT
 
 SOURCE = "llava_instruct"
 

@@ -30,7 +30,7 @@ from mmstudy.converters.common import (
     record_id,
     text,
 )
-from mmstudy.preferences import PREFERENCE
+from mmstudy.data.preferences import PREFERENCE
 
 SOURCE = "povid"
 DATASET = "YiyangAiLab/POVID_preference_data_for_VLLMs"

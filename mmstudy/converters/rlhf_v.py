@@ -32,7 +32,7 @@ from mmstudy.converters.common import (
     record_id,
     text,
 )
-from mmstudy.preferences import PREFERENCE
+from mmstudy.data.preferences import PREFERENCE
 
 RLHF_V, RLAIF_V = "rlhf_v", "rlaif_v"
 DATASETS = {RLHF_V: "openbmb/RLHF-V-Dataset", RLAIF_V: "openbmb/RLAIF-V-Dataset"}

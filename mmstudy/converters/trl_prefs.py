@@ -29,7 +29,7 @@ from mmstudy.converters.common import (
     obj,
     record_id,
 )
-from mmstudy.preferences import PREFERENCE, show
+from mmstudy.data.preferences import PREFERENCE, show
 
 SOURCE = "trl"
 

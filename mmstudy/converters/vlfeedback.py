@@ -42,7 +42,7 @@ from mmstudy.converters.common import (
     record_id,
     text,
 )
-from mmstudy.preferences import PREFERENCE
+from mmstudy.data.preferences import PREFERENCE
 from mmstudy.runs import derive_seed
 
 SOURCE = "vlfeedback"
@@ -97,7 +97,7 @@ def _score(annotations, where: str, field: str) -> Fraction | None:
 def best_vs_lower(scored: Sequence[tuple], rng: random.Random) -> tuple[tuple, tuple] | None:
     """The pairing rule (steps 2-3 above) on (score, response, model) tuples: (chosen, rejected), a seeded pick of
     a best-scored completion and of one scoring strictly lower; None when all scores are equal. Also used by the
-    world's ranking edition (`mmstudy.world_editions`)."""
+    world's ranking edition (`mmstudy.editions.sampled`)."""
     best = max(c[0] for c in scored)
     lower = [c for c in scored if c[0] < best]
     if not lower:

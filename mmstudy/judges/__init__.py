@@ -1,0 +1,1 @@
+"""Judges: the interface, the world's exact oracle, a local LLaVA judge and an OpenAI-compatible HTTP judge."""
