@@ -70,6 +70,8 @@ def test_interrupted_run_resumes_to_the_same_weights(base_dir, pairs, smoke_worl
     with pytest.raises(ValueError, match="another training config"):   # its checkpoints belong to cfg
         train_dpo(base_dir, pairs, DPOTrainConfig(lora_r=4, lora_alpha=8, epochs=3, batch_size=4, checkpoint_every=3),
                   tmp_path / "part", smoke_world / "images", progress=False)
+    with pytest.raises(ValueError, match="other training data"):      # the same settings on other pairs
+        train_dpo(base_dir, pairs[::-1], cfg, tmp_path / "part", smoke_world / "images", progress=False)
 
 
 def test_precomputed_reference_equals_the_live_one(base_dir, pairs, smoke_world, tmp_path):

@@ -48,6 +48,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_GET(self):
+        """What a followed 301/302 arrives as: recorded, and answered as if it were the verdict."""
+        fake = self.server.fake
+        with fake.lock:
+            fake.calls.append((self.path, self.headers, b""))
+        data = json.dumps({"model": MODEL, "choices": [{"message": {"role": "assistant", "content": "hijacked"}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data.encode())
+
     def do_POST(self):
         fake = self.server.fake
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -68,6 +80,8 @@ class Handler(BaseHTTPRequestHandler):
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
             self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("Location", payload["location"])
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -328,3 +342,49 @@ def test_from_spec(tmp_path):
             HttpJudge.from_spec(spec)
     with pytest.raises(ValueError, match="http:// or https://"):
         HttpJudge.from_spec("127.0.0.1:8000/v1#m")
+
+
+# -- what must never get through ---------------------------------------------------------------------------------
+
+
+def _second_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.fake = FakeServer()
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    return httpd
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_refused_and_the_key_stays_home(server, sleeps, monkeypatch, tmp_path, status):
+    other = _second_server()
+    try:
+        monkeypatch.setenv(KEY_ENV, "sk-secret")
+        target = f"http://127.0.0.1:{other.server_address[1]}/v1/chat/completions"
+        server.plan = [(status, {"location": target})]
+        judge = make(server, sleeps, cache_dir=tmp_path / "cache")
+        [reply] = judge.complete([JudgeRequest("q", key="r1")])
+        assert reply.text is None and "redirect" in reply.error and "refused" in reply.error
+        assert other.fake.hits == 0 and server.hits == 1 and not cache_files(tmp_path / "cache")
+        assert judge.stats["failures"] == 1 and sleeps == []
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_a_key_over_plain_http_to_another_host_is_warned_about(monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, "sk-secret")
+    with caplog.at_level(logging.WARNING, logger="mmstudy.judges.http"):
+        HttpJudge("http://127.0.0.1:9/v1", MODEL, api_key_env=KEY_ENV)
+        HttpJudge("https://judge.example.org/v1", MODEL, api_key_env=KEY_ENV)
+        assert not caplog.records
+        HttpJudge("http://judge.example.org/v1", MODEL, api_key_env=KEY_ENV)
+    assert "unencrypted" in caplog.text and "judge.example.org" in caplog.text and "sk-secret" not in caplog.text
+
+
+def test_an_oversized_reply_is_a_failure_and_never_cached(server, sleeps, tmp_path):
+    big = {"model": MODEL, "choices": [{"message": {"role": "assistant", "content": "x" * 5000}}]}
+    server.plan = [(200, big)]
+    judge = make(server, sleeps, cache_dir=tmp_path / "cache", max_reply_bytes=1000)
+    [reply] = judge.complete([JudgeRequest("q", key="r1")])
+    assert reply.text is None and "larger than 1000 bytes" in reply.error
+    assert not cache_files(tmp_path / "cache") and server.hits == 1

@@ -10,6 +10,9 @@ temperature 0 by default. `request.context` is oracle-only ground truth and is n
     cache     with `cache_dir`, every answer is stored at `cache_dir/<hh>/<sha256>.json`, keyed by the sha256 of
               the canonical JSON of the request body (model, messages with the image bytes, temperature,
               max_tokens); a hit needs no network call. A corrupt entry is an error, never silently replaced.
+    safety    a redirect is refused, never followed (the request, API key included, would go to another address);
+              a key sent over plain http to a host other than this machine is warned about; a reply larger than
+              `max_reply_bytes` is a failure.
     pinning   the model id each reply names is recorded; one that differs from the pinned id is counted in
               `stats["model_mismatch"]` and logged once.
 
@@ -22,12 +25,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import ipaddress
 import json
 import logging
 import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +62,22 @@ class _Call:
 
 class _BadReply(Exception):
     """A 200 response that carries no usable answer."""
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A judge's request is never re-sent to another address: the 3xx reaches `_send` as an HTTPError."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _is_this_machine(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def canonical_json(obj) -> bytes:
@@ -135,16 +156,17 @@ class HttpJudge:
 
     def __init__(self, base_url: str, model: str, *, cache_dir: str | Path | None = None, temperature: float = 0.0,
                  max_retries: int = 4, backoff_s: float = 1.0, timeout_s: float = 120.0,
-                 api_key_env: str = "OPENAI_API_KEY", max_workers: int = 4,
+                 api_key_env: str = "OPENAI_API_KEY", max_workers: int = 4, max_reply_bytes: int = 4 << 20,
                  sleep: Callable[[float], None] = time.sleep):
         base_url = base_url.rstrip("/")
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"HttpJudge base_url must start with http:// or https://, got {base_url!r}")
         if not model:
             raise ValueError("HttpJudge needs a pinned model id (the model the server serves)")
-        if max_retries < 0 or max_workers < 1 or backoff_s < 0 or timeout_s <= 0:
-            raise ValueError(f"HttpJudge needs max_retries >= 0, max_workers >= 1, backoff_s >= 0 and "
-                             f"timeout_s > 0, got {max_retries}, {max_workers}, {backoff_s}, {timeout_s}")
+        if max_retries < 0 or max_workers < 1 or backoff_s < 0 or timeout_s <= 0 or max_reply_bytes < 1:
+            raise ValueError(f"HttpJudge needs max_retries >= 0, max_workers >= 1, backoff_s >= 0, timeout_s > 0 "
+                             f"and max_reply_bytes >= 1, got {max_retries}, {max_workers}, {backoff_s}, {timeout_s}, "
+                             f"{max_reply_bytes}")
         self.base_url = base_url
         self.url = f"{base_url}/chat/completions"
         self.model = model
@@ -161,7 +183,12 @@ class HttpJudge:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._warned_mismatch = False
-        self._opener = urllib.request.build_opener()
+        self.max_reply_bytes = max_reply_bytes
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
+        host = urllib.parse.urlsplit(base_url).hostname or ""
+        if base_url.startswith("http://") and os.environ.get(api_key_env) and not _is_this_machine(host):
+            logger.warning("%s: the API key in $%s would travel unencrypted over plain http to %s; use https",
+                           self.name, api_key_env, host)
 
     @classmethod
     def from_spec(cls, spec: str, **kwargs) -> "HttpJudge":
@@ -256,8 +283,15 @@ class HttpJudge:
         for attempt in range(self.max_retries + 1):
             try:
                 with self._opener.open(self._http_request(call), timeout=self.timeout_s) as response:
-                    return response.read(), None, attempt + 1
+                    body = response.read(self.max_reply_bytes + 1)
+                if len(body) > self.max_reply_bytes:
+                    return None, f"{self.url}: reply larger than {self.max_reply_bytes} bytes, refused", attempt + 1
+                return body, None, attempt + 1
             except urllib.error.HTTPError as e:
+                if 300 <= e.code < 400:
+                    return None, (f"{self.url}: HTTP {e.code} redirect to {e.headers.get('Location')!r} refused (the "
+                                  "request and its API key are never re-sent elsewhere); give the final URL"), \
+                        attempt + 1
                 error = _http_error_text(e)
                 if not _retryable_status(e.code):
                     return None, error, attempt + 1

@@ -1,10 +1,12 @@
 """Training-loop plumbing shared by the trainers (DPO and online DPO, reward model, RLOO): checkpoints, exact
 resume, per-step logs, the seeded example order and the learning-rate schedule.
 
-A checkpoint is `out/checkpoints/step_N/`: the trainable parameters, optimizer, scheduler and RNG states, the run's
-settings hash (a checkpoint of other settings is refused), and optionally a JSON `extra` state (e.g. the online
-pair source's cache). It is written to a temp dir and renamed. On resume the per-step logs are cut back to the
-checkpoint's step, so a crash between checkpoints never leaves duplicate lines.
+A checkpoint is `out/checkpoints/step_N/`: the trainable parameters, optimizer, scheduler and RNG states (read back
+with `weights_only=True`: no code in a checkpoint runs), the run's settings hash (its configs and the digest of its
+training records: a checkpoint of other settings or other data is refused), and optionally a JSON `extra` state
+(e.g. the online pair source's cache). It is written to a temp dir and renamed. On resume the per-step logs are
+cut back to the checkpoint's step, so a crash between checkpoints never leaves duplicate lines; a torn last line
+(the one being written when the run stopped) is dropped.
 
     >>> step, extra = resume_run(out, model, optimizer, scheduler, settings_hash(cfg))
 """
@@ -17,7 +19,9 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,11 +33,23 @@ from mmstudy import io
 
 logger = logging.getLogger(__name__)
 
+_CHECKPOINT = re.compile(r"step_\d+")
+
 
 def settings_hash(*configs) -> str:
     """A short hash of one or more dataclass configs (or dicts): what a checkpoint or a cache belongs to."""
     settings = [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def records_digest(records: Sequence[dict]) -> str:
+    """The sha256 of training records (their canonical JSON, in order): a run's data, in its settings hash, so
+    that a resume on other data is refused rather than continued."""
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(json.dumps(r, sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -74,8 +90,10 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def list_checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first (a `step_N.tmp` left by a kill during a write is not one)."""
     root = Path(out) / "checkpoints"
-    return sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1])) if root.is_dir() else []
+    found = [p for p in root.glob("step_*") if _CHECKPOINT.fullmatch(p.name)] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
 def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, run_hash: str, keep: int = 2,
@@ -86,8 +104,10 @@ def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, run_hash
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(trainable_state(module), tmp / "trainable.pt")
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_rng = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
+                "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng, "python": random.getstate()}},
                tmp / "state.pt")
     io.write_json(tmp / "meta.json", {"step": step, "config_hash": run_hash})
     if extra is not None:
@@ -102,18 +122,30 @@ def load_checkpoint(path: Path, module, optimizer, scheduler, run_hash: str) -> 
     ValueError when it was written with other settings."""
     meta = io.read_json(path / "meta.json")
     if meta.get("config_hash") != run_hash:
-        raise ValueError(f"{path} was written with another training config; use a new --out or the same settings")
+        raise ValueError(f"{path} was written with another training config or other training data; use a new --out, "
+                         "or the same settings and data")
     params = dict(module.named_parameters())
-    for name, value in torch.load(path / "trainable.pt").items():
+    for name, value in _load_tensors_only(path / "trainable.pt").items():
         params[name].data.copy_(value)
-    state = torch.load(path / "state.pt", weights_only=False)
+    state = _load_tensors_only(path / "state.pt")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
+    kind, keys, pos, has_gauss, cached = state["rng"]["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["rng"]["python"])
     extra = io.read_json(path / "extra.json") if (path / "extra.json").is_file() else None
     return int(meta["step"]), extra
+
+
+def _load_tensors_only(path: Path):
+    """`torch.load` that runs no code from the file: tensors, numbers, strings and containers only (a crafted
+    checkpoint is refused with an error naming it)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise io.DataError(f"{path}: not a checkpoint mmstudy wrote (it holds more than tensors and plain values: "
+                           f"{str(e).splitlines()[0]})") from e
 
 
 def append_jsonl(path: Path, records: Sequence[dict]) -> None:
@@ -131,7 +163,21 @@ def keep_records_up_to(path: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:      # the line being written when the run stopped: after the checkpoint
+                logger.warning("%s: dropped its torn last line %d", path, i + 1)
+                continue
+            raise io.DataError(f"{path}, line {i + 1}: malformed JSON ({e.msg})") from e
+        if not isinstance(record, dict) or "step" not in record:
+            raise io.DataError(f"{path}, line {i + 1}: a step log record needs a 'step' field")
+        if record["step"] <= step:
+            kept.append(line)
     if len(kept) != len(lines):
         io.write_text(path, "".join(line + "\n" for line in kept))
 

@@ -46,6 +46,7 @@ from mmstudy.training.checkpoints import (
     epoch_order,
     lr_schedule,
     optimizer_step,
+    records_digest,
     resume_run,
     save_checkpoint,
     settings_hash,
@@ -364,7 +365,8 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
         encoded, skipped = list(pairs), 0      # records: their pairs are made step by step
     if not encoded:
         raise ValueError("no pair left to train on")
-    run_hash = settings_hash(cfg) if online is None else settings_hash(cfg, online.cfg)
+    data = {"data": records_digest(pairs)}
+    run_hash = settings_hash(cfg, data) if online is None else settings_hash(cfg, online.cfg, data)
     frozen = None
     if cfg.lora_r == 0 and not cfg.precompute_ref:
         frozen = PairScorer(copy.deepcopy(model).requires_grad_(False).eval()).to(accelerator.device)

@@ -55,6 +55,7 @@ from mmstudy.training.checkpoints import (
     epoch_order,
     lr_schedule,
     optimizer_step,
+    records_digest,
     resume_run,
     save_checkpoint,
     settings_hash,
@@ -365,7 +366,7 @@ def train_reward_model(model_dir: str | Path, pairs: Sequence[dict], cfg: Reward
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.schedule, total,
                                                                          int(cfg.warmup_ratio * total)))
     model, optimizer = accelerator.prepare(rm, optimizer)
-    run_hash = settings_hash(cfg)
+    run_hash = settings_hash(cfg, {"data": records_digest(pairs)})
     step, _ = resume_run(out, accelerator.unwrap_model(model), optimizer, scheduler, run_hash)
     pad, world, rank = processor.tokenizer.pad_token_id, accelerator.num_processes, accelerator.process_index
     bar = progress_bar(total=total, initial=step, desc="RM", unit="step", disable=not progress)

@@ -61,6 +61,7 @@ from mmstudy.training.checkpoints import (
     epoch_order,
     lr_schedule,
     optimizer_step,
+    records_digest,
     resume_run,
     save_checkpoint,
     settings_hash,
@@ -398,7 +399,7 @@ def train_rloo(model_dir: str | Path, rm_dir: str | Path, prompts: Sequence[dict
                                                                          int(cfg.warmup_ratio * cfg.steps)))
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     policy = accelerator.unwrap_model(scorer).model
-    run_hash = settings_hash(cfg)
+    run_hash = settings_hash(cfg, {"data": records_digest(prompts), "rm": str(Path(rm_dir).resolve())})
     step, _ = resume_run(out, policy, optimizer, scheduler, run_hash, LOGS)
     bar = progress_bar(total=cfg.steps, initial=step, desc="RLOO", unit="step", disable=not progress)
     start, world, rank = time.time(), accelerator.num_processes, accelerator.process_index
