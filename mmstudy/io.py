@@ -28,19 +28,62 @@ class DataError(ValueError):
     """Malformed input. The message names the file, the record and the field."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()      # read once: os.umask is process-wide, and writers run in threads
+
+
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain `open` / `mkdir` would give under this process's umask (temp files and dirs get
+    0600 / 0700, which outputs should not keep)."""
+    return (0o777 if directory else 0o666) & ~_UMASK
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success rename it onto `path`, on failure delete it."""
+    """Yield a temp path beside `path`; on success give it the umask's permissions, flush it to disk and rename it
+    onto `path` (then flush the directory entry); on failure delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, default_mode())
+        _fsync(Path(tmp))
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder beside `path` (with the umask's permissions); on success it replaces `path`
+    (`replace_dir`: the old one stands until the swap), on failure it is deleted and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(default_mode(directory=True))
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

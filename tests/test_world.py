@@ -249,6 +249,26 @@ def test_write_world_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"], "no temp directory left behind"
 
 
+def test_overwrite_keeps_the_old_world_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    import mmstudy.world.files as wf
+
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "keep.txt").write_text("old world")
+    render, seen = wf.render_scene, []
+
+    def watched(*a, **k):
+        seen.append((out / "keep.txt").is_file())
+        return render(*a, **k)
+
+    monkeypatch.setattr(wf, "render_scene", watched)
+    write_world(out, WorldSpec.for_profile("smoke"), seed=0, overwrite=True, progress=False)
+    assert seen and all(seen)                          # the old world stood while the new one was built
+    assert (out / "world.json").is_file() and not (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+    assert out.stat().st_mode & 0o777 == io.default_mode(directory=True)
+
+
 def test_spec_validation():
     with pytest.raises(ValueError, match="multiple of 3"):
         WorldSpec(image_size=50)

@@ -22,18 +22,14 @@ conversational preference format.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from mmstudy import io
 from mmstudy.runs import derive_seed
@@ -215,25 +211,6 @@ def _arrow_table(records: Sequence[dict], schema: Schema, name: str):
     return pa.table(columns)
 
 
-@contextlib.contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path`, on failure it is deleted."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = tmp.with_name(tmp.name + ".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_records(path: str | Path, records: Sequence[dict], schema: Schema = PREFERENCE) -> None:
     """Validate and write `schema` records, atomically, as chosen by `path`: `.jsonl` JSON lines, `.parquet` a
     Parquet file, a path without suffix (or an existing folder) a Hugging Face `datasets` Arrow folder
@@ -256,7 +233,7 @@ def write_records(path: str | Path, records: Sequence[dict], schema: Schema = PR
 
     # a content fingerprint instead of datasets' random one keeps the folder's state.json reproducible
     fingerprint = hashlib.sha256("".join(json.dumps(r, sort_keys=True) for r in records).encode()).hexdigest()[:16]
-    with _atomic_dir(path) as tmp:
+    with io.atomic_dir(path) as tmp:
         datasets.Dataset(table, fingerprint=fingerprint).save_to_disk(str(tmp))
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -39,7 +37,7 @@ from transformers import (
 )
 from transformers.processing_utils import ProcessorMixin
 
-from mmstudy.io import DataError, replace_dir
+from mmstudy.io import DataError, atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -240,17 +238,10 @@ def save_llava(model: PreTrainedModel, processor: ProcessorMixin, path: str | os
     `path` is replaced only then. A failure at any point leaves `path` as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it 0700; a checkpoint should be as readable as a normally created dir
-    try:
-        logger.info("saving LLaVA model and processor to %s", path)
+    logger.info("saving LLaVA model and processor to %s", path)
+    with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

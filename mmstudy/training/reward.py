@@ -31,8 +31,6 @@ import copy
 import dataclasses
 import logging
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,6 @@ from safetensors.torch import load_file, save_file
 
 from mmstudy import io
 from mmstudy.benchmarks.stats import bootstrap_ci
-from mmstudy.io import replace_dir
 from mmstudy.models.generation import chat_prompt
 from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava, save_llava
 from mmstudy.progress import progress_bar
@@ -285,20 +282,13 @@ def save_reward_model(rm: RewardModel, processor, path: str | Path, extra: dict 
     backbone = rm.backbone
     if hasattr(backbone, "merge_and_unload"):
         backbone = copy.deepcopy(backbone).merge_and_unload()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o755)
-    try:
+    with io.atomic_dir(path) as tmp:
         save_llava(backbone, processor, tmp / BACKBONE_DIR)
         head = {k: v.detach().float().cpu().contiguous() for k, v in rm.head.state_dict().items()}
         save_file(head, str(tmp / HEAD_FILE))
         io.write_json(tmp / CONFIG_FILE, {"format": FORMAT, "version": 1, "hidden_size": text_hidden_size(backbone),
                                           "token": "last token of prompt + response (the response's closing EOS)",
                                           **(extra or {})})
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("saved reward model to %s", path)
     return path
 

@@ -22,8 +22,6 @@ recipes are chosen on (`mmstudy.study.recipe`), never the benchmark items.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -135,19 +133,10 @@ def write_world(out_dir: str | Path, spec: WorldSpec, seed: int, overwrite: bool
 
 
 def _built_then_renamed(out_dir: Path, build) -> dict:
-    """`build(tmp)` into a temp dir beside `out_dir`, which replaces `out_dir` only when complete (removed on
-    failure). Returns what `build` returns."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        summary = build(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+    """`build(tmp)` into a temp dir beside `out_dir`, which replaces `out_dir` only when complete (the old one is
+    moved aside and deleted after the swap; the temp dir is removed on failure). Returns what `build` returns."""
+    with io.atomic_dir(out_dir) as tmp:
+        return build(tmp)
 
 
 def _write_world(root: Path, spec: WorldSpec, seed: int, progress: bool) -> dict:
