@@ -186,12 +186,17 @@ def test_resumed_run_equals_an_uninterrupted_one(smoke_model, examples, loader, 
     assert set(record) == {"id", "image", "prompt", "chosen", "rejected", "source", "provenance"}
     assert {"generator", "config_hash", "seed", "iterations", "similarity", "mask_kept", "model"} <= set(
         record["provenance"])
-    # an interrupted run: two chunks written, then a torn line
+    # an interrupted run: one chunk written, then a torn line, all in part.jsonl.partial (part.jsonl: not yet)
     part = tmp_path / "part.jsonl"
-    part.write_text("".join(lines[:5]) + lines[5][:17])
+    part.with_name("part.jsonl.partial").write_text("".join(lines[:5]) + lines[5][:17])
     run_bdhs(model, processor, examples, cfg, WordOverlap(), loader, part, {"model": "m"}, chunk_size=5,
              progress=False)
-    assert part.read_text() == full.read_text()
+    assert part.read_text() == full.read_text() and not part.with_name("part.jsonl.partial").exists()
+    more = tmp_path / "more.jsonl"                  # a finished file asked for more examples grows the same way
+    run_bdhs(model, processor, examples[:5], cfg, WordOverlap(), loader, more, {"model": "m"}, progress=False)
+    run_bdhs(model, processor, examples, cfg, WordOverlap(), loader, more, {"model": "m"}, chunk_size=5,
+             progress=False)
+    assert more.read_text() == full.read_text()
     with pytest.raises(ValueError, match="another BDHS config"):
         run_bdhs(model, processor, examples, BDHSConfig(rho_th=0.5), WordOverlap(), loader, part, progress=False)
 

@@ -620,16 +620,23 @@ def run_bdhs(model, processor, examples: Sequence[Example], cfg: BDHSConfig, emb
              out: str | Path, provenance: dict | None = None, chunk_size: int = 256, batch_size: int = 64,
              progress: bool = True) -> dict:
     """Generate pairs for `examples` into the JSON-lines file `out`, chunk by chunk; a rerun skips the examples
-    already written (same config required) and continues. Returns the run statistics (`bdhs_statistics`)."""
+    already written (same config required) and continues. The pairs grow in `<out>.partial`, renamed to `out`
+    once every example is done, so that a reader never takes an interrupted run for a whole one (a rerun that
+    adds examples to a finished `out` takes it back to `.partial` first). Returns the run statistics
+    (`bdhs_statistics`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = set(_completed_ids(out))
+    partial = out.with_name(out.name + ".partial")
+    source = partial if partial.exists() else out
+    done = set(_completed_ids(source))
     if done:
-        existing = io.read_jsonl(out, required=("provenance",))
+        existing = io.read_jsonl(source, required=("provenance",))
         other = {r["provenance"].get("config_hash") for r in existing} - {cfg.config_hash()}
         if other:
-            raise ValueError(f"{out} holds pairs of another BDHS config ({sorted(other)}); use a new --out")
-        logger.info("%s: %d pairs already there, continuing", out, len(done))
+            raise ValueError(f"{source} holds pairs of another BDHS config ({sorted(other)}); use a new --out")
+        logger.info("%s: %d pairs already there, continuing", source, len(done))
+    if source == out and out.exists():
+        os.replace(out, partial)
     todo = [ex for ex in examples if ex.id not in done]
     provenance = provenance or {}
     bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc="BDHS", unit="pair",
@@ -637,9 +644,11 @@ def run_bdhs(model, processor, examples: Sequence[Example], cfg: BDHSConfig, emb
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
         results = bdhs_generate(model, processor, chunk, cfg, embedder, images, batch_size, progress=False)
-        _append_lines(out, [preference_record(ex, r, cfg, provenance) for ex, r in zip(chunk, results)])
+        _append_lines(partial, [preference_record(ex, r, cfg, provenance) for ex, r in zip(chunk, results)])
         bar.update(len(chunk))
     bar.close()
+    if partial.exists():
+        os.replace(partial, out)
     wanted = {ex.id for ex in examples}
     return bdhs_statistics([r for r in io.read_jsonl(out) if r["id"] in wanted], cfg)
 
