@@ -49,7 +49,7 @@ class _Published(tqdm):
 
     def _publish(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not self._target or (not force and now - self._published_at < PUBLISH_EVERY_S):
+        if self.disable or not self._target or (not force and now - self._published_at < PUBLISH_EVERY_S):
             return
         self._published_at = now
         state = self.format_dict

@@ -16,6 +16,10 @@ def test_bars_publish_only_when_a_file_is_named(tmp_path, monkeypatch):
     assert list(progress_bar(range(3), desc="quiet")) == [0, 1, 2]
     assert not target.exists()
     monkeypatch.setenv(ENV, str(target))
+    assert list(progress_bar(range(3), desc="hidden", disable=True)) == [0, 1, 2]      # a disabled bar: silent
+    with progress_bar(total=3, disable=True) as hidden:
+        hidden.update(2)
+    assert not target.exists()
     assert list(progress_bar(range(4), desc="loop")) == [0, 1, 2, 3]
     assert {k: io.read_json(target)[k] for k in ("desc", "n", "total")} == {"desc": "loop", "n": 4, "total": 4}
     with progress_bar(total=10, desc="DPO") as bar:

@@ -640,7 +640,7 @@ def run_bdhs(model, processor, examples: Sequence[Example], cfg: BDHSConfig, emb
     todo = [ex for ex in examples if ex.id not in done]
     provenance = provenance or {}
     bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc="BDHS", unit="pair",
-               disable=not progress)
+                       disable=not progress)
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
         results = bdhs_generate(model, processor, chunk, cfg, embedder, images, batch_size, progress=False)
