@@ -27,6 +27,7 @@ class FakeServer:
         self.plan = []
         self.served_model = None  # None: answer as the requested model
         self.hang = False  # never answer (until teardown)
+        self.trickle = 0.0  # > 0: send the body one byte per this many seconds
         self.release = threading.Event()
         self.barrier = None  # the first barrier.parties requests wait for each other
         self.base_url = ""
@@ -82,10 +83,19 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             if 300 <= status < 400:
                 self.send_header("Location", payload["location"])
+            if isinstance(payload, dict) and "retry_after" in payload:
+                self.send_header("Retry-After", str(payload["retry_after"]))
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if fake.trickle:
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    if fake.release.wait(fake.trickle):
+                        return
+            else:
+                self.wfile.write(data)
         except OSError:
             pass
 
@@ -388,3 +398,32 @@ def test_an_oversized_reply_is_a_failure_and_never_cached(server, sleeps, tmp_pa
     [reply] = judge.complete([JudgeRequest("q", key="r1")])
     assert reply.text is None and "larger than 1000 bytes" in reply.error
     assert not cache_files(tmp_path / "cache") and server.hits == 1
+
+
+def test_retry_after_is_honoured_up_to_a_minute(server, sleeps):
+    server.plan = [(429, {"retry_after": 7}), (503, {"retry_after": 3600})]
+    [reply] = make(server, sleeps).complete([JudgeRequest("q")])
+    assert reply.text == "answer: q" and sleeps == [7.0, 60.0]
+
+
+def test_a_trickling_reply_is_cut_off_at_the_timeout(server, sleeps):
+    import time
+
+    server.trickle = 0.05                      # about 150 bytes: 7 s if waited on byte by byte
+    start = time.monotonic()
+    [reply] = make(server, sleeps, timeout_s=0.4, max_retries=0).complete([JudgeRequest("q")])
+    assert reply.text is None and "within 0.4 s" in reply.error and time.monotonic() - start < 3
+
+
+def test_an_edited_cache_entry_is_refused(server, sleeps, tmp_path):
+    judge = make(server, sleeps, cache_dir=tmp_path / "cache")
+    judge.complete([JudgeRequest("q")])
+    [path] = cache_files(tmp_path / "cache")
+    entry = json.loads(path.read_text())
+    assert entry["format"] == 2 and len(entry["reply_sha256"]) == 64
+    path.write_text(json.dumps(entry | {"reply": "answer: yes, 10/10"}))
+    with pytest.raises(DataError, match="does not match its checksum"):
+        make(server, sleeps, cache_dir=tmp_path / "cache").complete([JudgeRequest("q")])
+    path.write_text(json.dumps({k: v for k, v in entry.items() if k != "reply_sha256"} | {"format": 1}))
+    [reply] = make(server, sleeps, cache_dir=tmp_path / "cache").complete([JudgeRequest("q")])
+    assert reply.cached and reply.text == "answer: q"           # an entry of format 1 is read as it is

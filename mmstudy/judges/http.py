@@ -5,11 +5,14 @@
 temperature 0 by default. `request.context` is oracle-only ground truth and is never sent.
 
     retries   connection errors, timeouts, HTTP 429 and 5xx are retried with exponential backoff
-              (backoff_s * 2**attempt); any other 4xx, or a 200 without choices[0].message.content, fails at once.
-              A failure is a `JudgeReply(text=None, error=...)`, counted in `stats["failures"]`, never cached.
+              (backoff_s * 2**attempt, or the server's Retry-After when longer, up to a minute); `timeout_s`
+              bounds each attempt as a whole, not each read; any other 4xx, or a 200 without
+              choices[0].message.content, fails at once. A failure is a `JudgeReply(text=None, error=...)`,
+              counted in `stats["failures"]`, never cached.
     cache     with `cache_dir`, every answer is stored at `cache_dir/<hh>/<sha256>.json`, keyed by the sha256 of
               the canonical JSON of the request body (model, messages with the image bytes, temperature,
-              max_tokens); a hit needs no network call. A corrupt entry is an error, never silently replaced.
+              max_tokens), with the reply's own sha256; a hit needs no network call. A corrupt or edited entry
+              is an error, never silently replaced or reused.
     safety    a redirect is refused, never followed (the request, API key included, would go to another address);
               a key sent over plain http to a host other than this machine is warned about; a reply larger than
               `max_reply_bytes` is a failure.
@@ -44,7 +47,8 @@ from mmstudy.judges.base import JudgeReply, JudgeRequest, new_stats
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2            # 2 adds the reply's sha256; entries of format 1 are read unverified
+MAX_RETRY_AFTER_S = 60.0
 IMAGE_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
               ".webp": "image/webp", ".bmp": "image/bmp"}
 _ERROR_SNIPPET_CHARS = 300
@@ -69,6 +73,18 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         return None
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _retry_after_s(e: urllib.error.HTTPError) -> float:
+    """A 429 / 503's Retry-After in seconds (the delta form; 0 when absent or a date), capped."""
+    try:
+        return min(max(float(e.headers.get("Retry-After", "")), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return 0.0
 
 
 def _is_this_machine(host: str) -> bool:
@@ -244,6 +260,8 @@ class HttpJudge:
         if not isinstance(entry, dict) or not isinstance(entry.get("reply"), str) or entry.get("hash") != call.digest:
             raise DataError(f"{path}: corrupt judge cache entry (expected an object with a string 'reply' and "
                             f"'hash' {call.digest}); {hint}")
+        if entry.get("format", 1) >= 2 and entry.get("reply_sha256") != _sha256(entry["reply"]):
+            raise DataError(f"{path}: the cached reply does not match its checksum (edited?); {hint}")
         logger.debug("%s: cache hit for %s", self.name, _where(call.request))
         return JudgeReply(entry["reply"], cached=True)
 
@@ -251,7 +269,7 @@ class HttpJudge:
         if self.cache_dir is not None:
             write_json(self.cache_path(call.digest), {"format": CACHE_FORMAT, "hash": call.digest,
                                                       "request": call.summary, "reply": text,
-                                                      "served_model": served_model})
+                                                      "reply_sha256": _sha256(text), "served_model": served_model})
 
     # -- talking to the server ---------------------------------------------------------------------------------
 
@@ -281,13 +299,14 @@ class HttpJudge:
         """(200 body, None, attempts) or (None, error, attempts), retrying what may be transient."""
         error = ""
         for attempt in range(self.max_retries + 1):
+            wait = 0.0
             try:
-                with self._opener.open(self._http_request(call), timeout=self.timeout_s) as response:
-                    body = response.read(self.max_reply_bytes + 1)
+                body = self._fetch(call)
                 if len(body) > self.max_reply_bytes:
                     return None, f"{self.url}: reply larger than {self.max_reply_bytes} bytes, refused", attempt + 1
                 return body, None, attempt + 1
             except urllib.error.HTTPError as e:
+                wait = _retry_after_s(e)
                 if 300 <= e.code < 400:
                     return None, (f"{self.url}: HTTP {e.code} redirect to {e.headers.get('Location')!r} refused (the "
                                   "request and its API key are never re-sent elsewhere); give the final URL"), \
@@ -300,11 +319,27 @@ class HttpJudge:
             except (OSError, http.client.HTTPException) as e:  # timeouts and resets while reading
                 error = f"{type(e).__name__} from {self.url}: {e}"
             if attempt < self.max_retries:
-                delay = self.backoff_s * 2 ** attempt
+                delay = max(self.backoff_s * 2 ** attempt, wait)
                 self._count("retries")
                 logger.info("%s: %s, retrying %s in %.1f s", self.name, error, _where(call.request), delay)
                 self._sleep(delay)
         return None, error, self.max_retries + 1
+
+    def _fetch(self, call: _Call) -> bytes:
+        """One POST and its reply, within `timeout_s` in all (a server that trickles its reply byte by byte is
+        cut off, not waited on for each byte), read up to one byte past `max_reply_bytes`."""
+        deadline = time.monotonic() + self.timeout_s
+        chunks, size = [], 0
+        with self._opener.open(self._http_request(call), timeout=self.timeout_s) as response:
+            while size <= self.max_reply_bytes:
+                chunk = response.read1(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no whole reply within {self.timeout_s:g} s")
+        return b"".join(chunks)
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
