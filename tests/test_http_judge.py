@@ -427,3 +427,21 @@ def test_an_edited_cache_entry_is_refused(server, sleeps, tmp_path):
     path.write_text(json.dumps({k: v for k, v in entry.items() if k != "reply_sha256"} | {"format": 1}))
     [reply] = make(server, sleeps, cache_dir=tmp_path / "cache").complete([JudgeRequest("q")])
     assert reply.cached and reply.text == "answer: q"           # an entry of format 1 is read as it is
+
+
+def test_a_judge_whose_every_call_failed_fails_the_command(server, sleeps, caplog):
+    from mmstudy.cli import build_parser
+    from mmstudy.commands.evaluate import check_judge_calls
+
+    server.plan = [(500, {"error": "down"})] * 3
+    judge = make(server, sleeps, max_retries=0)
+    judge.complete([JudgeRequest("a"), JudgeRequest("b")])
+    with pytest.raises(ValueError, match="every one of the 2 calls to judge"):
+        check_judge_calls(judge)
+    judge.complete([JudgeRequest("c"), JudgeRequest("d")])          # one more failure, one answer
+    with caplog.at_level(logging.WARNING):
+        check_judge_calls(judge)
+    assert "3 of 4 judge calls failed" in caplog.text
+    args = build_parser().parse_args(["eval", "--model", "m", "--data", "d", "--out", "o.json", "--judge-timeout",
+                                      "5", "--judge-retries", "1"])
+    assert (args.judge_timeout, args.judge_retries) == (5.0, 1)

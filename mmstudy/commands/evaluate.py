@@ -20,10 +20,31 @@ from mmstudy.runs import build_manifest
 logger = logging.getLogger("mmstudy")
 
 
+def _judge(args, seed: int = 0, device: str = "cpu"):
+    return make_judge(args.judge, seed=seed, cache_dir=args.judge_cache, device=device,
+                      http_options={"timeout_s": args.judge_timeout, "max_retries": args.judge_retries})
+
+
+def _add_judge_limits(p) -> None:
+    p.add_argument("--judge-timeout", type=float, default=120.0, help="http judge: seconds per attempt, in all")
+    p.add_argument("--judge-retries", type=int, default=4, help="http judge: retries of a failed call")
+
+
+def check_judge_calls(judge) -> None:
+    """A judge all of whose calls failed leaves no score behind: an error, after the answers are written."""
+    stats = getattr(judge, "stats", None) or {}
+    asked = stats.get("requests", 0) - stats.get("cache_hits", 0)
+    if asked and stats.get("failures", 0) == asked:
+        raise ValueError(f"every one of the {asked} calls to judge {getattr(judge, 'name', '')} failed; the judged "
+                         "metrics are missing (see the log for the errors)")
+    if stats.get("failures"):
+        logger.warning("%d of %d judge calls failed; those items are left out of the judged metrics",
+                       stats["failures"], asked)
+
+
 def _eval(args) -> None:
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    judge = (make_judge(args.judge, seed=args.seed, cache_dir=args.judge_cache, device=args.device)
-             if args.judge else None)
+    judge = _judge(args, seed=args.seed, device=args.device) if args.judge else None
     model, processor = load_llava(args.model, device=args.device, dtype=args.dtype)
     metrics, samples = evaluate(model, processor, args.data, benchmarks, judge=judge, limit=args.limit,
                                 batch_size=args.batch_size, seed=args.seed, objhal_extractor=args.objhal_extractor,
@@ -36,6 +57,7 @@ def _eval(args) -> None:
     io.write_json(out, {"metrics": metrics, "manifest": build_manifest(args.seed, " ".join(sys.argv), params)})
     print(summary_table(metrics))  # noqa: T201 (the command's output)
     logger.info("wrote %s and %s", out, out.with_name("samples.jsonl"))
+    check_judge_calls(judge)
 
 
 def _score(args) -> None:
@@ -48,8 +70,9 @@ def _score(args) -> None:
     elif args.benchmark == "amber":
         metrics, _ = score_amber_files(args.responses, args.data, parser=args.parser)
     elif args.benchmark == "mmhal":
-        judge = make_judge(args.judge, cache_dir=args.judge_cache)
+        judge = _judge(args)
         metrics = score_mmhal_file(args.responses, judge, args.images, args.world, with_image=args.with_image)
+        check_judge_calls(judge)
     else:
         metrics = score_reviews(load_reviews(args.reviews), mode=args.mode)
     if args.out is not None:
@@ -79,6 +102,7 @@ def _parser_eval(sub) -> None:
     p.add_argument("--judge", default=None,
                    help="for mmhal, mmhal_v, llava_w: oracle[:ERROR_RATE], local:MODEL_DIR or http:URL#MODEL")
     p.add_argument("--judge-cache", type=Path, default=None, help="on-disk cache of an http judge's replies")
+    _add_judge_limits(p)
     p.add_argument("--objhal-extractor", default="rule", choices=["rule", "judge"],
                    help="Object HalBench object extraction: CHAIR's rules, or the judge with RLAIF-V's prompt")
     p.add_argument("--out", required=True, type=Path, help="results.json path; samples.jsonl goes beside it")
@@ -116,6 +140,7 @@ def _parser_score(sub) -> None:
     b.add_argument("--responses", required=True, type=Path, help="MMHal items with model_answer")
     b.add_argument("--judge", required=True, help="oracle[:ERROR_RATE] (needs --world), local:DIR, http:URL#MODEL")
     b.add_argument("--judge-cache", type=Path, default=None)
+    _add_judge_limits(b)
     b.add_argument("--images", type=Path, default=None, help="image directory (needed for --with-image)")
     b.add_argument("--with-image", action="store_true", help="MMHal-V: attach the image for the judge")
     b.add_argument("--world", type=Path, default=None, help="world directory: ground truth for the oracle judge")
