@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mmstudy import io
+from mmstudy.commands.common import manifest_of, params_of
 from mmstudy.converters import ConvertConfig, convert, write_result
 from mmstudy.data.bdhs import BDHSConfig, ImageLoader, SentenceEmbedder, load_examples, model_fingerprint, run_bdhs
 from mmstudy.data.preferences import load_preferences, mix, save_preferences, split, subsample
@@ -37,10 +38,10 @@ def _bdhs(args) -> None:
                                      load_world_info(args.world)["cooccurrence"]["p_given"])
         logger.info("against the world's ground truth: %s", {k: v for k, v in stats["world"].items()
                                                               if k != "top_hallucinated"})
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
+    params = params_of(args)
     params["config_hash"] = cfg.config_hash()
     io.write_json(out.with_name(out.stem + ".stats.json"),
-                  {"stats": stats, "manifest": build_manifest(args.seed, " ".join(sys.argv), params)})
+                  {"stats": stats, "manifest": manifest_of(args, params)})
 
     with io.atomic_path(out.with_name(out.stem + ".stats.png")) as tmp:
         bdhs_figure(stats).savefig(tmp, dpi=120, format="png")
@@ -57,10 +58,10 @@ def _convert(args) -> None:
         result.records = subsample(result.records, args.n, args.seed, name=str(args.input))
     write_result(result, args.out)
     out = Path(args.out)
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
+    params = params_of(args)
     io.write_json(out.with_name(out.stem + ".convert.json"),
                   {"stats": result.stats, "records": len(result.records), "kind": result.kind,
-                   "manifest": build_manifest(args.seed, " ".join(sys.argv), params)})
+                   "manifest": manifest_of(args, params)})
     logger.info("wrote %d %s records to %s", len(result.records), result.kind, out)
 
 
@@ -93,7 +94,7 @@ def _review(args) -> None:
         embedder = SentenceEmbedder(args.embedder)
     result = review({n: load_preferences(p) for n, p in zip(names, args.prefs)}, tokenizer=tokenizer,
                     embedder=embedder, objects=args.objects, top=args.top)
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
+    params = params_of(args)
     params["prefs"] = [str(p) for p in args.prefs]
     save_review(result, args.out, build_manifest(None, " ".join(sys.argv), params))
     logger.info("reviewed %s (%s pairs; lengths in %s) into %s", ", ".join(names),

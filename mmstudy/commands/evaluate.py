@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 from mmstudy import io
 from mmstudy.benchmarks.amber import score_amber_files
 from mmstudy.benchmarks.llava_bench import load_reviews, score_reviews
+from mmstudy.commands.common import manifest_of
 from mmstudy.evaluation.compare import compare_runs, comparison_table
 from mmstudy.evaluation.evaluate import evaluate, summary_table
 from mmstudy.evaluation.files import score_chair_file, score_mmhal_file, score_objhal_file, score_pope_file
 from mmstudy.judges.registry import make_judge
 from mmstudy.models.llava import load_llava
-from mmstudy.runs import build_manifest
 
 logger = logging.getLogger("mmstudy")
 
@@ -54,7 +53,7 @@ def _eval(args) -> None:
               "judge": args.judge, "batch_size": args.batch_size, "objhal_extractor": args.objhal_extractor,
               "device": args.device, "dtype": args.dtype}
     io.write_jsonl(out.with_name("samples.jsonl"), samples)
-    io.write_json(out, {"metrics": metrics, "manifest": build_manifest(args.seed, " ".join(sys.argv), params)})
+    io.write_json(out, {"metrics": metrics, "manifest": manifest_of(args, params)})
     print(summary_table(metrics))  # noqa: T201 (the command's output)
     logger.info("wrote %s and %s", out, out.with_name("samples.jsonl"))
     check_judge_calls(judge)

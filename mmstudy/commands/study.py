@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from mmstudy import io
-from mmstudy.commands.common import number_list, params_of
+from mmstudy.commands.common import manifest_of, number_list
 from mmstudy.data.preferences import load_preferences
 from mmstudy.plots import recipe_figure
-from mmstudy.runs import build_manifest
 from mmstudy.study.notebooks import execute, load_params
 from mmstudy.study.pipeline import run_pipeline
 from mmstudy.study.recipe import RecipeGrid, choose_recipe, grid_report, keeps, point_name, run_grid
@@ -52,7 +50,7 @@ def _recipe_grid(args) -> None:
                           progress=not args.quiet)
     chosen = choose_recipe(rows, base, grid.tolerance)
     report = grid_report(rows, base, grid, chosen)
-    report["manifest"] = build_manifest(args.seed, " ".join(sys.argv), params_of(args))
+    report["manifest"] = manifest_of(args)
     io.write_json(args.out / "grid.json", report)
     table = pd.DataFrame([{"name": point_name(r), **r} for r in rows] + [{"name": "base", **base}])
     io.write_text(args.out / "grid.csv", table.iloc[[-1, *range(len(rows))]].to_csv(index=False))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from mmstudy import io
-from mmstudy.commands.common import params_of
+from mmstudy.commands.common import manifest_of
 from mmstudy.data.preferences import load_preferences
 from mmstudy.models.sampling import make_sampler
-from mmstudy.runs import build_manifest
 from mmstudy.study import options
 from mmstudy.training.dpo import train_dpo
 from mmstudy.training.online import pair_source
@@ -40,8 +38,7 @@ def _run_trainer(args, pairs_path: Path, online=None) -> None:
     cfg = options.from_args(args, options.DPO)
     summary = train_dpo(args.model, pairs, cfg, args.out, args.image_root, device=args.device,
                         progress=not args.quiet, online=online)
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
-    io.write_json(Path(args.out) / "manifest.json", build_manifest(args.seed, " ".join(sys.argv), params))
+    io.write_json(Path(args.out) / "manifest.json", manifest_of(args))
     logger.info("trained %d steps on %d records; model in %s%s", summary["steps"], summary["pairs"],
                 Path(args.out) / "model", f"; online: {summary['online']}" if online is not None else "")
 
@@ -71,7 +68,7 @@ def _train_rm(args) -> None:
     summary = train_reward_model(args.model, pairs, cfg, args.out, args.image_root, device=args.device,
                                  progress=not args.quiet)
     out = Path(args.out)
-    manifest = build_manifest(args.seed, " ".join(sys.argv), params_of(args))
+    manifest = manifest_of(args)
     io.write_json(out / "manifest.json", manifest)
     logger.info("trained the reward model %d steps on %d pairs: %s", summary["steps"], summary["pairs"], out / "rm")
     if args.eval_prefs:
@@ -83,7 +80,7 @@ def _eval_rm(args) -> None:
     accuracy = _rm_accuracies(args.rm, args.prefs, args.image_root, args)
     if args.out is not None:
         io.write_json(args.out, {"accuracy": accuracy,
-                                 "manifest": build_manifest(args.seed, " ".join(sys.argv), params_of(args))})
+                                 "manifest": manifest_of(args)})
     print(accuracy_table(accuracy))  # noqa: T201 (the command's output)
 
 
@@ -96,7 +93,7 @@ def _train_rloo(args) -> None:
     prompts = load_prompts(args.prompts, image_root=args.image_root)
     summary = train_rloo(args.model, args.rm, prompts, cfg, args.out, args.image_root, device=args.device,
                          progress=not args.quiet)
-    io.write_json(Path(args.out) / "manifest.json", build_manifest(args.seed, " ".join(sys.argv), params_of(args)))
+    io.write_json(Path(args.out) / "manifest.json", manifest_of(args))
     logger.info("RLOO: %d steps on %d prompts; model in %s", summary["steps"], summary["prompts"],
                 Path(args.out) / "model")
 
