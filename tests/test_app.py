@@ -296,6 +296,36 @@ def test_handlers_refuse_crafted_paths_with_a_message(tmp_path):
     assert "not a model directory" in app.live(None, Image.new("RGB", (8, 8)), "q", "../m", None, 0.9, 0, 8)[-1]
 
 
+def test_handlers_refuse_requests_beyond_their_bounds(tmp_path):
+    """What the page's widgets bound, the API does not: each handler checks its inputs before any work."""
+    from mmstudy.app.ui import Inspector
+
+    runs = tmp_path / "runs"
+    io.write_jsonl(runs / "p.jsonl", [_pair(0)])
+    app = Inspector(runs)
+    assert "image tokens must be between 1 and 4096, got 100000000" in app.show_pair("p.jsonl", 0, 0.99, 10**8)[-1]
+    assert "ρ_th must be between" in app.show_pair("p.jsonl", 0, 7, 36)[-1]
+    assert "expected a number" in app.show_pair("p.jsonl", 0, "x", 36)[-1]
+    small = Image.new("RGB", (8, 8))
+    assert "max new tokens must be between" in app.live(None, small, "q", "m", None, 0.9, 0, 10**6)[-1]
+    assert "longer than 2000 characters" in app.live(None, small, "q" * 5000, "m", None, 0.9, 0, 8)[-1]
+    assert "at most" in app.live(None, Image.new("RGB", (5000, 5000)), "q", "m", None, 0.9, 0, 8)[-1]
+
+
+def test_every_guarded_handler_returns_what_it_is_wired_to(tmp_path):
+    """An error's message lands in the status output: a handler returns as many values as it has outputs."""
+    from mmstudy.app.ui import build_demo
+
+    demo = build_demo(tmp_path / "runs")
+    checked = 0
+    for block_fn in demo.fns.values():
+        n = getattr(block_fn.fn, "n_outputs", None)
+        if n is not None:
+            assert n == len(block_fn.outputs), (block_fn.fn.__name__, n, len(block_fn.outputs))
+            checked += 1
+    assert checked >= 9
+
+
 # ---------------------------------------------------------------- end to end, in headless Chromium
 
 

@@ -50,6 +50,22 @@ DEFAULT_IMAGE_TOKENS = 36        # the default world model: 48 px images, 8 px p
 DEFAULT_RHO = 0.99               # BDHSConfig's default
 MAX_ROWS = 500                   # rows of an item table sent to the page (the item number reaches all)
 MAX_IMAGE_CHOICES = 2000         # world images offered in the Live tab (val first; any other can be uploaded)
+# Bounds of what a request may ask for (the page's widgets have them too, but the API takes any value).
+MAX_IMAGE_TOKENS = 4096          # LLaVA-NeXT's largest grids stay below 3,000
+MAX_NEW_TOKENS = 512
+MAX_QUESTION_CHARS = 2000
+MAX_UPLOAD_PIXELS = 4096 * 4096
+
+
+def _bounded(name: str, value, low, high, kind=float):
+    """`value` as `kind` when it lies in [low, high]; otherwise an error the page shows."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise io.DataError(f"{name}: expected a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise io.DataError(f"{name} must be between {low} and {high}, got {value}")
+    return number
 MODELS_IN_MEMORY = 2
 NONE = "(none)"
 _SHOWN_ERRORS = (ValueError, OSError, KeyError, TypeError, RuntimeError)   # io.DataError is a ValueError
@@ -57,7 +73,8 @@ _SHOWN_ERRORS = (ValueError, OSError, KeyError, TypeError, RuntimeError)   # io.
 
 def _guarded(*empty):
     """Run a handler; an error becomes a message in its last output (a status line) instead of a traceback, and
-    the other outputs get `empty`."""
+    the other outputs get `empty` (one value each: the handler has len(empty) + 1 outputs, `n_outputs`, which
+    tests/test_app.py checks against the outputs it is wired to)."""
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args):
@@ -66,6 +83,7 @@ def _guarded(*empty):
             except _SHOWN_ERRORS as e:
                 (logger.warning if isinstance(e, io.DataError) else logger.exception)("%s: %s", fn.__name__, e)
                 return (*empty, f"⚠️ {e}")
+        run.n_outputs = len(empty) + 1
         return run
     return wrap
 
@@ -175,6 +193,7 @@ class Inspector:
     @_guarded(gr.skip(), None, "", "", None, None, "", "")
     def show_pair(self, relative: str, index: float, rho: float, tokens: float):
         """-> pair number, image, legend, prompt, chosen spans, rejected spans, objects, provenance, status."""
+        rho, tokens = _bounded("ρ_th", rho, 0.0, 1.0), _bounded("image tokens", tokens, 1, MAX_IMAGE_TOKENS, int)
         path, records = self.pairs(relative)
         index = min(max(0, int(index or 0)), len(records) - 1)
         r = records[index]
@@ -234,6 +253,13 @@ class Inspector:
     @_guarded(None, None, "", None, None, None, None, "")
     def live(self, name, upload, question, model_a, model_b, rho, seed, max_new_tokens):
         """-> full image, masked image, legend, 4 answers (A, A masked, B, B masked), checks, status."""
+        rho, seed = _bounded("ρ_th", rho, 0.0, 1.0), _bounded("mask seed", seed or 0, 0, 2**31 - 1, int)
+        max_new_tokens = _bounded("max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS, int)
+        if len(question or "") > MAX_QUESTION_CHARS:
+            raise io.DataError(f"the question is longer than {MAX_QUESTION_CHARS} characters")
+        if upload is not None and upload.width * upload.height > MAX_UPLOAD_PIXELS:
+            raise io.DataError(f"the uploaded image has {upload.width} x {upload.height} pixels; at most "
+                               f"{MAX_UPLOAD_PIXELS} in all")
         if upload is not None:
             image, scene, present, label = upload.convert("RGB"), None, None, "the uploaded image"
         elif name:
@@ -276,7 +302,7 @@ class Inspector:
     def _benchmarks(self, run: str) -> list[str]:
         return views.benchmark_order({s["benchmark"] for s in self.samples(run)[1]})
 
-    @_guarded(gr.skip(), "")
+    @_guarded(gr.skip())
     def compare_benchmarks(self, run_a: str, run_b: str):
         common = [x for x in self._benchmarks(run_a) if x in self._benchmarks(run_b)]
         return gr.update(choices=common, value=common[0] if common else None), \
@@ -286,7 +312,7 @@ class Inspector:
     def _compare(self, run_a: str, run_b: str, stamp: tuple) -> dict:
         return compare_runs(self.samples(run_a)[1], self.samples(run_b)[1])
 
-    @_guarded(None, None, "", None, "")
+    @_guarded(None, None, "", None)
     def compare(self, run_a: str, run_b: str, benchmark: str, mode: str):
         """-> metric deltas, metric bars, count, items table, status."""
         if not (run_a and run_b and benchmark):
@@ -304,7 +330,7 @@ class Inspector:
                   views.is_hallucinated(a), views.is_hallucinated(b)] for i, (a, b) in enumerate(shown[:MAX_ROWS])]
         return deltas, figure, f"**{len(shown)} of {len(pairs)} paired items**: {mode}", table, ""
 
-    @_guarded(gr.skip(), None, "", "", None, None, "", "")
+    @_guarded(gr.skip(), None, "", "", None, None, "")
     def compare_item(self, run_a: str, run_b: str, benchmark: str, mode: str, row: float):
         """-> item number, image, legend, question, answer A, answer B, details, status."""
         pairs = views.filter_pairs(views.paired_items(self.samples(run_a)[1], self.samples(run_b)[1], benchmark),
@@ -332,7 +358,7 @@ class Inspector:
             return None, "this sample names no image file", view
         return (*self._overlay(io.load_image(self.image(name)), self.truth.scene(name), view), view)
 
-    @_guarded(gr.skip(), "")
+    @_guarded(gr.skip())
     def bench_names(self, run: str):
         names = self._benchmarks(run)
         return gr.update(choices=names, value=names[0] if names else None), ""
@@ -341,7 +367,7 @@ class Inspector:
         items = [s for s in self.samples(run)[1] if s["benchmark"] == benchmark] if run and benchmark else []
         return [s for s in items if views.is_hallucinated(s)] if only else items
 
-    @_guarded(None, "", None, gr.skip(), "")
+    @_guarded(None, "", None, gr.skip())
     def bench(self, run: str, benchmark: str, only: bool):
         """-> metric bars, count, items table, item number, status."""
         if not (run and benchmark):
@@ -357,7 +383,7 @@ class Inspector:
                  for i, s in enumerate(items[:MAX_ROWS])]
         return figure, count, table, 0, ""
 
-    @_guarded(gr.skip(), None, "", "", None, "", "")
+    @_guarded(gr.skip(), None, "", "", None, "")
     def bench_item(self, run: str, benchmark: str, only: bool, index: float):
         """-> item number, image, legend, question, answer spans, details, status."""
         items = self._bench_items(run, benchmark, only)
@@ -438,7 +464,8 @@ def _pairs_tab(demo, app: Inspector):
             legend = gr.Markdown(elem_id="pair-legend")
             with gr.Accordion("BDHS mask (recomputed from the pair's seed)", open=False):
                 rho = gr.Number(DEFAULT_RHO, label="ρ_th", minimum=0, maximum=1)
-                tokens = gr.Number(DEFAULT_IMAGE_TOKENS, label="image tokens", precision=0, minimum=1)
+                tokens = gr.Number(DEFAULT_IMAGE_TOKENS, label="image tokens", precision=0, minimum=1,
+                                   maximum=MAX_IMAGE_TOKENS)
         with gr.Column(scale=1):
             prompt = gr.Markdown(elem_id="pair-prompt")
             chosen = _spans_box("chosen (y+)", "pair-chosen", diff=True)
