@@ -123,10 +123,12 @@ def test_train_dpo_cli(base_dir, smoke_world, tmp_path):
     assert (out / "model" / "config.json").is_file() and (out / "manifest.json").is_file()
     assert io.read_json(out / "train_summary.json")["config"]["loss"] == "ipo"
     adapter = tmp_path / "adapter"
-    assert main(["-q", "train-dpo", "--model", str(base_dir), "--prefs", str(prefs), "--image-root",
-                 str(smoke_world / "images"), "--out", str(adapter), "--lora-r", "4", "--epochs", "1",
-                 "--adapter-only"]) == 0
-    assert (adapter / "model" / "adapter_config.json").is_file()
+    for _ in range(2):                  # the same command again: the finished run's adapter is replaced whole
+        assert main(["-q", "train-dpo", "--model", str(base_dir), "--prefs", str(prefs), "--image-root",
+                     str(smoke_world / "images"), "--out", str(adapter), "--lora-r", "4", "--epochs", "1",
+                     "--adapter-only"]) == 0
+        assert (adapter / "model" / "adapter_config.json").is_file()
+        assert sorted(p.name for p in adapter.iterdir() if p.name.startswith(".")) == []   # no temp folder left
 
 
 def test_povid_like_pairs_are_false_for_the_scene(smoke_world):

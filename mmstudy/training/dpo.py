@@ -457,8 +457,7 @@ def _save_final(model, processor, path: Path, cfg: DPOTrainConfig) -> None:
     if cfg.lora_r > 0 and cfg.merge:
         save_llava(copy.deepcopy(model).merge_and_unload(), processor, path)
     elif cfg.lora_r > 0:
-        with io.atomic_path(path) as tmp:
-            tmp.unlink()
+        with io.atomic_dir(path) as tmp:        # the adapter: replaces an earlier run's folder only when whole
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
     else:

@@ -367,8 +367,7 @@ def save_policy(model, processor, path: Path, merge: bool = True) -> None:
     if merge:
         save_llava(copy.deepcopy(model).merge_and_unload(), processor, path)
         return
-    with io.atomic_path(path) as tmp:
-        tmp.unlink()
+    with io.atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
 
