@@ -445,3 +445,11 @@ def test_a_judge_whose_every_call_failed_fails_the_command(server, sleeps, caplo
     args = build_parser().parse_args(["eval", "--model", "m", "--data", "d", "--out", "o.json", "--judge-timeout",
                                       "5", "--judge-retries", "1"])
     assert (args.judge_timeout, args.judge_retries) == (5.0, 1)
+
+
+def test_a_cached_reply_from_another_model_counts_as_a_mismatch(server, sleeps, tmp_path):
+    server.served_model = "some-other-model"
+    make(server, sleeps, cache_dir=tmp_path / "cache").complete([JudgeRequest("q")])
+    again = make(server, sleeps, cache_dir=tmp_path / "cache")
+    [reply] = again.complete([JudgeRequest("q")])
+    assert reply.cached and again.stats["model_mismatch"] == 1 and again.served_models == {"some-other-model"}

@@ -263,6 +263,7 @@ class HttpJudge:
         if entry.get("format", 1) >= 2 and entry.get("reply_sha256") != _sha256(entry["reply"]):
             raise DataError(f"{path}: the cached reply does not match its checksum (edited?); {hint}")
         logger.debug("%s: cache hit for %s", self.name, _where(call.request))
+        self._check_model(entry.get("served_model"))     # a cached reply from another model counts as one
         return JudgeReply(entry["reply"], cached=True)
 
     def _store(self, call: _Call, text: str, served_model: str | None) -> None:
