@@ -35,7 +35,7 @@ def _changed(before, after, prefix):
 def test_one_step_changes_every_trainable_parameter_and_no_frozen_one(base_dir, pairs, smoke_world, tmp_path,
                                                                       lora_r):
     cfg = DPOTrainConfig(lora_r=lora_r, lora_alpha=8, epochs=1, batch_size=len(pairs), lr=1e-3, projector_lr=1e-3,
-                         warmup_ratio=0.0, checkpoint_every=0)
+                         warmup_ratio=0.0, checkpoint_every=0, train_projector=True)
     summary = train_dpo(base_dir, pairs, cfg, tmp_path / "run", smoke_world / "images", progress=False)
     assert summary["steps"] == 1
     before, after = _weights(base_dir), _weights(tmp_path / "run" / "model")

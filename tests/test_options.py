@@ -53,10 +53,10 @@ def test_the_cli_trainers_take_every_field_of_their_configs():
             assert {f.name for f in spec.fields()} <= dests, command
 
 
-def test_switches_name_what_they_turn_off_and_bad_values_are_refused():
-    args = _parser(options.DPO).parse_args(["--freeze-projector", "--adapter-only"])
+def test_switches_turn_their_default_around_and_bad_values_are_refused():
+    args = _parser(options.DPO).parse_args(["--train-projector", "--freeze-lm", "--lora-r", "0", "--adapter-only"])
     cfg = options.from_args(args, options.DPO)
-    assert (cfg.train_projector, cfg.merge) == (False, False)
+    assert (cfg.train_projector, cfg.train_lm, cfg.merge) == (True, False, False)
     with pytest.raises(argparse.ArgumentError):
         _parser(options.DPO).parse_args(["--loss", "ppo"])
 

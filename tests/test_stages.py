@@ -39,13 +39,13 @@ def test_converted_data_writes_each_named_source_once(external_base, smoke_world
     io.write_jsonl(released, [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
                                "images": [p["image"]]} for p in pairs])
     out = tmp_path / "02"
-    counts = stages.converted_data(out, external_base, [f"povid=trl:{released}"], subsample=5, seed=1)
+    counts = stages.converted_data(out, external_base, sources=[f"povid=trl:{released}"], subsample=5, seed=1)
     assert counts == {"pairs/povid": 5}
     stamp = (out / "povid.jsonl").stat().st_mtime_ns
-    assert stages.converted_data(out, external_base, [f"povid=trl:{released}"], subsample=5, seed=1) == counts
+    assert stages.converted_data(out, external_base, sources=[f"povid=trl:{released}"], subsample=5, seed=1) == counts
     assert (out / "povid.jsonl").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="expected NAME=KIND:PATH"):
-        stages.converted_data(out, external_base, ["povid:released.jsonl"])
+        stages.converted_data(out, external_base, sources=["povid:released.jsonl"])
 
 
 def test_launch_command_reproduces_the_config():
@@ -61,12 +61,12 @@ def test_launch_command_reproduces_the_config():
                    "--epochs 3", "--batch-size 16", "--device cuda", "--seed 4", "--prefs run/train_prefs.jsonl",
                    "--model base/model", "--image-root base/world/images"):
         assert option in text, option
-    assert "--freeze-projector" not in cmd
-    online = stages.launch_command("accelerate launch", Path("run"), Path("base"), Path("p.jsonl"),
-                                   DPOTrainConfig(train_projector=False), {"mode": "mixed", "judge": "oracle:0.2",
-                                                                          "k": 3}, "cpu")
+    assert "--train-projector" in cmd
+    frozen_lm = DPOTrainConfig(train_lm=False, lora_r=0, train_projector=True)
+    online = stages.launch_command("accelerate launch", Path("run"), Path("base"), Path("p.jsonl"), frozen_lm,
+                                   {"mode": "mixed", "judge": "oracle:0.2", "k": 3}, "cpu")
     text = " ".join(online)
-    assert "train-online" in online and "--freeze-projector" in online and "--prompts p.jsonl" in text
+    assert "train-online" in online and "--freeze-lm" in online and "--prompts p.jsonl" in text
     assert "--mode mixed" in text and "--judge oracle:0.2" in text and "--k 3" in text
     assert "--world" not in online            # base/world holds no world.json: real data has no ground truth
 

@@ -25,7 +25,7 @@ from mmstudy.training.online import MODES, OnlineConfig
 class ConfigOptions:
     """How a config's fields appear on the command line. A field's flag is `--field-name` unless `flags` names
     another; a boolean field whose flag is named there is a switch that sets the opposite of its default
-    (`--freeze-projector` sets `train_projector` False); fields in `skip` are not options."""
+    (`--freeze-lm` sets `train_lm` False); fields in `skip` are not options."""
     cls: type
     flags: dict[str, str] = field(default_factory=dict)
     choices: dict[str, tuple] = field(default_factory=dict)
@@ -41,7 +41,7 @@ class ConfigOptions:
 
 DPO = ConfigOptions(
     DPOTrainConfig,
-    flags={"train_projector": "--freeze-projector", "train_lm": "--freeze-lm", "train_vision": "--train-vision",
+    flags={"train_projector": "--train-projector", "train_lm": "--freeze-lm", "train_vision": "--train-vision",
            "merge": "--adapter-only", "precompute_ref": "--precompute-ref"},
     choices={"loss": tuple(OBJECTIVES), "on_too_long": ("error", "skip")},
     helps={"gamma": "Avg-DPO weight of 'rejected' against 'rejected_2'", "lora_r": "0: full fine-tuning",

@@ -63,17 +63,19 @@ class DPOTrainConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
     gamma: float = 0.5                 # Avg-DPO weight of the first rejected response
-    lora_r: int = 128                  # 0: full fine-tuning
-    lora_alpha: int = 256
+    # Defaults: the default profile's recipe (params/05_offline.yaml, chosen by `mmstudy recipe-grid`); the paper
+    # profile overrides them (params/paper/05_offline.yaml: r 128, alpha 256, lr 1e-6, 3 epochs, projector trained)
+    lora_r: int = 16                   # 0: full fine-tuning
+    lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target: str = LORA_TARGET_REGEX
-    lr: float = 5e-6
+    lr: float = 5e-5
     projector_lr: float = 2e-5
     train_vision: bool = False
-    train_projector: bool = True
+    train_projector: bool = False
     train_lm: bool = True
-    epochs: int = 3
-    batch_size: int = 8                # pairs per optimizer step (over all processes)
+    epochs: int = 4
+    batch_size: int = 16               # pairs per optimizer step (over all processes)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
