@@ -88,6 +88,15 @@ def test_every_params_file_matches_its_notebook(params):
     nbs.check_params(notebook, nbs.read_params(params))
 
 
+@pytest.mark.parametrize("notebook", [n for n in NOTEBOOKS if (ROOT / "params" / f"{n.stem}.yaml").is_file()],
+                         ids=lambda p: p.name)
+def test_a_notebook_run_bare_runs_the_default_profile(notebook):
+    """The defaults of a notebook's parameters cell are params/<notebook>.yaml's values (the default profile)."""
+    defaults = {name: ast.literal_eval(p["default"]) for name, p in nbs.notebook_parameters(notebook).items()}
+    profile = nbs.read_params(ROOT / "params" / f"{notebook.stem}.yaml")
+    assert {k: defaults[k] for k in profile} == profile
+
+
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: str(p.relative_to(ROOT / "params")))
 def test_every_sweep_point_matches_its_notebook(sweep):
     notebook = ROOT / "notebooks" / f"{sweep.name.removesuffix('.sweep.yaml')}.ipynb"
