@@ -12,9 +12,9 @@ from mmstudy.judges.base import (
     LocalLlavaJudge,
     OracleJudge,
     judge_pairs,
-    make_judge,
     parse_preference,
 )
+from mmstudy.judges.registry import make_judge
 from mmstudy.world.scene import Scene, SceneObject
 
 SCENE = Scene("val_000001", "val", "kitchen", [
