@@ -332,7 +332,19 @@ def _same_metrics(root: Path) -> list[str]:
     return differ
 
 
-def test_smoke_chain_runs_and_resumes(tmp_path):
+@pytest.fixture
+def two_threads(monkeypatch):
+    """The stored smoke metrics were made with 2 torch threads, as CI has (another count can change float sums):
+    the chain's kernels get 2, and this process's setting comes back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    yield
+    torch.set_num_threads(before)
+
+
+def test_smoke_chain_runs_and_resumes(tmp_path, two_threads):
     """`mmstudy run --profile smoke` (about two minutes here): every stage executes and writes its metrics; a
     rerun skips them all."""
     from mmstudy.cli import main
