@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import matplotlib
@@ -15,6 +16,15 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+
+def png(fig) -> bytes:
+    """A figure as PNG bytes, and the figure closed. Notebooks show them (`IPython.display.Image`: the Agg backend
+    set here draws nothing by itself) and the caller writes them (`io.write_bytes`)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
 
 # Headline shares of an evaluation's results (all in [0, 1]), as `metrics_figure` shows them.
 HEADLINE_SHARES = {

@@ -14,7 +14,6 @@ A model is named by where it was trained: `base` (01_world_base), `dpo_<dataset>
 
 from __future__ import annotations
 
-import io as stdio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -612,16 +611,6 @@ def data_draws(runs_root: str | Path) -> str:
     if all(len(runs) < 2 for runs in by_variant.values()):
         return "one seed"
     return "shared" if all(len({prefs for _, prefs in runs}) == 1 for runs in by_variant.values()) else "per-seed"
-
-
-def png(fig) -> bytes:
-    """A figure as PNG bytes (the caller writes them, atomically with `io.write_bytes`), and closes it."""
-    import matplotlib.pyplot as plt
-
-    buffer = stdio.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def bdhs_acceptance(runs_root: str | Path) -> pd.DataFrame:
