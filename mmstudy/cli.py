@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         use_cpu_threads(args.threads)
-        args.func(args)
+        shown = args.func(args)       # a handler returns what the command prints, if anything
+        if shown:
+            sys.stdout.write(shown + "\n")
     except (io.DataError, FileExistsError, ValueError) as e:
         logger.error("%s", e)
         return 2

@@ -41,7 +41,7 @@ def check_judge_calls(judge) -> None:
                        stats["failures"], asked)
 
 
-def _eval(args) -> None:
+def _eval(args) -> str:
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     judge = _judge(args, seed=args.seed, device=args.device) if args.judge else None
     model, processor = load_llava(args.model, device=args.device, dtype=args.dtype)
@@ -54,12 +54,12 @@ def _eval(args) -> None:
               "device": args.device, "dtype": args.dtype}
     io.write_jsonl(out.with_name("samples.jsonl"), samples)
     io.write_json(out, {"metrics": metrics, "manifest": manifest_of(args, params)})
-    print(summary_table(metrics))  # noqa: T201 (the command's output)
     logger.info("wrote %s and %s", out, out.with_name("samples.jsonl"))
     check_judge_calls(judge)
+    return summary_table(metrics)
 
 
-def _score(args) -> None:
+def _score(args) -> str | None:
     if args.benchmark == "pope":
         metrics = score_pope_file(args.questions, args.answers, parser=args.parser)
     elif args.benchmark == "chair":
@@ -77,18 +77,18 @@ def _score(args) -> None:
     if args.out is not None:
         io.write_json(args.out, metrics)
         logger.info("wrote %s", args.out)
-    else:
-        print(json.dumps(metrics, indent=1, sort_keys=True))  # noqa: T201 (the command's output)
+        return None
+    return json.dumps(metrics, indent=1, sort_keys=True)
 
 
-def _compare(args) -> None:
+def _compare(args) -> str:
     a, b = (io.read_jsonl(path, required=("benchmark",)) for path in (args.a, args.b))
     result = compare_runs(a, b, n_boot=args.n_boot, seed=args.seed)
     if not result:
         raise ValueError(f"{args.a} and {args.b} share no benchmark that can be compared item by item")
     if args.out is not None:
         io.write_json(args.out, result)
-    print(comparison_table(result))  # noqa: T201 (the command's output)
+    return comparison_table(result)
 
 
 def _parser_eval(sub) -> None:

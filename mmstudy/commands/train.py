@@ -76,12 +76,12 @@ def _train_rm(args) -> None:
         io.write_json(out / "accuracy.json", {"accuracy": accuracy, "manifest": manifest})
 
 
-def _eval_rm(args) -> None:
+def _eval_rm(args) -> str:
     accuracy = _rm_accuracies(args.rm, args.prefs, args.image_root, args)
     if args.out is not None:
         io.write_json(args.out, {"accuracy": accuracy,
                                  "manifest": manifest_of(args)})
-    print(accuracy_table(accuracy))  # noqa: T201 (the command's output)
+    return accuracy_table(accuracy)
 
 
 def _train_rloo(args) -> None:

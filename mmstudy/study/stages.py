@@ -328,7 +328,7 @@ def launch_command(launch: str, run_dir: Path, base_run: Path, prefs: Path, cfg,
     else:
         if online.get("epsilon", 0.97) != 0.97:
             raise ValueError("launch: train-online has no --epsilon (online BDHS uses 0.97); train in the kernel")
-        online_cfg = OnlineConfig(**{k: v for k, v in online.items() if k not in _BDHS_ONLINE}, seed=cfg.seed)
+        online_cfg = _online_config(online, cfg.seed)
         args += ["--world", str(world)] if (world / "world.json").is_file() else []
         args += ["--prompts", str(prefs), *options.to_argv(online_cfg, options.ONLINE),
                  "--judge", online.get("judge", "oracle"), "--rho", repr(online.get("rho_th", 0.99)),
@@ -357,11 +357,15 @@ def _launch_training(launch: str, run_dir: Path, base_run: Path, pairs: list[dic
 _BDHS_ONLINE = ("judge", "rho_th", "iterations", "epsilon", "embedder")
 
 
+def _online_config(online: dict, seed: int) -> OnlineConfig:
+    """The `OnlineConfig` of `align`'s `online`: its fields, without the judge and BDHS settings."""
+    return OnlineConfig(**{k: v for k, v in online.items() if k not in _BDHS_ONLINE}, seed=seed)
+
+
 def _online_source(online: dict, world: Path, seed: int, device: str = "cpu"):
     """The online pair source of `align`: `OnlineConfig` fields plus "judge" (online_dpo, mixed) or the BDHS
     "rho_th", "iterations", "epsilon" and "embedder" (online_bdhs, online_bdhs_avg)."""
-    cfg = OnlineConfig(**{k: v for k, v in online.items() if k not in _BDHS_ONLINE}, seed=seed)
-    return pair_source(cfg, world / "images", world, online.get("judge", "oracle"), None,
+    return pair_source(_online_config(online, seed), world / "images", world, online.get("judge", "oracle"), None,
                        online.get("rho_th", 0.99), online.get("iterations", 5), online.get("epsilon", 0.97),
                        online.get("embedder") or None, device)
 
