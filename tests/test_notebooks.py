@@ -288,6 +288,13 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     assert ipo["shared_dir"] == str(tmp_path / "default" / "07_ablations" / "data" / "s1")
     rho = sweep[rel.index("07_ablations/rho_th/rho0.98/s1")][2]
     assert (rho["data"], rho["rho_th"], rho["loss"]) == ("bdhs", 0.98, "dpo")
+    some = plan("default", [0], tmp_path, only=["05_offline", "07_ablations"], points=["loss", "data/ranking"])
+    assert [str(d.relative_to(tmp_path / "default")) for _, d, _, _ in some][3:] == [
+        "07_ablations/loss/ipo/s0", "07_ablations/loss/slic/s0", "07_ablations/data/ranking/s0"]
+    with pytest.raises(ValueError, match=r"no sweep point or axis \['los'\]"):
+        plan("default", [0], tmp_path, only=["07_ablations"], points=["los"])
+    with pytest.raises(ValueError, match="name it in --only"):
+        plan("default", [0], tmp_path, points=["loss"])
     shared = plan("smoke", [0, 1], tmp_path)        # the default: one data draw, trained on by every seed
     shared_dirs = [str(d.relative_to(tmp_path / "smoke")) for _, d, _, _ in shared]
     assert shared_dirs == [d for d in dirs if d not in ("02_preference_data/s1", "03_bdhs/s1")]

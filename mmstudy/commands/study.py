@@ -35,7 +35,7 @@ def _run(args) -> None:
     seeds = number_list(args.seeds, "--seeds")
     ablation_seeds = number_list(args.ablation_seeds, "--ablation-seeds") if args.ablation_seeds else None
     results = run_pipeline(args.profile, seeds, args.runs, args.run_id, args.only, ablation_seeds,
-                           progress=not args.quiet, shared_data=args.data_draws == "shared")
+                           progress=not args.quiet, shared_data=args.data_draws == "shared", points=args.points)
     logger.info("ran %d stage executions into %s", len(results), args.runs / (args.run_id or args.profile))
 
 
@@ -92,6 +92,8 @@ def _parser_run(sub) -> None:
     p.add_argument("--only", nargs="*", default=[], metavar="STAGE",
                    help="run only these stages (07_ablations runs only when named here)")
     p.add_argument("--ablation-seeds", default="", help="seeds of the ablation sweep (default: the first seed)")
+    p.add_argument("--points", nargs="*", default=[], metavar="AXIS[/POINT]",
+                   help="with --only 07_ablations: run these axes or points of the sweep (default: all)")
     p.add_argument("--data-draws", choices=["shared", "per-seed"], default="shared",
                    help="shared (default): the preference data is built once, with the first seed, and every seed "
                         "trains on it (seeds differ in training alone, as the paper has one dataset per method); "

@@ -84,13 +84,21 @@ def stage_params(stage: str, profile: str, params_dir: Path = ROOT / "params") -
     return load_params(*files)
 
 
-def sweep_points(stage: str, profile: str, params_dir: Path = ROOT / "params") -> list[tuple[str, dict]]:
+def sweep_points(stage: str, profile: str, params_dir: Path = ROOT / "params",
+                 select: Sequence[str] = ()) -> list[tuple[str, dict]]:
     """("<axis>/<point>", overrides) per point of the stage's sweep: the profile's sweep file if it has one, else
-    the default's."""
+    the default's. `select` keeps the points named "<axis>/<point>" and every point of an axis named "<axis>", in
+    the file's order; a name that matches nothing is an error."""
     path = params_dir / profile / f"{stage}.sweep.yaml"
     path = path if path.is_file() else params_dir / f"{stage}.sweep.yaml"
-    return [(f"{axis}/{point}", overrides) for axis, points in read_sweep(path).items()
-            for point, overrides in points.items()]
+    points = [(f"{axis}/{point}", overrides) for axis, points in read_sweep(path).items()
+              for point, overrides in points.items()]
+    if not select:
+        return points
+    unknown = [s for s in select if not any(name == s or name.split("/")[0] == s for name, _ in points)]
+    if unknown:
+        raise ValueError(f"{path}: no sweep point or axis {unknown}; the points are {[n for n, _ in points]}")
+    return [(name, o) for name, o in points if name in select or name.split("/")[0] in select]
 
 
 def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Sequence[int], profile: str,
@@ -155,9 +163,10 @@ def _stage_seeds(stage: Stage, seeds: Sequence[int], ablation_seeds: Sequence[in
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str | None = None,
          only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None,
-         shared_data: bool = True) -> list[tuple[str, Path, dict, bool]]:
+         shared_data: bool = True, points: Sequence[str] = ()) -> list[tuple[str, Path, dict, bool]]:
     """(notebook, run directory, params, always) per execution, in order. The ablation sweep runs only when named
-    in `only`, with `ablation_seeds` (default: the first seed). `shared_data` (the default): build the preference
+    in `only`, with `ablation_seeds` (default: the first seed), at its `points` (axes or "<axis>/<point>"; default:
+    all, `sweep_points`). `shared_data` (the default): build the preference
     data (02, 03) with the first seed only and train every seed on it, as the paper has one dataset per method,
     so that seeds differ in training alone; False draws new data per seed (claims then hold over draws of the
     data, at a cost in power: docs/sensitivity.md)."""
@@ -173,16 +182,18 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
     if shared_data and "07_ablations" in only and list(ablation_seeds or seeds[:1]) != list(seeds[:1]):
         raise ValueError(f"with shared data the ablation sweep runs with the first seed ({seeds[0]}) only: the "
                          "data its points build is drawn per seed")
+    if points and "07_ablations" not in only:
+        raise ValueError("sweep points select points of 07_ablations: name it in --only")
     root = Path(runs_dir) / (run_id or profile)
     jobs = []
     for stage in STAGES:
         if stage.name not in only and (only or stage.optional):
             continue
         stage_seeds = _stage_seeds(stage, seeds, ablation_seeds, shared_data)
-        points = sweep_points(stage.name, profile) if stage.sweep else [(v, {}) for v in stage.variants or (None,)
-                                                                       if _has_variant(stage, v, profile)]
+        variants = sweep_points(stage.name, profile, select=points) if stage.sweep else \
+            [(v, {}) for v in stage.variants or (None,) if _has_variant(stage, v, profile)]
         for seed in stage_seeds:
-            for variant, overrides in points:
+            for variant, overrides in variants:
                 params = {**stage_params(stage.name, profile), **overrides, "seed": seed,
                           **_wire(stage, variant, root, seed, seeds, profile, shared_data)}
                 jobs.append((str(ROOT / "notebooks" / f"{stage.name}.ipynb"), _run_dir(root, stage, seed, variant),
@@ -192,7 +203,7 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
 
 def run_pipeline(profile: str, seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs",
                  run_id: str | None = None, only: Sequence[str] = (), ablation_seeds: Sequence[int] | None = None,
-                 progress: bool = True, shared_data: bool = True) -> dict:
+                 progress: bool = True, shared_data: bool = True, points: Sequence[str] = ()) -> dict:
     """Execute the chain (or the stages in `only`); returns {run directory: metrics}, also merged into
     <runs>/<run id>/pipeline.json."""
     summary = Path(runs_dir) / (run_id or profile) / "pipeline.json"
@@ -201,7 +212,7 @@ def run_pipeline(profile: str, seeds: Sequence[int] = (0,), runs_dir: str | Path
         made = "shared" if before.get("shared_data") else "per-seed"
         raise ValueError(f"{summary}: this run id was made with --data-draws {made}; call it the same way, or "
                          "use another --run-id")
-    jobs = plan(profile, seeds, runs_dir, run_id, only, ablation_seeds, shared_data)
+    jobs = plan(profile, seeds, runs_dir, run_id, only, ablation_seeds, shared_data, points)
     root = Path(runs_dir) / (run_id or profile)
     results = {}
     for i, (notebook, run_dir, params, always) in enumerate(jobs, 1):
