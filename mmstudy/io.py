@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -96,18 +97,45 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (an undefined metric: no items, a zero denominator) replaced by None,
+    so that it serialises as strict JSON (`null`), which every JSON reader parses."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def dumps_json(obj: Any) -> str:
-    """Deterministic JSON (sorted keys) so that the same content gives byte-identical files."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1) + "\n"
+    """Deterministic, strict JSON (sorted keys; NaN and infinities as null, `finite`) so that the same content
+    gives byte-identical files."""
+    return json.dumps(finite(obj), sort_keys=True, ensure_ascii=False, indent=1, allow_nan=False) + "\n"
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, dumps_json(obj))
 
 
+def dumps_jsonl(records: Iterable[Any]) -> str:
+    """One strict JSON object per line (as `dumps_json`, without the indent)."""
+    return "".join(json.dumps(finite(r), sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+                   for r in records)
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
-    lines = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in records]
-    write_text(path, "".join(line + "\n" for line in lines))
+    write_text(path, dumps_jsonl(records))
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
+    """Append whole lines in one write, flushed to disk (a per-step log, a resumable output): an interruption
+    leaves complete lines or a torn last line that the next run cuts off, never a corrupt record in the middle."""
+    with Path(path).open("ab") as f:
+        f.write(dumps_jsonl(records).encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_json(path: str | os.PathLike) -> Any:

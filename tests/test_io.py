@@ -29,3 +29,23 @@ def test_atomic_dir_replaces_only_when_complete(tmp_path):
         assert (out / "old.txt").is_file()                  # still there while the new one is written
     assert sorted(os.listdir(out)) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
     assert out.stat().st_mode & 0o777 == io.default_mode(directory=True)
+
+
+def test_json_outputs_are_strict_undefined_numbers_become_null(tmp_path):
+    """NaN and infinities (an undefined metric) are written as null: any strict JSON reader parses the files."""
+    import json
+    import math
+
+    import numpy as np
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+    record = {"a": math.nan, "b": [1.5, -math.inf, {"c": np.float64("nan")}], "d": (math.inf,), "e": "NaN"}
+    want = {"a": None, "b": [1.5, None, {"c": None}], "d": [None], "e": "NaN"}
+    io.write_json(tmp_path / "m.json", record)
+    assert strict((tmp_path / "m.json").read_text()) == want == io.read_json(tmp_path / "m.json")
+    io.write_jsonl(tmp_path / "s.jsonl", [record])
+    io.append_jsonl(tmp_path / "s.jsonl", [record, {"x": 1}])
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    assert [strict(line) for line in lines] == [want, want, {"x": 1}]

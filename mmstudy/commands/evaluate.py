@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def _score(args) -> str | None:
         io.write_json(args.out, metrics)
         logger.info("wrote %s", args.out)
         return None
-    return json.dumps(metrics, indent=1, sort_keys=True)
+    return io.dumps_json(metrics).rstrip("\n")
 
 
 def _compare(args) -> str:

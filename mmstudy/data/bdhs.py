@@ -606,16 +606,6 @@ def _completed_ids(out: Path) -> list[str]:
     return [r["id"] for r in io.read_jsonl(out, required=("id",))]
 
 
-def _append_lines(out: Path, records: list[dict]) -> None:
-    """Append whole lines in one write, flushed to disk: an interruption leaves complete lines or a torn last
-    line that the next run cuts off, never a corrupt record in the middle."""
-    blob = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
-    with out.open("ab") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def run_bdhs(model, processor, examples: Sequence[Example], cfg: BDHSConfig, embedder, images: ImageLoader,
              out: str | Path, provenance: dict | None = None, chunk_size: int = 256, batch_size: int = 64,
              progress: bool = True) -> dict:
@@ -644,7 +634,7 @@ def run_bdhs(model, processor, examples: Sequence[Example], cfg: BDHSConfig, emb
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
         results = bdhs_generate(model, processor, chunk, cfg, embedder, images, batch_size, progress=False)
-        _append_lines(partial, [preference_record(ex, r, cfg, provenance) for ex, r in zip(chunk, results)])
+        io.append_jsonl(partial, [preference_record(ex, r, cfg, provenance) for ex, r in zip(chunk, results)])
         bar.update(len(chunk))
     bar.close()
     if partial.exists():

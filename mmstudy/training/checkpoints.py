@@ -148,12 +148,6 @@ def _load_tensors_only(path: Path):
                            f"{str(e).splitlines()[0]})") from e
 
 
-def append_jsonl(path: Path, records: Sequence[dict]) -> None:
-    """Append whole lines in one flushed write (a per-step log)."""
-    with Path(path).open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def keep_records_up_to(path: Path, step: int) -> None:

@@ -42,7 +42,6 @@ from mmstudy.models.generation import chat_prompt
 from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava, save_llava
 from mmstudy.progress import progress_bar
 from mmstudy.training.checkpoints import (
-    append_jsonl,
     epoch_order,
     lr_schedule,
     optimizer_step,
@@ -433,7 +432,7 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
             record.update(stats)
         stopping = stop_after_steps is not None and step >= stop_after_steps and step < total_steps
         if accelerator.is_main_process:
-            append_jsonl(metrics_path, [record])
+            io.append_jsonl(metrics_path, [record])
             if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps):
                 save_checkpoint(out, _llava_unwrapped(scorer), optimizer, scheduler, step, run_hash,
                                 cfg.keep_checkpoints, None if online is None else

@@ -48,7 +48,6 @@ from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava, save_llava
 from mmstudy.progress import progress_bar
 from mmstudy.training.checkpoints import (
     SCHEDULES,
-    append_jsonl,
     epoch_order,
     lr_schedule,
     optimizer_step,
@@ -376,7 +375,7 @@ def train_reward_model(model_dir: str | Path, pairs: Sequence[dict], cfg: Reward
                             scheduler.get_last_lr()[0], n * world, time.time() - start)
         stopping = stop_after_steps is not None and stop_after_steps <= step < total
         if accelerator.is_main_process:
-            append_jsonl(out / "metrics.jsonl", [record])
+            io.append_jsonl(out / "metrics.jsonl", [record])
             if step < total and (stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                 save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, step, run_hash,
                                 cfg.keep_checkpoints)

@@ -57,7 +57,6 @@ from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava, save_llava
 from mmstudy.progress import progress_bar
 from mmstudy.runs import derive_seed
 from mmstudy.training.checkpoints import (
-    append_jsonl,
     epoch_order,
     lr_schedule,
     optimizer_step,
@@ -412,9 +411,9 @@ def train_rloo(model_dir: str | Path, rm_dir: str | Path, prompts: Sequence[dict
                   "prompts": len(records) * world, "seconds": round(time.time() - start, 3)}
         stopping = stop_after_steps is not None and stop_after_steps <= step < cfg.steps
         if accelerator.is_main_process:
-            append_jsonl(out / "metrics.jsonl", [record])
+            io.append_jsonl(out / "metrics.jsonl", [record])
             if cfg.log_samples_every and step % cfg.log_samples_every == 0:
-                append_jsonl(out / "samples.jsonl", samples)
+                io.append_jsonl(out / "samples.jsonl", samples)
             if step < cfg.steps and (stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                 save_checkpoint(out, policy, optimizer, scheduler, step, run_hash, cfg.keep_checkpoints)
         bar.update(1)
