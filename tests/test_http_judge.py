@@ -453,3 +453,16 @@ def test_a_cached_reply_from_another_model_counts_as_a_mismatch(server, sleeps, 
     again = make(server, sleeps, cache_dir=tmp_path / "cache")
     [reply] = again.complete([JudgeRequest("q")])
     assert reply.cached and again.stats["model_mismatch"] == 1 and again.served_models == {"some-other-model"}
+
+
+def test_train_online_passes_the_judge_limits_to_the_http_judge(tmp_path):
+    from mmstudy.cli import build_parser
+    from mmstudy.commands.common import judge_limits
+    from mmstudy.training.online import OnlineConfig, pair_source
+
+    args = build_parser().parse_args(["train-online", "--prompts", "p.jsonl", "--model", "m", "--image-root", "i",
+                                      "--out", "o", "--judge", "http:http://127.0.0.1:9/v1#judge-model",
+                                      "--judge-timeout", "3", "--judge-retries", "2"])
+    source = pair_source(OnlineConfig(mode="online_dpo"), tmp_path, judge=args.judge,
+                         judge_options=judge_limits(args))
+    assert (source.judge.timeout_s, source.judge.max_retries) == (3.0, 2)

@@ -8,7 +8,7 @@ from pathlib import Path
 from mmstudy import io
 from mmstudy.benchmarks.amber import score_amber_files
 from mmstudy.benchmarks.llava_bench import load_reviews, score_reviews
-from mmstudy.commands.common import manifest_of
+from mmstudy.commands.common import add_judge_limits, judge_limits, manifest_of
 from mmstudy.evaluation.compare import compare_runs, comparison_table
 from mmstudy.evaluation.evaluate import evaluate, summary_table
 from mmstudy.evaluation.files import score_chair_file, score_mmhal_file, score_objhal_file, score_pope_file
@@ -20,12 +20,7 @@ logger = logging.getLogger("mmstudy")
 
 def _judge(args, seed: int = 0, device: str = "cpu"):
     return make_judge(args.judge, seed=seed, cache_dir=args.judge_cache, device=device,
-                      http_options={"timeout_s": args.judge_timeout, "max_retries": args.judge_retries})
-
-
-def _add_judge_limits(p) -> None:
-    p.add_argument("--judge-timeout", type=float, default=120.0, help="http judge: seconds per attempt, in all")
-    p.add_argument("--judge-retries", type=int, default=4, help="http judge: retries of a failed call")
+                      http_options=judge_limits(args))
 
 
 def check_judge_calls(judge) -> None:
@@ -100,7 +95,7 @@ def _parser_eval(sub) -> None:
     p.add_argument("--judge", default=None,
                    help="for mmhal, mmhal_v, llava_w: oracle[:ERROR_RATE], local:MODEL_DIR or http:URL#MODEL")
     p.add_argument("--judge-cache", type=Path, default=None, help="on-disk cache of an http judge's replies")
-    _add_judge_limits(p)
+    add_judge_limits(p)
     p.add_argument("--objhal-extractor", default="rule", choices=["rule", "judge"],
                    help="Object HalBench object extraction: CHAIR's rules, or the judge with RLAIF-V's prompt")
     p.add_argument("--out", required=True, type=Path, help="results.json path; samples.jsonl goes beside it")
@@ -138,7 +133,7 @@ def _parser_score(sub) -> None:
     b.add_argument("--responses", required=True, type=Path, help="MMHal items with model_answer")
     b.add_argument("--judge", required=True, help="oracle[:ERROR_RATE] (needs --world), local:DIR, http:URL#MODEL")
     b.add_argument("--judge-cache", type=Path, default=None)
-    _add_judge_limits(b)
+    add_judge_limits(b)
     b.add_argument("--images", type=Path, default=None, help="image directory (needed for --with-image)")
     b.add_argument("--with-image", action="store_true", help="MMHal-V: attach the image for the judge")
     b.add_argument("--world", type=Path, default=None, help="world directory: ground truth for the oracle judge")

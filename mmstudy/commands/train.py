@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from mmstudy import io
-from mmstudy.commands.common import manifest_of
+from mmstudy.commands.common import add_judge_limits, judge_limits, manifest_of
 from mmstudy.data.preferences import load_preferences
 from mmstudy.models.sampling import make_sampler
 from mmstudy.study import options
@@ -104,7 +104,7 @@ def _train_online(args) -> None:
     if args.sampler == "vllm":
         sampler = make_sampler("vllm", args.model, gpu_memory_utilization=args.vllm_memory)
     source = pair_source(cfg, args.image_root, args.world, args.judge, args.judge_cache, args.rho, args.iterations,
-                         embedder=args.embedder, device=args.device, sampler=sampler)
+                         embedder=args.embedder, device=args.device, sampler=sampler, judge_options=judge_limits(args))
     _run_trainer(args, args.prompts, source)
 
 
@@ -193,6 +193,7 @@ def _parser_train_online(sub) -> None:
                    help="preference file whose prompts and images are sampled (its pairs: the offline data)")
     p.add_argument("--judge", default="oracle", help="oracle[:ERROR_RATE], local:MODEL_DIR or http:URL#MODEL")
     p.add_argument("--judge-cache", type=Path, default=None, help="cache of HTTP judge replies")
+    add_judge_limits(p)
     p.add_argument("--world", type=Path, default=None,
                    help="world directory: ground truth for the oracle judge and the judge-agreement metric")
     p.add_argument("--rho", type=float, default=0.99, help="online BDHS masking threshold")

@@ -103,13 +103,14 @@ def world_scenes(world_dir: str | Path) -> Callable[[str], Scene | None]:
 def pair_source(cfg: OnlineConfig, image_root: str | Path, world: str | Path | None = None, judge: str = "oracle",
                 judge_cache: str | Path | None = None, rho_th: float = 0.99, iterations: int = 5,
                 epsilon: float = 0.97, embedder: str | Path | None = None, device: str = "cpu",
-                sampler: Sampler | None = None) -> OnlinePairs:
+                sampler: Sampler | None = None, judge_options: dict | None = None) -> OnlinePairs:
     """The online pair source of a mode: a judge (`make_judge` spec) for online_dpo and mixed, BDHS_attn with
     (rho_th, iterations, epsilon) and a sentence embedder for the online BDHS modes; the world's scenes when
-    `world` is a world (the oracle judge and the judge-agreement counter need them)."""
+    `world` is a world (the oracle judge and the judge-agreement counter need them). `judge_options`: the HTTP
+    judge's limits (`make_judge`'s http_options: timeout_s, max_retries)."""
     judge_obj = bdhs_cfg = sentence_embedder = None
     if cfg.needs_judge:
-        judge_obj = make_judge(judge, seed=cfg.seed, cache_dir=judge_cache, device=device)
+        judge_obj = make_judge(judge, seed=cfg.seed, cache_dir=judge_cache, device=device, http_options=judge_options)
     else:
         bdhs_cfg = BDHSConfig(variant="attn", rho_th=rho_th, iterations=iterations, epsilon=epsilon, seed=cfg.seed)
         sentence_embedder = SentenceEmbedder(embedder or None, device=device)
