@@ -1,5 +1,6 @@
 """BDHS: guidance, masking, the similarity loop, variants, determinism, resumable runs and bad input."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -199,6 +200,16 @@ def test_resumed_run_equals_an_uninterrupted_one(smoke_model, examples, loader, 
     assert more.read_text() == full.read_text()
     with pytest.raises(ValueError, match="another BDHS config"):
         run_bdhs(model, processor, examples, BDHSConfig(rho_th=0.5), WordOverlap(), loader, part, progress=False)
+    # the pairs already written must come from this run's examples and model: the same id with another prompt,
+    # or another model revision, is refused before anything is generated, and the file is left as it was
+    before = part.read_text()
+    edited = [dataclasses.replace(examples[2], prompt=examples[2].prompt + " Be brief."), *examples[3:]]
+    with pytest.raises(ValueError, match=rf"part.jsonl, line 3 \(id '{examples[2].id}'\): prompt differs"):
+        run_bdhs(model, processor, edited, cfg, WordOverlap(), loader, part, {"model": "m"}, progress=False)
+    with pytest.raises(ValueError, match=r"line 1 .*provenance.model_revision is None, this run's is 'r2'"):
+        run_bdhs(model, processor, examples, cfg, WordOverlap(), loader, part, {"model_revision": "r2"},
+                 progress=False)
+    assert part.read_text() == before
 
 
 def test_statistics():

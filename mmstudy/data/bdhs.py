@@ -606,6 +606,29 @@ def _completed_ids(out: Path) -> list[str]:
     return [r["id"] for r in io.read_jsonl(out, required=("id",))]
 
 
+RESUME_PROVENANCE = ("model_revision", "embedder")   # what a resumed run must share with the pairs already written
+
+
+def _check_resumable(source: Path, existing: Sequence[dict], examples: Sequence[Example], cfg: BDHSConfig,
+                     provenance: dict) -> None:
+    """Refuse to continue pairs made otherwise: another BDHS config, another model or embedder, or other examples
+    under the same ids (prompt, image or chosen response differ). Names the file, the record and the field."""
+    other = {r["provenance"].get("config_hash") for r in existing} - {cfg.config_hash()}
+    if other:
+        raise ValueError(f"{source} holds pairs of another BDHS config ({sorted(other)}); use a new --out")
+    by_id = {ex.id: ex for ex in examples}
+    for i, r in enumerate(existing, 1):
+        for key in RESUME_PROVENANCE:
+            if key in provenance and r["provenance"].get(key) != provenance[key]:
+                raise ValueError(f"{source}, line {i} (id {r['id']!r}): provenance.{key} is "
+                                 f"{r['provenance'].get(key)!r}, this run's is {provenance[key]!r}; use a new --out")
+        ex = by_id.get(r["id"])
+        for field in ("prompt", "image", "chosen"):
+            if ex is not None and r.get(field) != getattr(ex, field):
+                raise ValueError(f"{source}, line {i} (id {r['id']!r}): {field} differs from the example of that "
+                                 "id in this run's input (another examples file?); use a new --out")
+
+
 def run_bdhs(model, processor, examples: Sequence[Example], cfg: BDHSConfig, embedder, images: ImageLoader,
              out: str | Path, provenance: dict | None = None, chunk_size: int = 256, batch_size: int = 64,
              progress: bool = True) -> dict:
@@ -619,16 +642,13 @@ def run_bdhs(model, processor, examples: Sequence[Example], cfg: BDHSConfig, emb
     partial = out.with_name(out.name + ".partial")
     source = partial if partial.exists() else out
     done = set(_completed_ids(source))
+    provenance = provenance or {}
     if done:
-        existing = io.read_jsonl(source, required=("provenance",))
-        other = {r["provenance"].get("config_hash") for r in existing} - {cfg.config_hash()}
-        if other:
-            raise ValueError(f"{source} holds pairs of another BDHS config ({sorted(other)}); use a new --out")
+        _check_resumable(source, io.read_jsonl(source, required=("provenance",)), examples, cfg, provenance)
         logger.info("%s: %d pairs already there, continuing", source, len(done))
     if source == out and out.exists():
         os.replace(out, partial)
     todo = [ex for ex in examples if ex.id not in done]
-    provenance = provenance or {}
     bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc="BDHS", unit="pair",
                        disable=not progress)
     for start in range(0, len(todo), chunk_size):
