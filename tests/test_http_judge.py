@@ -431,7 +431,7 @@ def test_an_edited_cache_entry_is_refused(server, sleeps, tmp_path):
 
 def test_a_judge_whose_every_call_failed_fails_the_command(server, sleeps, caplog):
     from mmstudy.cli import build_parser
-    from mmstudy.commands.evaluate import check_judge_calls
+    from mmstudy.judges.base import check_judge_calls
 
     server.plan = [(500, {"error": "down"})] * 3
     judge = make(server, sleeps, max_retries=0)

@@ -150,3 +150,22 @@ def test_evaluate_into_keeps_an_evaluation_of_the_same_data_and_redoes_one_of_ot
     assert (out / "samples.jsonl").stat().st_mtime_ns != stamp
     assert not (out / "shift.json").exists()
     assert io.read_json(out / "results.json")["manifest"]["params"]["data_version"] == stages.data_version(world)
+
+
+def test_evaluate_into_refuses_an_evaluation_whose_judge_calls_all_failed(base_dir, smoke_world, tmp_path,
+                                                                          monkeypatch):
+    """As `mmstudy eval`: the answers are kept, but no results.json, so the stage fails and a rerun evaluates
+    again instead of keeping judged metrics that are missing."""
+    from mmstudy.judges.base import OracleJudge
+
+    class DownJudge(OracleJudge):        # answers, but counts every call as failed
+        def complete(self, requests):
+            replies = super().complete(requests)
+            self.stats["failures"] = self.stats["requests"]
+            return replies
+
+    monkeypatch.setattr(stages, "make_judge", lambda spec, **kw: DownJudge(0.0))
+    out = tmp_path / "eval"
+    with pytest.raises(ValueError, match="every one of the 2 calls to judge"):
+        stages.evaluate_into(base_dir, smoke_world, out, ["mmhal"], limit=2, judge="http:x", progress=False)
+    assert (out / "samples.jsonl").is_file() and not (out / "results.json").exists()

@@ -12,6 +12,7 @@ from mmstudy.commands.common import add_judge_limits, judge_limits, manifest_of
 from mmstudy.evaluation.compare import compare_runs, comparison_table
 from mmstudy.evaluation.evaluate import evaluate, summary_table
 from mmstudy.evaluation.files import score_chair_file, score_mmhal_file, score_objhal_file, score_pope_file
+from mmstudy.judges.base import check_judge_calls
 from mmstudy.judges.registry import make_judge
 from mmstudy.models.llava import load_llava
 
@@ -21,18 +22,6 @@ logger = logging.getLogger("mmstudy")
 def _judge(args, seed: int = 0, device: str = "cpu"):
     return make_judge(args.judge, seed=seed, cache_dir=args.judge_cache, device=device,
                       http_options=judge_limits(args))
-
-
-def check_judge_calls(judge) -> None:
-    """A judge all of whose calls failed leaves no score behind: an error, after the answers are written."""
-    stats = getattr(judge, "stats", None) or {}
-    asked = stats.get("requests", 0) - stats.get("cache_hits", 0)
-    if asked and stats.get("failures", 0) == asked:
-        raise ValueError(f"every one of the {asked} calls to judge {getattr(judge, 'name', '')} failed; the judged "
-                         "metrics are missing (see the log for the errors)")
-    if stats.get("failures"):
-        logger.warning("%d of %d judge calls failed; those items are left out of the judged metrics",
-                       stats["failures"], asked)
 
 
 def _eval(args) -> str:

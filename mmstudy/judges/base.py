@@ -271,3 +271,15 @@ def judge_pairs(judge: Judge, pairs: Sequence[Mapping], seed: int = 0) -> list[i
         shown = parse_preference(reply.text)
         out.append(None if shown is None else shown ^ int(swap))
     return out
+
+
+def check_judge_calls(judge) -> None:
+    """A judge all of whose calls failed leaves no score behind: an error, after the answers are written."""
+    stats = getattr(judge, "stats", None) or {}
+    asked = stats.get("requests", 0) - stats.get("cache_hits", 0)
+    if asked and stats.get("failures", 0) == asked:
+        raise ValueError(f"every one of the {asked} calls to judge {getattr(judge, 'name', '')} failed; the judged "
+                         "metrics are missing (see the log for the errors)")
+    if stats.get("failures"):
+        logger.warning("%d of %d judge calls failed; those items are left out of the judged metrics",
+                       stats["failures"], asked)

@@ -48,6 +48,7 @@ from mmstudy.editions.povid import povid_like_pairs
 from mmstudy.editions.sampled import EDITIONS, default_responders, own_responders, world_editions
 from mmstudy.evaluation.compare import compare_runs
 from mmstudy.evaluation.evaluate import evaluate
+from mmstudy.judges.base import check_judge_calls
 from mmstudy.judges.registry import make_judge
 from mmstudy.models.llava import load_llava, read_model_type, save_llava
 from mmstudy.runs import build_manifest, derive_seed
@@ -133,6 +134,8 @@ def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
                                 seed=seed, progress=progress)
     (out.parent / "shift.json").unlink(missing_ok=True)   # derived from the samples about to be replaced
     io.write_jsonl(out.parent / "samples.jsonl", samples)
+    if judge_obj is not None:      # every judge call failed: no results.json, so that a rerun evaluates again
+        check_judge_calls(judge_obj)
     io.write_json(out, {"metrics": metrics, "manifest": build_manifest(seed, "evaluate", params)})
     return metrics
 
