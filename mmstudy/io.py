@@ -93,8 +93,19 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def utf8(text: str, path: str | os.PathLike) -> bytes:
+    """`text` as UTF-8; a lone surrogate (which UTF-8 cannot hold) is a DataError naming the file and showing where
+    it sits in the text, before anything is written."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        around = text[max(0, e.start - 40):e.start].encode("utf-8", "backslashreplace").decode()
+        raise DataError(f"{path}: cannot write a lone surrogate ({text[e.start]!r}) as UTF-8, after "
+                        f"{around!r}; the input it came from holds an invalid string") from None
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+    write_bytes(path, utf8(text, path))
 
 
 def finite(obj: Any) -> Any:
@@ -132,24 +143,64 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
 def append_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
     """Append whole lines in one write, flushed to disk (a per-step log, a resumable output): an interruption
     leaves complete lines or a torn last line that the next run cuts off, never a corrupt record in the middle."""
+    data = utf8(dumps_jsonl(records), path)
     with Path(path).open("ab") as f:
-        f.write(dumps_jsonl(records).encode("utf-8"))
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
+def parse_json(text: str, where: str) -> Any:
+    """Strict JSON parsing for input files: every failure is a DataError naming `where` (the file, and the line
+    for JSON lines): malformed text, nesting too deep for the parser, integers beyond Python's digit limit, and
+    strings holding a lone surrogate (an unpaired \\ud800-\\udfff escape, which no UTF-8 output can hold)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"line {e.lineno}, column {e.colno}" if "\n" in text.strip() else f"column {e.colno}"
+        raise DataError(f"{where}: malformed JSON at {at}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(f"{where}: malformed JSON: nested too deeply") from None
+    except ValueError as e:  # json's limit on integer digits
+        raise DataError(f"{where}: malformed JSON: {e}") from None
+    if "\\u" in text and (field := _surrogate_field(obj)) is not None:
+        raise DataError(f"{where}: field {field!r} holds a lone surrogate (an unpaired \\udXXX escape)")
+    return obj
+
+
+def _surrogate_field(obj: Any, at: str = "") -> str | None:
+    """The path ("a.b[2]") of the first string or key in `obj` that holds a lone surrogate, else None."""
+    stack = [(obj, at)]
+    while stack:
+        value, here = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return here or "(top level)"
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                key = f"{here}.{k}" if here else str(k)
+                if _surrogate_field(k) is not None:
+                    return key
+                stack.append((v, key))
+        elif isinstance(value, list):
+            stack.extend((v, f"{here}[{i}]") for i, v in enumerate(value))
+    return None
+
+
+def _read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from e
-    except ValueError as e:  # json's limit on integer digits
-        raise DataError(f"{path}: malformed JSON: {e}") from e
+        raise DataError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    return parse_json(_read_text(path), str(path))
 
 
 def check_fields(record: Any, required: Sequence[str], where: str) -> dict:
@@ -165,18 +216,11 @@ def check_fields(record: Any, required: Sequence[str], where: str) -> dict:
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
     """Read a JSON-lines file; blank lines are skipped, anything else malformed raises DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {lineno}: malformed JSON: {e.msg}") from e
-            records.append(check_fields(record, required, f"{path}, line {lineno}"))
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):   # not splitlines: U+2028 is text
+        if line.strip():
+            where = f"{path}, line {lineno}"
+            records.append(check_fields(parse_json(line, where), required, where))
     return records
 
 

@@ -49,3 +49,32 @@ def test_json_outputs_are_strict_undefined_numbers_become_null(tmp_path):
     io.append_jsonl(tmp_path / "s.jsonl", [record, {"x": 1}])
     lines = (tmp_path / "s.jsonl").read_text().splitlines()
     assert [strict(line) for line in lines] == [want, want, {"x": 1}]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "malformed JSON: nested too deeply"),
+    ('{"n": ' + "9" * 5000 + "}", "malformed JSON: Exceeds the limit"),
+    ('{"a": {"b": ["ok", "\\ud800"]}}', r"field 'a.b\[1\]' holds a lone surrogate"),
+    ('{"a": 1', "malformed JSON at column 8"),
+])
+def test_readers_turn_every_bad_json_into_an_error_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(io.DataError, match=rf"bad.json: {message}"):
+        io.read_json(path)
+    lines = tmp_path / "bad.jsonl"
+    lines.write_text('{"ok": "\\ud83d\\ude00 \u2028 paired escapes and a line separator are text"}\n' + text + "\n")
+    with pytest.raises(io.DataError, match=rf"bad.jsonl, line 2: {message}"):
+        io.read_jsonl(lines)
+
+
+def test_readers_refuse_bytes_that_are_not_utf8_and_writers_refuse_lone_surrogates(tmp_path):
+    (tmp_path / "latin1.jsonl").write_bytes('{"a": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(io.DataError, match="latin1.jsonl: not UTF-8 text"):
+        io.read_jsonl(tmp_path / "latin1.jsonl")
+    bad = {"text": "ok \ud800 not ok"}
+    for write in (io.write_json, io.write_jsonl, io.append_jsonl):
+        out = tmp_path / f"{write.__name__}.json"
+        with pytest.raises(io.DataError, match=rf"{write.__name__}.json: cannot write a lone surrogate .* after .*ok '"):
+            write(out, bad if write is io.write_json else [bad])
+        assert not out.exists()

@@ -116,7 +116,7 @@ def _peek_jsonl(path: Path) -> dict | None:
             if line.strip():
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):     # malformed, too deep, or integers past the limit
                     return None
                 return record if isinstance(record, dict) else None
     return None

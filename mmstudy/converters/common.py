@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io as _bytes_io
-import json
 import logging
 import re
 from collections import Counter
@@ -237,14 +236,12 @@ def iter_jsonl(path: Path) -> Iterator[Any]:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
+            where = f"{path}, record {n} (line {lineno})"
             try:
-                yield json.loads(raw.decode("utf-8"))
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise io.DataError(f"{path}, record {n} (line {lineno}): not UTF-8 text: {e.reason}") from e
-            except json.JSONDecodeError as e:
-                raise io.DataError(f"{path}, record {n} (line {lineno}): malformed JSON: {e.msg}") from e
-            except ValueError as e:  # json's limit on integer digits
-                raise io.DataError(f"{path}, record {n} (line {lineno}): malformed JSON: {e}") from e
+                raise io.DataError(f"{where}: not UTF-8 text: {e.reason}") from None
+            yield io.parse_json(text, where)
             n += 1
 
 

@@ -16,9 +16,9 @@ shared by several rows is written once); an image struct with only a path resolv
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from mmstudy import io
 from mmstudy.converters.common import (
     Context,
     ConvertConfig,
@@ -55,9 +55,9 @@ def rlhf_v_pair(row, where: str, index: int, ctx: Context) -> dict:
     if not isinstance(raw, str):
         raise fail(where, "text", f"must be a JSON string, got {type(raw).__name__}")
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise fail(where, "text", f"malformed JSON: {e.msg}") from e
+        data = io.parse_json(raw, "text")
+    except io.DataError as e:
+        raise fail(where, "text", str(e).removeprefix("text: ")) from None
     data = obj(data, where, "text")
     texts = {"prompt": text(data, "question", where, prompt=True, field="text.question"),
              "chosen": text(data, "chosen", where, field="text.chosen"),

@@ -140,8 +140,9 @@ def _reply_text(raw: bytes) -> tuple[str, str | None]:
     """(choices[0].message.content, the reply's model id) of a 200 body; _BadReply without a content."""
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _BadReply(f"200 response is not JSON ({e}): {raw[:_ERROR_SNIPPET_CHARS]!r}") from e
+    except (ValueError, RecursionError) as e:   # malformed, not UTF-8, too deep, integers past the limit
+        raise _BadReply(f"200 response is not JSON ({type(e).__name__}: {str(e)[:200]}): "
+                        f"{raw[:_ERROR_SNIPPET_CHARS]!r}") from None
     try:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):

@@ -162,12 +162,12 @@ def keep_records_up_to(path: Path, step: int) -> None:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
+            record = io.parse_json(line, f"{path}, line {i + 1}")
+        except io.DataError:
             if i == len(lines) - 1:      # the line being written when the run stopped: after the checkpoint
                 logger.warning("%s: dropped its torn last line %d", path, i + 1)
                 continue
-            raise io.DataError(f"{path}, line {i + 1}: malformed JSON ({e.msg})") from e
+            raise
         if not isinstance(record, dict) or "step" not in record:
             raise io.DataError(f"{path}, line {i + 1}: a step log record needs a 'step' field")
         if record["step"] <= step:
