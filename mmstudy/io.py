@@ -224,6 +224,28 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
     return records
 
 
+def relative_path_problem(value: str) -> str | None:
+    """Why `value` is not a relative path inside a folder (absolute, `..`, a NUL byte), or None."""
+    if "\x00" in value or Path(value).is_absolute() or ".." in Path(value).parts:
+        return f"must be a path inside the image root, got {value[:80]!r}"
+    return None
+
+
+def image_problem(path: Path, root: Path | None = None) -> str | None:
+    """Why `path` is not a usable image (missing, a link leading outside `root`, empty, truncated or not an image),
+    or None. Reads the file once (PIL's verify); the pixels are decoded later, by `load_image`."""
+    try:
+        if not path.is_file():
+            return "file not found"
+        if root is not None and not path.resolve().is_relative_to(Path(root).resolve()):
+            return f"leads outside the image root (to {path.resolve()})"
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return f"not a readable image ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
 def load_image(path: str | os.PathLike, where: str = "") -> Image.Image:
     """Open an image fully (so corrupt files fail here, not later) and convert it to RGB."""
     path = Path(path)
@@ -234,7 +256,7 @@ def load_image(path: str | os.PathLike, where: str = "") -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{prefix}corrupt or unreadable image {path}: {e}") from e
 
 

@@ -245,3 +245,42 @@ def test_cli_convert_and_mix(tmp_path):
     assert len(train) == 3 and len(held) == 1
     assert {r["source"] for r in train + held} == {"povid", "rlhf_v"}
     assert main(["-q", "prefs-mix", str(out), str(out), "--out", str(mixed)]) == 2  # duplicate ids across inputs
+
+
+def _povid_record(image: str) -> dict:
+    turn = lambda answer: [{"from": "human", "value": "<image>\nWhat is it?"},  # noqa: E731
+                           {"from": "gpt", "value": answer}]
+    return {"id": "1", "image": image, "conversations": turn("A cup."), "rejected_conversations": turn("A fork.")}
+
+
+@pytest.mark.parametrize("name, problem", [("empty.jpg", "not a readable image"), ("cut.jpg", "not a readable image"),
+                                           ("text.jpg", "not a readable image"),
+                                           ("link.jpg", "leads outside the image root")])
+def test_converters_refuse_unreadable_images_and_links_out_of_the_root(tmp_path, name, problem):
+    root = _root("coco_train2014", tmp_path)
+    good = (root / "COCO_train2014_000000000009.jpg").read_bytes()
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "cut.jpg").write_bytes(good[:64])
+    (root / "text.jpg").write_text("hello")
+    (tmp_path / "secret.jpg").write_bytes(good)
+    (root / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    io.write_json(tmp_path / "povid.json", [_povid_record(name)])
+    with pytest.raises(io.DataError, match=rf"povid.json, record 0 \(id='1'\): field 'image': .*{name}: {problem}"):
+        convert("povid", tmp_path / "povid.json", ConvertConfig(image_root=root))
+    result = convert("povid", tmp_path / "povid.json", ConvertConfig(image_root=root, on_missing="skip"))
+    assert result.records == [] and result.stats["skipped_unreadable_image"] == 1
+
+
+def test_empty_inputs_and_ratings_off_the_scale_are_data_errors(tmp_path):
+    for name, text in (("empty.jsonl", ""), ("empty.json", "[]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(io.DataError, match=f"{name}: holds no records"):
+            convert("vlfeedback" if name.endswith("l") else "povid", tmp_path / name,
+                    ConvertConfig(image_root=tmp_path))
+    line = json.loads((FIXTURES / "vlfeedback" / "vlfeedback.jsonl").read_text().splitlines()[0])
+    for rating in ("42", "-1", "1e30", 0):
+        line["completions"]["annotations"][1]["Helpfulness"]["Rating"] = rating
+        io.write_jsonl(tmp_path / "v.jsonl", [line])
+        with pytest.raises(io.DataError, match=r"completions\[1\].annotations.Helpfulness.Rating': must be a "
+                                               r"rating from 1 to 5"):
+            convert("vlfeedback", tmp_path / "v.jsonl", ConvertConfig(image_root=_root("vlfeedback", tmp_path)))

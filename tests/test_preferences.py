@@ -114,9 +114,40 @@ def test_load_errors_name_file_record_and_field(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes(b'{"id": "caf\xe9"}\n')
     with pytest.raises(io.DataError, match="latin.jsonl: not UTF-8 text"):
         load_preferences(tmp_path / "latin.jsonl")
-    io.write_jsonl(tmp_path / "img.jsonl", [dict(PAIRS[0], image="a\x00b.png")])
+    io.write_jsonl(tmp_path / "img.jsonl", [dict(PAIRS[0], image="gone.png")])
     with pytest.raises(io.DataError, match=r"img.jsonl, record 1: field 'image': file not found"):
         load_preferences(tmp_path / "img.jsonl", image_root=tmp_path)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(io.DataError, match="empty.jsonl: holds no preference records"):
+        load_preferences(tmp_path / "empty.jsonl")
+
+
+@pytest.mark.parametrize("image", ["/etc/hostname", "../x.png", "sub/../../x.png", "a\x00b.png"])
+def test_image_paths_must_stay_inside_the_image_root(image):
+    with pytest.raises(io.DataError, match="record 7: field 'image' must be a path inside the image root"):
+        check_preference(dict(PAIRS[0], image=image), "file.jsonl, record 7")
+
+
+def test_images_must_be_readable_image_files_inside_the_root(tmp_path):
+    """What the converters and loaders refuse: empty, truncated and non-image files, and links leading out."""
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (8, 8), "red").save(root / "good.png")
+    png = (root / "good.png").read_bytes()
+    (root / "empty.png").write_bytes(b"")
+    (root / "cut.png").write_bytes(png[:20])
+    (root / "text.png").write_text("hello")
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    (root / "link.png").symlink_to(tmp_path / "outside.png")
+    (root / "inner.png").symlink_to(root / "good.png")                 # a link inside the root is fine
+    for name in ("good.png", "inner.png"):
+        io.write_jsonl(tmp_path / "p.jsonl", [dict(PAIRS[0], image=name)])
+        assert load_preferences(tmp_path / "p.jsonl", image_root=root)
+    for name, problem in [("empty.png", "not a readable image"), ("cut.png", "not a readable image"),
+                          ("text.png", "not a readable image"), ("link.png", "leads outside the image root")]:
+        io.write_jsonl(tmp_path / "p.jsonl", [PAIRS[0] | {"id": "z", "image": "good.png"}, dict(PAIRS[0], image=name)])
+        with pytest.raises(io.DataError, match=rf"p.jsonl, record 2: field 'image': {problem}.*{name}"):
+            load_preferences(tmp_path / "p.jsonl", image_root=root)
 
 
 def _records(n):

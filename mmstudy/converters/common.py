@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 from PIL import Image
 
 from mmstudy import io
-from mmstudy.data.preferences import PREFERENCE, Schema, check_record, image_exists, show
+from mmstudy.data.preferences import PREFERENCE, Schema, check_record, show
 
 logger = logging.getLogger(__name__)
 
@@ -163,24 +163,36 @@ class ImageStore:
     def __init__(self, cfg: ConvertConfig, subdir: str):
         self.root, self.on_missing, self.subdir = cfg.image_root, cfg.on_missing, subdir
         self.stats: Counter = Counter()
+        self._problems: dict[str, str | None] = {}
 
     def relative(self, value: Any, where: str, field: str) -> str:
         if not isinstance(value, str) or not value.strip():
             raise fail(where, field, f"must be a non-empty image path, got {show(value)}")
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or "\x00" in value:
-            raise fail(where, field, f"must be a path inside the image root, got {show(value)}")
-        return str(path)
+        if problem := io.relative_path_problem(value):
+            raise fail(where, field, problem)
+        return str(PurePosixPath(value))
+
+    def problem(self, rel: str) -> str | None:
+        """`io.image_problem` of an image under the root, checked once per path."""
+        if rel not in self._problems:
+            self._problems[rel] = io.image_problem(self.root / rel, self.root)
+        return self._problems[rel]
 
     def existing(self, value: Any, where: str, field: str = "image", alternatives: tuple = ()) -> str:
-        """The first of `value` and `alternatives` that exists under the image root."""
+        """The first of `value` and `alternatives` that is a readable image file under the image root (not a link
+        leading out of it). None found: SkipRecord with `cfg.on_missing == "skip"` (counted as a missing or an
+        unreadable image), else a DataError naming each candidate and what is wrong with it."""
         candidates = [self.relative(v, where, field) for v in (value, *alternatives)]
-        for rel in candidates:
-            if image_exists(self.root / rel):
+        problems = [self.problem(rel) for rel in candidates]
+        for rel, problem in zip(candidates, problems):
+            if problem is None:
                 return rel
+        missing = all(p == "file not found" for p in problems)
         if self.on_missing == "skip":
-            raise SkipRecord("missing_image")
-        raise fail(where, field, "image file not found: " + " or ".join(str(self.root / c) for c in candidates))
+            raise SkipRecord("missing_image" if missing else "unreadable_image")
+        if missing:
+            raise fail(where, field, "image file not found: " + " or ".join(str(self.root / c) for c in candidates))
+        raise fail(where, field, "; ".join(f"{self.root / c}: {p}" for c, p in zip(candidates, problems)))
 
     def embedded(self, value: Any, where: str, field: str = "image") -> str:
         """Write an image given as bytes, or as a datasets Image struct {"bytes", "path"} (bytes null: the path is
@@ -309,6 +321,11 @@ def collect(path: Path, records: Iterable[Any], make: Make, cfg: ConvertConfig, 
             ctx.stats["skipped_identical_responses"] += 1
             continue
         out.append(converted)
+    if not ctx.stats["read"]:
+        raise io.DataError(f"{path}: holds no records (an empty file or list)")
+    if not out:
+        logger.warning("%s: none of its %d records converted (%s)", path, ctx.stats["read"],
+                       ", ".join(f"{k} {v}" for k, v in sorted(ctx.stats.items()) if k != "read"))
     ctx.stats["renamed_duplicate_ids"] = make_ids_unique(out)
     ctx.stats["written"] = len(out)
     ctx.stats.update(ctx.images.stats)

@@ -42,7 +42,7 @@ from mmstudy.converters.common import (
     record_id,
     text,
 )
-from mmstudy.data.preferences import PREFERENCE
+from mmstudy.data.preferences import PREFERENCE, show
 from mmstudy.runs import derive_seed
 
 SOURCE = "vlfeedback"
@@ -67,8 +67,12 @@ def _completions(r: dict, where: str) -> list[dict]:
     return [obj(c, where, f"completions[{k}]") for k, c in enumerate(value)]
 
 
+RATING_RANGE = (1, 5)   # VLFeedback's annotators rate each aspect from 1 to 5
+
+
 def _rating(value, where: str, field: str) -> Fraction | None:
-    """A rating as an exact number; None for a missing or non-numeric one ("N/A")."""
+    """A rating as an exact number; None for a missing or non-numeric one ("N/A"). A number outside 1..5 (or not
+    finite) is a DataError naming the field: the file is not VLFeedback as released."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -77,7 +81,10 @@ def _rating(value, where: str, field: str) -> Fraction | None:
         number = float(value)
     except (ValueError, OverflowError):
         return None
-    return Fraction(number) if math.isfinite(number) else None
+    low, high = RATING_RANGE
+    if not (math.isfinite(number) and low <= number <= high):
+        raise fail(where, field, f"must be a rating from {low} to {high}, got {show(value)}")
+    return Fraction(number)
 
 
 def _score(annotations, where: str, field: str) -> Fraction | None:

@@ -94,6 +94,8 @@ def check_record(record, where: str, schema: Schema = PREFERENCE) -> None:
     if ranked and not record["chosen_score"] > record["rejected_score"]:
         raise io.DataError(f"{where}: field 'rejected_score': {show(record['rejected_score'])} is not below "
                            f"chosen_score {show(record['chosen_score'])}")
+    if "image" in schema.required and (problem := io.relative_path_problem(record["image"])):
+        raise io.DataError(f"{where}: field 'image' {problem}")
     if "provenance" in record and not isinstance(record["provenance"], dict):
         raise io.DataError(f"{where}: field 'provenance' must be an object, got {show(record['provenance'])}")
 
@@ -111,24 +113,20 @@ def check_sft(record: dict, where: str) -> None:
 def check_records(records: Sequence[dict], name: str, schema: Schema = PREFERENCE,
                   image_root: str | Path | None = None) -> None:
     """Validate every record (1-based record numbers, as in the files), unique ids, and with `image_root` that
-    every image exists."""
+    every image is a readable image file inside it (`io.image_problem`; each image checked once)."""
     seen: set = set()
+    problems: dict[str, str | None] = {}
     for n, r in enumerate(records, start=1):
         where = f"{name}, record {n}"
         check_record(r, where, schema)
         if r["id"] in seen:
             raise io.DataError(f"{where}: duplicate id {r['id']!r}")
         seen.add(r["id"])
-        if image_root is not None and not image_exists(Path(image_root) / r["image"]):
-            raise io.DataError(f"{where}: field 'image': file not found: {Path(image_root) / r['image']}")
-
-
-def image_exists(path: Path) -> bool:
-    """`path.is_file()`, False too for a path the OS cannot even look up (NUL byte, name too long)."""
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
+        if image_root is not None:
+            if r["image"] not in problems:
+                problems[r["image"]] = io.image_problem(Path(image_root) / r["image"], Path(image_root))
+            if problems[r["image"]]:
+                raise io.DataError(f"{where}: field 'image': {problems[r['image']]}: {Path(image_root) / r['image']}")
 
 
 # ---------------------------------------------------------------- loading and saving
@@ -172,10 +170,9 @@ def read_records(path: str | Path, schema: Schema = PREFERENCE, image_root: str 
     if path.suffix == ".parquet" or path.is_dir():
         records = _read_columnar(path)
     else:
-        try:
-            records = io.read_jsonl(path)
-        except UnicodeDecodeError as e:
-            raise io.DataError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from e
+        records = io.read_jsonl(path)
+    if not records:
+        raise io.DataError(f"{path}: holds no {schema.kind} records (an empty file)")
     check_records(records, str(path), schema, image_root)
     logger.info("loaded %d %s records from %s", len(records), schema.kind, path)
     return records

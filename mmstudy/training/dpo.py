@@ -10,7 +10,8 @@
     batches    each pair's image goes through the vision tower and projector once; its features are scattered
                into the chosen and the rejected (and second rejected) sequences
     lengths    never truncated: a pair longer than `max_length` is an error, or skipped and counted
-               (`on_too_long="skip"`)
+               (`on_too_long="skip"`); a pair whose chosen and rejected are the same text is dropped and
+               counted (`skipped_identical`)
     runs       namespaced metrics per step in metrics.jsonl, checkpoints every `checkpoint_every` steps, exact
                resume from the last one, the result saved as a Hugging Face directory (merged or adapter)
 
@@ -360,8 +361,14 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
     setup_start = time.time()
     max_length = cfg.max_length or text_max_length(model)
     need_second = cfg.loss == "avg_dpo"
+    identical = 0
     if online is None:
-        encoded, skipped = encode_pairs(processor, pairs, image_root, max_length, cfg.on_too_long, need_second)
+        kept = [p for p in pairs if p["chosen"].strip() != p["rejected"].strip()]
+        identical = len(pairs) - len(kept)
+        if identical:
+            logger.warning("dropped %d of %d pairs whose chosen and rejected responses are the same text (nothing "
+                           "to prefer)", identical, len(pairs))
+        encoded, skipped = encode_pairs(processor, kept, image_root, max_length, cfg.on_too_long, need_second)
     else:
         encoded, skipped = list(pairs), 0      # records: their pairs are made step by step
     if not encoded:
@@ -443,7 +450,8 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
             bar.close()
             return {"stopped_at": step, "total_steps": total_steps}
     bar.close()
-    summary = {"steps": step, "pairs": len(encoded), "skipped_too_long": skipped, "epochs": cfg.epochs,
+    summary = {"steps": step, "pairs": len(encoded), "skipped_too_long": skipped, "skipped_identical": identical,
+               "epochs": cfg.epochs,
                "config": dataclasses.asdict(cfg), "seconds": round(time.time() - start_time, 3),
                "setup_seconds": setup_seconds}
     if online is not None:
