@@ -75,6 +75,7 @@ def test_readers_refuse_bytes_that_are_not_utf8_and_writers_refuse_lone_surrogat
     bad = {"text": "ok \ud800 not ok"}
     for write in (io.write_json, io.write_jsonl, io.append_jsonl):
         out = tmp_path / f"{write.__name__}.json"
-        with pytest.raises(io.DataError, match=rf"{write.__name__}.json: cannot write a lone surrogate .* after .*ok '"):
+        message = rf"{write.__name__}.json: cannot write a lone surrogate .* after .*ok '"
+        with pytest.raises(io.DataError, match=message):
             write(out, bad if write is io.write_json else [bad])
         assert not out.exists()
