@@ -1,7 +1,8 @@
-"""Fuzzing the preference schema and every converter with malformed records.   Run: pytest tests/test_convert_fuzz.py
+"""Fuzzing the preference schema, every converter and the file readers with malformed input.
+Run: pytest tests/test_convert_fuzz.py (100 examples per test); pytest -m slow -k fuzz (1,000 per test).
 
-Each test starts from a valid record in the dataset's released format and applies 1-3 random mutations (delete a
-field or list item anywhere, or replace it with any JSON value, bytes or a nasty string) for 1,000 examples. Every
+Each converter test starts from a valid record in the dataset's released format and applies 1-3 random mutations
+(delete a field or list item anywhere, or replace it with any JSON value, bytes or a nasty string). Every
 outcome must be one of: a `DataError` whose message names the file, the record and a field; a counted skip; or an
 output record that passes the schema, whose texts come from the input and whose image exists under the image
 root. Any other exception (KeyError, TypeError, ...) fails the test. Examples are derandomized: the same ones on
@@ -11,7 +12,10 @@ every run.
 import copy
 import io as _bytes_io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,9 +32,12 @@ from mmstudy.converters.povid import povid_pair
 from mmstudy.converters.rlhf_v import rlaif_v_pair, rlhf_v_pair
 from mmstudy.converters.trl_prefs import trl_pair
 from mmstudy.converters.vlfeedback import vlfeedback_pair
-from mmstudy.data.preferences import PREFERENCE, SFT, check_preference, check_record
+from mmstudy.data.preferences import PREFERENCE, SFT, check_preference, check_record, load_preferences
 
-FUZZ = settings(max_examples=1000, deadline=None, database=None, derandomize=True,
+# The default tier runs a fast seeded sample; the slow tier (`test_fuzz_full_tier`) runs this module again with
+# MMSTUDY_FUZZ_EXAMPLES=1000.
+EXAMPLES = int(os.environ.get("MMSTUDY_FUZZ_EXAMPLES", "100"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -158,7 +165,10 @@ def _valid_pair(r) -> bool:
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
-    return (isinstance(r, dict) and all(k in r and text(r[k]) for k in PREFERENCE.required)
+    def inside(v):      # a relative image path that stays inside the image root
+        return "\x00" not in v and not Path(v).is_absolute() and ".." not in Path(v).parts
+
+    return (isinstance(r, dict) and all(k in r and text(r[k]) for k in PREFERENCE.required) and inside(r["image"])
             and ("rejected_2" not in r or text(r["rejected_2"]))
             and all(k not in r or number(r[k]) for k in ("chosen_score", "rejected_score"))
             and not ("chosen_score" in r and "rejected_score" in r and not r["chosen_score"] > r["rejected_score"])
@@ -318,3 +328,47 @@ TRL = [{"id": "c1", "images": ["pets/cat.jpg"],
 @given(malformed(TRL))
 def test_fuzz_trl(image_root, record):
     _check(trl_pair, record, image_root)
+
+
+# ---------------------------------------------------------------- the file readers, byte by byte
+
+VALID_LINE = json.dumps({k: PAIR[k] for k in PREFERENCE.required}).encode()
+CORRUPTIONS = [b"", b"\n", b"[" * 5000, b"{" * 3000, b"9" * 5000, b'"\\ud800"', b"\xff\xfe", b"\xe9", b"NaN",
+               b'{"id": 1e999}', b"\x00", b'{"a": "\xe2\x80\xa8"}', b"}", b'"', b"\r\n"]
+
+
+@st.composite
+def corrupted_file(draw):
+    """A preference file of valid lines with bytes inserted, deleted or replaced at random places."""
+    data = bytearray(b"\n".join([VALID_LINE] * draw(st.integers(0, 3))))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(data)))
+        piece = draw(st.sampled_from(CORRUPTIONS) | st.binary(max_size=6))
+        cut = draw(st.integers(0, 4))
+        data[at:at + cut] = piece
+    return bytes(data)
+
+
+@FUZZ
+@given(corrupted_file())
+def test_fuzz_preference_files(image_root, tmp_path_factory, data):
+    """Any bytes: the loader returns valid records or raises a DataError naming the file; nothing else."""
+    path = tmp_path_factory.mktemp("fuzz_files") / "prefs.jsonl"
+    path.write_bytes(data)
+    try:
+        records = load_preferences(path, image_root=image_root)
+    except io.DataError as e:
+        assert str(e).startswith(str(path)), str(e)
+        event("DataError")
+        return
+    event("loaded")
+    assert records and all(_valid_pair(r) for r in records)
+
+
+@pytest.mark.slow
+def test_fuzz_full_tier():
+    """The slow tier: every fuzz test of this module with 1,000 examples."""
+    env = {**os.environ, "MMSTUDY_FUZZ_EXAMPLES": "1000"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
