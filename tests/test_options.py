@@ -26,6 +26,19 @@ def test_parser_defaults_are_the_dataclass_defaults():
     assert options.from_args(args, options.ONLINE, seed=0) == OnlineConfig()
 
 
+@pytest.mark.parametrize("stage, config", [("05_offline", DPOTrainConfig), ("06_online", DPOTrainConfig),
+                                           ("06_online", OnlineConfig)])
+def test_the_configs_defaults_are_the_default_profile(stage, config):
+    """One recipe: a field the default profile's params set has that value as its dataclass default, so that
+    `mmstudy train-dpo` / `train-online` without options train as the notebooks do."""
+    from mmstudy.study.pipeline import stage_params
+
+    params = stage_params(stage, "default")
+    shared = [f.name for f in dataclasses.fields(config) if f.name in params and f.name != "seed"]
+    assert shared
+    assert {n: getattr(config(), n) for n in shared} == {n: params[n] for n in shared}
+
+
 @pytest.mark.parametrize("cfg", [
     DPOTrainConfig(),
     DPOTrainConfig(loss="slic", beta=0.37, lora_r=0, train_projector=False, train_vision=True, epochs=5, lr=3.3e-7,

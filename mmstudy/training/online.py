@@ -56,7 +56,7 @@ class OnlineConfig:
     mode: str = "online_dpo"
     k: int = 2                       # samples per prompt (online_dpo, mixed)
     temperature: float = 1.0
-    max_new_tokens: int = 64
+    max_new_tokens: int = 96         # the default profile's (params/06_online.yaml)
     p_offline: float = 0.5           # mixed: chance that an example trains on its offline pair (the paper's p)
     regen_every: int = 1             # online BDHS: regenerate a rejected response at least this many steps old
     seed: int = 0
