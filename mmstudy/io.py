@@ -10,6 +10,7 @@ the field when its input is malformed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -222,6 +223,22 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
             where = f"{path}, line {lineno}"
             records.append(check_fields(parse_json(line, where), required, where))
     return records
+
+
+def fingerprint(path: str | os.PathLike, small: int = 1 << 20) -> str:
+    """A cheap revision id of a file or folder (a model, a reward model): sha256 over every file's relative path and
+    size, and the contents of the files up to `small` bytes (configs, tokenizers, heads); hashing gigabytes of
+    weights would take minutes, and a retrained model differs in its small files or its sizes far more often than
+    in neither."""
+    root = Path(path).resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(root).as_posix() if f != root else f.name}:{size}\n".encode())
+        if size <= small:
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def relative_path_problem(value: str) -> str | None:

@@ -343,7 +343,7 @@ def smoke_runs(smoke_world, base_dir, tmp_path_factory):
     image path, two models (the smoke model and a noised copy), their evaluations (POPE, CHAIR, MMHal with the
     oracle judge), and an evaluation directory with a broken results.json. The world stays outside (--world)."""
     from mmstudy import cli
-    from mmstudy.data.bdhs import BDHSConfig, ImageLoader, load_examples, model_fingerprint, run_bdhs
+    from mmstudy.data.bdhs import BDHSConfig, ImageLoader, load_examples, run_bdhs
     from mmstudy.data.preferences import save_preferences
     from mmstudy.editions.povid import povid_like_pairs
     from mmstudy.models.llava import load_llava, save_llava
@@ -357,7 +357,7 @@ def smoke_runs(smoke_world, base_dir, tmp_path_factory):
     cfg = BDHSConfig(iterations=2, epsilon=0.5, max_sentence_tokens=12, max_response_tokens=24)
     out = runs / "prefs" / "bdhs.jsonl"
     stats = run_bdhs(model, processor, examples, cfg, _WordOverlap(), ImageLoader(smoke_world / "images"), out,
-                     {"model": "models/base", "model_revision": model_fingerprint(base_dir)}, progress=False)
+                     {"model": "models/base", "model_revision": io.fingerprint(base_dir)}, progress=False)
     io.write_json(out.with_name("bdhs.stats.json"), {"stats": stats})
     torch.manual_seed(0)
     with torch.no_grad():

@@ -16,6 +16,7 @@ from mmstudy.training.checkpoints import (
     load_checkpoint,
     records_digest,
     resume_run,
+    run_identity,
     save_checkpoint,
 )
 
@@ -34,20 +35,25 @@ def _toy():
 def test_a_checkpoint_restores_weights_optimizer_schedule_and_rngs(tmp_path):
     module, optimizer, scheduler = _toy()
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    save_checkpoint(tmp_path, module, optimizer, scheduler, step=4, run_hash="h")
+    identity = run_identity(config={"lr": 0.1}, data="d1", model="m1")
+    save_checkpoint(tmp_path, module, optimizer, scheduler, step=4, identity=identity)
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     weights = {n: p.detach().clone() for n, p in module.named_parameters()}
     fresh, fresh_opt, fresh_sched = _toy()
     with torch.no_grad():
         for p in fresh.parameters():
             p.zero_()
-    assert load_checkpoint(list_checkpoints(tmp_path)[-1], fresh, fresh_opt, fresh_sched, "h") == (4, None)
+    assert load_checkpoint(list_checkpoints(tmp_path)[-1], fresh, fresh_opt, fresh_sched, identity) == (4, None)
     assert all(torch.equal(p, weights[n]) for n, p in fresh.named_parameters())
     assert fresh_sched.state_dict()["last_epoch"] == scheduler.state_dict()["last_epoch"]
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
-    with pytest.raises(ValueError, match="other training data"):
-        load_checkpoint(list_checkpoints(tmp_path)[-1], fresh, fresh_opt, fresh_sched, "other")
+    with pytest.raises(ValueError, match="with other training data and another model than this one"):
+        load_checkpoint(list_checkpoints(tmp_path)[-1], fresh, fresh_opt, fresh_sched, {**identity, "data": "d2",
+                                                                                        "model": "m2"})
+    with pytest.raises(ValueError, match="with another training config than"):
+        load_checkpoint(list_checkpoints(tmp_path)[-1], fresh, fresh_opt, fresh_sched,
+                        run_identity(config={"lr": 0.2}, data="d1", model="m1"))
 
 
 class _Payload:
@@ -62,24 +68,24 @@ class _Payload:
 
 def test_a_crafted_checkpoint_runs_no_code(tmp_path):
     module, optimizer, scheduler = _toy()
-    save_checkpoint(tmp_path, module, optimizer, scheduler, step=1, run_hash="h")
+    save_checkpoint(tmp_path, module, optimizer, scheduler, step=1, identity={"config": "h"})
     path = list_checkpoints(tmp_path)[-1]
     marker = tmp_path / "pwned"
     with (path / "state.pt").open("wb") as f:
         pickle.dump({"optimizer": _Payload(marker)}, f)
     torch.save({"weight": _Payload(marker)}, path / "trainable.pt")
     with pytest.raises(io.DataError, match="not a checkpoint mmstudy wrote"):
-        load_checkpoint(path, module, optimizer, scheduler, "h")
+        load_checkpoint(path, module, optimizer, scheduler, {"config": "h"})
     assert not marker.exists()
 
 
 def test_a_half_written_checkpoint_is_not_resumed_from(tmp_path):
     module, optimizer, scheduler = _toy()
-    save_checkpoint(tmp_path, module, optimizer, scheduler, step=2, run_hash="h")
+    save_checkpoint(tmp_path, module, optimizer, scheduler, step=2, identity={"config": "h"})
     (tmp_path / "checkpoints" / "step_0000003.tmp").mkdir()          # a kill during the next write
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002"]
     io.write_text(tmp_path / "metrics.jsonl", "".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)) + '{"st')
-    assert resume_run(tmp_path, module, optimizer, scheduler, "h") == (2, None)
+    assert resume_run(tmp_path, module, optimizer, scheduler, {"config": "h"}) == (2, None)
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 

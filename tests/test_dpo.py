@@ -2,6 +2,7 @@
 world's POVID-like pairs and the preference loader."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -72,6 +73,11 @@ def test_interrupted_run_resumes_to_the_same_weights(base_dir, pairs, smoke_worl
                   tmp_path / "part", smoke_world / "images", progress=False)
     with pytest.raises(ValueError, match="other training data"):      # the same settings on other pairs
         train_dpo(base_dir, pairs[::-1], cfg, tmp_path / "part", smoke_world / "images", progress=False)
+    other = tmp_path / "other_model"                                     # the same settings on another model
+    shutil.copytree(base_dir, other)
+    (other / "config.json").write_text((other / "config.json").read_text().replace("{", '{"note": "edited",', 1))
+    with pytest.raises(ValueError, match="with another model than this one"):
+        train_dpo(other, pairs, cfg, tmp_path / "part", smoke_world / "images", progress=False)
 
 
 def test_precomputed_reference_equals_the_live_one(base_dir, pairs, smoke_world, tmp_path):

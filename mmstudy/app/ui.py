@@ -34,7 +34,7 @@ from PIL import Image
 
 from mmstudy import io
 from mmstudy.app import render, views
-from mmstudy.data.bdhs import VARIANTS, BDHSConfig, kept_image_tokens, model_fingerprint
+from mmstudy.data.bdhs import VARIANTS, BDHSConfig, kept_image_tokens
 from mmstudy.evaluation.compare import compare_runs
 from mmstudy.judges.oracle import check_answer
 from mmstudy.models.generation import chat_prompt, generate, image_token_counts, sample_image_keep
@@ -165,7 +165,7 @@ class Inspector:
         else:
             config = None
             notes.append(f"ρ_th: no {stats_path.name} with this config hash, default {DEFAULT_RHO} assumed")
-        found = [rel for rel in self.index.models if model_fingerprint(self.path(rel)) == prov.get("model_revision")]
+        found = [rel for rel in self.index.models if io.fingerprint(self.path(rel)) == prov.get("model_revision")]
         if found:
             tokens = int(io.read_json(self.path(found[0]) / "config.json").get("image_seq_length", tokens))
             notes.append(f"{tokens} image tokens from the generating model `{found[0]}`")

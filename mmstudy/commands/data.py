@@ -9,7 +9,7 @@ from pathlib import Path
 from mmstudy import io
 from mmstudy.commands.common import manifest_of, params_of
 from mmstudy.converters import ConvertConfig, convert, write_result
-from mmstudy.data.bdhs import BDHSConfig, ImageLoader, SentenceEmbedder, load_examples, model_fingerprint, run_bdhs
+from mmstudy.data.bdhs import BDHSConfig, ImageLoader, SentenceEmbedder, load_examples, run_bdhs
 from mmstudy.data.preferences import load_preferences, mix, save_preferences, split, subsample
 from mmstudy.data.review import load_tokenizer, review, review_file_names, save_review
 from mmstudy.judges.oracle import pair_report
@@ -27,7 +27,7 @@ def _bdhs(args) -> None:
     examples = load_examples(args.sft, args.image_root, n=args.n, seed=args.seed)
     model, processor = load_llava(args.model, device=args.device)
     embedder = SentenceEmbedder(args.embedder, device=args.device)
-    provenance = {"model": str(args.model), "model_revision": model_fingerprint(args.model), "embedder": embedder.name}
+    provenance = {"model": str(args.model), "model_revision": io.fingerprint(args.model), "embedder": embedder.name}
     stats = run_bdhs(model, processor, examples, cfg, embedder, ImageLoader(args.image_root), args.out, provenance,
                      batch_size=args.batch_size, progress=not args.quiet)
     out = Path(args.out)

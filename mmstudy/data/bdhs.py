@@ -582,16 +582,6 @@ def preference_record(example: Example, result: Result, cfg: BDHSConfig, provena
                            "guided": result.guided, "mask_kept": round(result.mask_kept, 6)}}
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """A cheap revision id of a checkpoint directory: sha256 over config.json and the weight files' names and
-    sizes (hashing 14 GB of weights would take minutes)."""
-    model_dir = Path(model_dir)
-    h = hashlib.sha256((model_dir / "config.json").read_bytes() if (model_dir / "config.json").is_file() else b"")
-    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:12]
-
-
 def _completed_ids(out: Path) -> list[str]:
     """Ids already written to `out`; a torn last line (a crash mid-append) is cut off and logged."""
     if not out.is_file():

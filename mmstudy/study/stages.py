@@ -39,7 +39,6 @@ from mmstudy.data.bdhs import (
     ImageLoader,
     SentenceEmbedder,
     load_examples,
-    model_fingerprint,
     run_bdhs,
 )
 from mmstudy.data.preferences import load_preferences
@@ -376,7 +375,7 @@ def _online_source(online: dict, world: Path, seed: int, device: str = "cpu"):
 def _bdhs_pairs(out: Path, base_run: Path, examples, cfg, embedder: str, device: str, progress: bool) -> Path:
     model_dir = base_run / "model"
     sentence_embedder = SentenceEmbedder(embedder or None, device=device)
-    provenance = {"model": str(model_dir), "model_revision": model_fingerprint(model_dir),
+    provenance = {"model": str(model_dir), "model_revision": io.fingerprint(model_dir),
                   "embedder": sentence_embedder.name}
     model, processor = load_llava(model_dir, device=device)
     stats = run_bdhs(model, processor, examples, cfg, sentence_embedder, ImageLoader(base_run / "world" / "images"),

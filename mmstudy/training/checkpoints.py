@@ -8,7 +8,7 @@ training records: a checkpoint of other settings or other data is refused), and 
 cut back to the checkpoint's step, so a crash between checkpoints never leaves duplicate lines; a torn last line
 (the one being written when the run stopped) is dropped.
 
-    >>> step, extra = resume_run(out, model, optimizer, scheduler, settings_hash(cfg))
+    >>> step, extra = resume_run(out, model, optimizer, scheduler, run_identity(config=cfg, data=records_digest(r)))
 """
 
 from __future__ import annotations
@@ -40,6 +40,21 @@ def settings_hash(*configs) -> str:
     """A short hash of one or more dataclass configs (or dicts): what a checkpoint or a cache belongs to."""
     settings = [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# what each part of a run's identity is, for the error that names the parts a resume would change
+IDENTITY_PARTS = {"config": "another training config", "online": "another online config",
+                  "data": "other training data", "prompts": "other prompts", "model": "another model",
+                  "reward_model": "another reward model"}
+
+
+def run_identity(**parts) -> dict[str, str]:
+    """What a run's checkpoints belong to, part by part (`IDENTITY_PARTS`): a config (dataclass or dict) is
+    hashed, a string (a records digest, a model fingerprint) kept; None parts are left out."""
+    unknown = set(parts) - set(IDENTITY_PARTS)
+    if unknown:
+        raise ValueError(f"unknown run identity part(s) {sorted(unknown)}; known: {list(IDENTITY_PARTS)}")
+    return {k: v if isinstance(v, str) else settings_hash(v) for k, v in parts.items() if v is not None}
 
 
 def records_digest(records: Sequence[dict]) -> str:
@@ -96,7 +111,7 @@ def list_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, run_hash: str, keep: int = 2,
+def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, identity: dict[str, str], keep: int = 2,
                     extra: dict | None = None) -> None:
     """Write out/checkpoints/step_N (see the module docstring); only the last `keep` checkpoints are kept."""
     final = Path(out) / "checkpoints" / f"step_{step:07d}"
@@ -109,7 +124,7 @@ def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, run_hash
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng, "python": random.getstate()}},
                tmp / "state.pt")
-    io.write_json(tmp / "meta.json", {"step": step, "config_hash": run_hash})
+    io.write_json(tmp / "meta.json", {"step": step, "config_hash": settings_hash(identity), "identity": identity})
     if extra is not None:
         io.write_json(tmp / "extra.json", extra)
     os.replace(tmp, final)
@@ -117,13 +132,16 @@ def save_checkpoint(out: Path, module, optimizer, scheduler, step: int, run_hash
         shutil.rmtree(old)
 
 
-def load_checkpoint(path: Path, module, optimizer, scheduler, run_hash: str) -> tuple[int, dict | None]:
+def load_checkpoint(path: Path, module, optimizer, scheduler, identity: dict[str, str]) -> tuple[int, dict | None]:
     """Restore a checkpoint into `module`, optimizer, scheduler and the RNGs -> (its step, its extra state or None).
-    ValueError when it was written with other settings."""
+    ValueError naming what differs when it was written for another run (`run_identity`)."""
     meta = io.read_json(path / "meta.json")
-    if meta.get("config_hash") != run_hash:
-        raise ValueError(f"{path} was written with another training config or other training data; use a new --out, "
-                         "or the same settings and data")
+    if meta.get("config_hash") != settings_hash(identity):
+        written = meta.get("identity") if isinstance(meta.get("identity"), dict) else {}
+        changed = [k for k in IDENTITY_PARTS if (k in written or k in identity) and written.get(k) != identity.get(k)]
+        what = " and ".join(IDENTITY_PARTS[k] for k in changed) if written else "other settings or inputs"
+        raise ValueError(f"{path} was written for a run with {what} than this one; use a new --out, or the same "
+                         "settings and inputs")
     params = dict(module.named_parameters())
     for name, value in _load_tensors_only(path / "trainable.pt").items():
         params[name].data.copy_(value)
@@ -176,12 +194,12 @@ def keep_records_up_to(path: Path, step: int) -> None:
         io.write_text(path, "".join(line + "\n" for line in kept))
 
 
-def resume_run(out: Path, module, optimizer, scheduler, run_hash: str,
+def resume_run(out: Path, module, optimizer, scheduler, identity: dict[str, str],
                logs: Sequence[str] = ("metrics.jsonl",)) -> tuple[int, dict | None]:
     """Load the last checkpoint of `out` (refusing one written with other settings) and cut the step logs back to
     it -> (the step to continue from, the checkpoint's extra state). Step 0: a fresh run, its old logs removed."""
     found = list_checkpoints(out)
-    step, extra = load_checkpoint(found[-1], module, optimizer, scheduler, run_hash) if found else (0, None)
+    step, extra = load_checkpoint(found[-1], module, optimizer, scheduler, identity) if found else (0, None)
     if found:
         logger.info("resuming from %s (step %d)", found[-1], step)
     for name in logs:

@@ -48,6 +48,7 @@ from mmstudy.training.checkpoints import (
     optimizer_step,
     records_digest,
     resume_run,
+    run_identity,
     save_checkpoint,
     settings_hash,
 )
@@ -373,8 +374,8 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
         encoded, skipped = list(pairs), 0      # records: their pairs are made step by step
     if not encoded:
         raise ValueError("no pair left to train on")
-    data = {"data": records_digest(pairs)}
-    run_hash = settings_hash(cfg, data) if online is None else settings_hash(cfg, online.cfg, data)
+    identity = run_identity(config=cfg, online=None if online is None else online.cfg, data=records_digest(pairs),
+                            model=io.fingerprint(model_dir))
     frozen = None
     if cfg.lora_r == 0 and not cfg.precompute_ref:
         frozen = PairScorer(copy.deepcopy(model).requires_grad_(False).eval()).to(accelerator.device)
@@ -391,9 +392,10 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
     pad_id = processor.tokenizer.pad_token_id
     ref_cache = None
     if cfg.precompute_ref:  # before any checkpoint is loaded: the weights are still the reference's
-        ref_cache = _reference_cache(out, scorer, frozen, encoded, pad_id, cfg, accelerator.device, run_hash)
+        ref_cache = _reference_cache(out, scorer, frozen, encoded, pad_id, cfg, accelerator.device,
+                                      settings_hash(identity))
     reference = _Reference(scorer, frozen, ref_cache)
-    step, extra = resume_run(out, _llava_unwrapped(scorer), optimizer, scheduler, run_hash)
+    step, extra = resume_run(out, _llava_unwrapped(scorer), optimizer, scheduler, identity)
     online_totals = Counter()
     if online is not None and extra is not None:
         online.load_state_dict(extra["source"])
@@ -441,7 +443,7 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
         if accelerator.is_main_process:
             io.append_jsonl(metrics_path, [record])
             if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps):
-                save_checkpoint(out, _llava_unwrapped(scorer), optimizer, scheduler, step, run_hash,
+                save_checkpoint(out, _llava_unwrapped(scorer), optimizer, scheduler, step, identity,
                                 cfg.keep_checkpoints, None if online is None else
                                 {"source": online.state_dict(), "totals": dict(online_totals)})
         bar.update(1)

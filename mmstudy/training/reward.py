@@ -53,8 +53,8 @@ from mmstudy.training.checkpoints import (
     optimizer_step,
     records_digest,
     resume_run,
+    run_identity,
     save_checkpoint,
-    settings_hash,
 )
 from mmstudy.training.dpo import (
     DPOTrainConfig,
@@ -355,8 +355,8 @@ def train_reward_model(model_dir: str | Path, pairs: Sequence[dict], cfg: Reward
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.schedule, total,
                                                                          int(cfg.warmup_ratio * total)))
     model, optimizer = accelerator.prepare(rm, optimizer)
-    run_hash = settings_hash(cfg, {"data": records_digest(pairs)})
-    step, _ = resume_run(out, accelerator.unwrap_model(model), optimizer, scheduler, run_hash)
+    identity = run_identity(config=cfg, data=records_digest(pairs), model=io.fingerprint(model_dir))
+    step, _ = resume_run(out, accelerator.unwrap_model(model), optimizer, scheduler, identity)
     pad, world, rank = processor.tokenizer.pad_token_id, accelerator.num_processes, accelerator.process_index
     bar = progress_bar(total=total, initial=step, desc="RM", unit="step", disable=not progress)
     start = time.time()
@@ -377,7 +377,7 @@ def train_reward_model(model_dir: str | Path, pairs: Sequence[dict], cfg: Reward
         if accelerator.is_main_process:
             io.append_jsonl(out / "metrics.jsonl", [record])
             if step < total and (stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-                save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, step, run_hash,
+                save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, step, identity,
                                 cfg.keep_checkpoints)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")

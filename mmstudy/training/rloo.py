@@ -62,6 +62,7 @@ from mmstudy.training.checkpoints import (
     optimizer_step,
     records_digest,
     resume_run,
+    run_identity,
     save_checkpoint,
     settings_hash,
 )
@@ -278,7 +279,7 @@ def reward_stats(rm, processor, records: Sequence[dict], image_root: str | Path,
 def _dataset_stats(out: Path, rm, processor, prompts, image_root, cfg: RLOOConfig, rm_dir) -> dict:
     """`reward_stats` on a seeded subset of the prompt file, computed once per run dir (out/reward_stats.json)."""
     path = out / "reward_stats.json"
-    key = {"config_hash": settings_hash(cfg), "rm": str(Path(rm_dir).resolve())}
+    key = {"config_hash": settings_hash(cfg), "rm": io.fingerprint(rm_dir)}
     if path.is_file():
         cached = io.read_json(path)
         if {k: cached.get(k) for k in key} == key:
@@ -397,8 +398,9 @@ def train_rloo(model_dir: str | Path, rm_dir: str | Path, prompts: Sequence[dict
                                                                          int(cfg.warmup_ratio * cfg.steps)))
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     policy = accelerator.unwrap_model(scorer).model
-    run_hash = settings_hash(cfg, {"data": records_digest(prompts), "rm": str(Path(rm_dir).resolve())})
-    step, _ = resume_run(out, policy, optimizer, scheduler, run_hash, LOGS)
+    identity = run_identity(config=cfg, prompts=records_digest(prompts), model=io.fingerprint(model_dir),
+                            reward_model=io.fingerprint(rm_dir))
+    step, _ = resume_run(out, policy, optimizer, scheduler, identity, LOGS)
     bar = progress_bar(total=cfg.steps, initial=step, desc="RLOO", unit="step", disable=not progress)
     start, world, rank = time.time(), accelerator.num_processes, accelerator.process_index
     while step < cfg.steps:
@@ -415,7 +417,7 @@ def train_rloo(model_dir: str | Path, rm_dir: str | Path, prompts: Sequence[dict
             if cfg.log_samples_every and step % cfg.log_samples_every == 0:
                 io.append_jsonl(out / "samples.jsonl", samples)
             if step < cfg.steps and (stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-                save_checkpoint(out, policy, optimizer, scheduler, step, run_hash, cfg.keep_checkpoints)
+                save_checkpoint(out, policy, optimizer, scheduler, step, identity, cfg.keep_checkpoints)
         bar.update(1)
         bar.set_postfix(reward=f"{record['rewards/raw_mean']:.3f}", kl=f"{record['kl']:.3f}")
         if stopping:
