@@ -79,6 +79,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     (`replace_dir`: the old one stands until the swap), on failure it is deleted and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(default_mode(directory=True))
     try:
@@ -283,8 +284,24 @@ def png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def recover_dir(dst: Path) -> bool:
+    """Put back a folder that a kill between `replace_dir`'s two renames left aside (`.<name>.*.old/<name>`, `dst`
+    missing); returns whether one was put back. Leftovers of finished swaps are removed."""
+    leftovers = sorted(dst.parent.glob(f".{dst.name}.*.old"), key=lambda p: p.stat().st_mtime)
+    restored = False
+    if not dst.exists() and leftovers and (leftovers[-1] / dst.name).exists():
+        os.replace(leftovers[-1] / dst.name, dst)
+        logger.warning("%s: put back the previous version, left aside by an interrupted replacement", dst)
+        restored = True
+    for old in leftovers:
+        shutil.rmtree(old, ignore_errors=True)
+    return restored
+
+
 def replace_dir(src: Path, dst: Path) -> None:
-    """Rename `src` onto `dst`; an existing `dst` is moved aside first and deleted only after the swap."""
+    """Rename `src` onto `dst`; an existing `dst` is moved aside first and deleted only after the swap (a kill
+    between the two renames is undone by the next `recover_dir`)."""
+    recover_dir(dst)
     if not dst.exists():
         os.replace(src, dst)
         return

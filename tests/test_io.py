@@ -79,3 +79,17 @@ def test_readers_refuse_bytes_that_are_not_utf8_and_writers_refuse_lone_surrogat
         with pytest.raises(io.DataError, match=message):
             write(out, bad if write is io.write_json else [bad])
         assert not out.exists()
+
+
+def test_a_folder_left_aside_by_a_kill_mid_swap_is_put_back(tmp_path):
+    """A kill between replace_dir's two renames leaves the old folder aside and none in place: the next writer
+    (or `recover_dir`) puts it back before anything else."""
+    aside = tmp_path / ".model.x1.old"
+    (aside / "model").mkdir(parents=True)
+    (aside / "model" / "w.bin").write_text("old weights")
+    with pytest.raises(RuntimeError):
+        with io.atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "w.bin").write_text("half")
+            raise RuntimeError("killed while writing the new one")
+    assert (tmp_path / "model" / "w.bin").read_text() == "old weights" and not aside.exists()
+    assert not io.recover_dir(tmp_path / "model")
