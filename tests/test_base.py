@@ -133,6 +133,9 @@ def test_training_is_deterministic_and_resumable(smoke_world, tmp_path):
     assert [r.get("resumed", False) for r in r3["stages"]] == [True, True, True, False]
     for (k, a), (_, b) in zip(m1.state_dict().items(), m3.state_dict().items()):
         assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="stage0_language.pt was written for another base-training config"):
+        train_base(smoke_world, dataclasses.replace(cfg, seed=cfg.seed + 1), checkpoint_dir=tmp_path / "ckpt",
+                   progress=False)
 
 
 def test_config_validation():

@@ -42,6 +42,7 @@ from mmstudy.models.llava import (
 )
 from mmstudy.progress import progress_bar
 from mmstudy.runs import cpu_threads, derive_seed, set_seed
+from mmstudy.training.checkpoints import run_identity
 from mmstudy.world.layout import load_scenes, load_world_info
 from mmstudy.world.scene import CLASSES, cell_labels
 from mmstudy.world.text import vocabulary_text
@@ -418,10 +419,15 @@ def train_base(world_dir: str | Path, cfg: BaseTrainConfig, checkpoint_dir: str 
         "instruct": lambda: stage_instruct(model, tokenizer, world_dir, images, index_of, cfg, progress),
     }
     reports = []
+    identity = run_identity(config={k: v for k, v in cfg.to_dict().items() if k != "threads"},
+                            data=io.fingerprint(world_dir / "world.json"))
     for k, name in enumerate(STAGES):
         ckpt = Path(checkpoint_dir) / f"stage{k}_{name}.pt" if checkpoint_dir else None
         if ckpt is not None and ckpt.is_file():
             state = torch.load(ckpt, weights_only=True)
+            if state.get("identity") != identity:
+                raise ValueError(f"{ckpt} was written for another base-training config or another world (its "
+                                 f"world.json); use a new checkpoint folder, or the same config and world")
             model.load_state_dict(state["model"])
             reports.append({**state["report"], "resumed": True})
             logger.info("stage %s: resumed from %s", name, ckpt)
@@ -431,7 +437,7 @@ def train_base(world_dir: str | Path, cfg: BaseTrainConfig, checkpoint_dir: str 
         reports.append(runners[name]())
         if ckpt is not None:
             with io.atomic_path(ckpt) as tmp:
-                torch.save({"model": model.state_dict(), "report": reports[-1]}, tmp)
+                torch.save({"model": model.state_dict(), "report": reports[-1], "identity": identity}, tmp)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
