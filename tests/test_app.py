@@ -543,3 +543,68 @@ def test_two_word_object_names_are_highlighted_whole():
     assert ("traffic light", "in the image") in got and ("stop sign", "not in the image") in got
     assert ("car", "in the image") in got
     assert "".join(t for t, _ in got) == "i see a traffic light. a car and a stop sign."
+
+
+def _refused(call) -> str:
+    """The reason a request beyond a bound is refused: Gradio's own check of the component's maximum (an
+    AppError), or, where Gradio has none, the handler's message in the status output."""
+    from gradio_client.exceptions import AppError
+
+    try:
+        out = call()
+    except AppError as e:
+        assert "greater than maximum" in str(e), str(e)
+        return f"{e} (new tokens, image tokens)"
+    assert "must be between" in out[-1], out[-1]
+    return out[-1]
+
+
+def _peak_rss_gb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in GiB."""
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 2**20
+
+
+def test_the_api_serves_its_largest_allowed_inputs_in_bounded_memory(smoke_runs, smoke_world, tmp_path):
+    """As an outside caller would, through gradio_client against `mmstudy app` in its own process: the largest
+    inputs each handler allows (image tokens, an upload of the most pixels, the longest question, the most new
+    tokens) and inputs beyond them (refused in the page) keep the app's peak memory under 2 GB."""
+    import subprocess
+    import sys
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from mmstudy.app.ui import MAX_IMAGE_TOKENS, MAX_NEW_TOKENS, MAX_QUESTION_CHARS, MAX_UPLOAD_PIXELS
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mmstudy", "-q", "--threads", "1", "app", "--runs",
+                             str(smoke_runs), "--world", str(smoke_world), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, "the app exited"
+                time.sleep(0.5)
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        side = int(MAX_UPLOAD_PIXELS ** 0.5)
+        big = tmp_path / "big.png"
+        Image.new("RGB", (side, side), (120, 30, 200)).save(big)
+        shown = client.predict("prefs/bdhs.jsonl", 0, 0.99, MAX_IMAGE_TOKENS, api_name="/show_pair")
+        assert shown[1] is not None and not shown[-1], shown[-1]
+        assert "image tokens" in _refused(lambda: client.predict("prefs/bdhs.jsonl", 0, 0.99, 10**8,
+                                                                  api_name="/show_pair"))
+        live = client.predict(None, handle_file(big), "q" * MAX_QUESTION_CHARS, "models/base", None, 0.9, 0,
+                              MAX_NEW_TOKENS, api_name="/live")
+        assert live[3] and not live[-1].startswith("⚠️"), live[-1]
+        assert "new tokens" in _refused(lambda: client.predict(None, handle_file(big), "q", "models/base", None, 0.9,
+                                                                0, 10**6, api_name="/live"))
+        peak = _peak_rss_gb(proc.pid)
+        print(f"inspector peak memory {peak:.2f} GiB")  # noqa: T201
+        assert peak < 2.0, peak
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -502,7 +502,7 @@ def _live_tab(app: Inspector):
                             "i iff u_i ≥ ρ_th; 0 keeps all)", elem_id="live-rho")
             with gr.Row():
                 seed = gr.Number(0, label="mask seed", precision=0)
-                tokens = gr.Slider(8, 256, value=64, step=8, label="max new tokens")
+                tokens = gr.Slider(8, MAX_NEW_TOKENS, value=64, step=8, label="max new tokens")
             run = gr.Button("Generate", variant="primary", elem_id="live-run")
     status = gr.Markdown(elem_id="live-status")
     with gr.Row():
