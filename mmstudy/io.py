@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,9 @@ def parse_json(text: str, where: str) -> Any:
     for JSON lines): malformed text, nesting too deep for the parser, integers beyond Python's digit limit, and
     strings holding a lone surrogate (an unpaired \\ud800-\\udfff escape, which no UTF-8 output can hold)."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NotStrict as e:
+        raise DataError(f"{where}: malformed JSON: {e}") from None
     except json.JSONDecodeError as e:
         at = f"line {e.lineno}, column {e.colno}" if "\n" in text.strip() else f"column {e.colno}"
         raise DataError(f"{where}: malformed JSON at {at}: {e.msg}") from None
@@ -168,6 +170,21 @@ def parse_json(text: str, where: str) -> Any:
     if "\\u" in text and (field := _surrogate_field(obj)) is not None:
         raise DataError(f"{where}: field {field!r} holds a lone surrogate (an unpaired \\udXXX escape)")
     return obj
+
+
+class _NotStrict(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _NotStrict(f"{name} is not JSON (write null for an undefined number)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotStrict(f"the number {text[:40]} is beyond a float's range")
+    return value
 
 
 def _surrogate_field(obj: Any, at: str = "") -> str | None:
@@ -203,6 +220,15 @@ def _read_text(path: Path) -> str:
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     return parse_json(_read_text(path), str(path))
+
+
+def show(value, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters, for error messages (an int too long to print shows as its type)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int beyond Python's digit limit
+        return f"<{type(value).__name__} too long to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_fields(record: Any, required: Sequence[str], where: str) -> dict:
@@ -249,17 +275,32 @@ def relative_path_problem(value: str) -> str | None:
     return None
 
 
+MAX_IMAGE_PIXELS = 40_000_000   # larger images are refused before decoding (COCO's are 0.3 M, LLaVA-1.6 tiles 0.7 M)
+
+
 def image_problem(path: Path, root: Path | None = None) -> str | None:
-    """Why `path` is not a usable image (missing, a link leading outside `root`, empty, truncated or not an image),
-    or None. Reads the file once (PIL's verify); the pixels are decoded later, by `load_image`."""
+    """Why `path` is not a usable image (missing, a link leading outside `root`, empty, truncated, not an image,
+    more than `MAX_IMAGE_PIXELS`), or None. Decodes the pixels once: PIL's `verify` skips the data of most formats
+    (a truncated JPEG passes it)."""
     try:
         if not path.is_file():
             return "file not found"
         if root is not None and not path.resolve().is_relative_to(Path(root).resolve()):
             return f"leads outside the image root (to {path.resolve()})"
-        with Image.open(path) as im:
-            im.verify()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError) as e:         # a name the OS cannot look up (too long, a NUL byte)
+        return f"not a readable image ({type(e).__name__}: {str(e)[:120]})"
+    return decode_problem(path)
+
+
+def decode_problem(source: Path | io.BytesIO) -> str | None:
+    """Why the image in `source` (a file or bytes) does not decode, or has more than `MAX_IMAGE_PIXELS`; None when
+    it is a whole, readable image."""
+    try:
+        with Image.open(source) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                return f"too large ({im.width} x {im.height} pixels; at most {MAX_IMAGE_PIXELS:,} in all)"
+            im.load()
+    except Exception as e:  # noqa: BLE001 - PIL's decoders raise many types (IndexError, NotImplementedError, ...)
         return f"not a readable image ({type(e).__name__}: {str(e)[:120]})"
     return None
 
@@ -272,10 +313,15 @@ def load_image(path: str | os.PathLike, where: str = "") -> Image.Image:
         raise DataError(f"{prefix}image file not found: {path}")
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{prefix}image {path} has {im.width} x {im.height} pixels; at most "
+                                f"{MAX_IMAGE_PIXELS:,} in all")
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{prefix}corrupt or unreadable image {path}: {e}") from e
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL's decoders raise many types (IndexError, NotImplementedError, ...)
+        raise DataError(f"{prefix}corrupt or unreadable image {path}: {type(e).__name__}: {e}") from e
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -248,6 +248,15 @@ def test_bad_input(smoke_world, tmp_path):
         load_examples(_write_sft(tmp_path, [missing]), root)
     with pytest.raises(io.DataError, match="not unique"):
         load_examples(_write_sft(tmp_path, [good, good]), root)
+    for change, message in [({"image": "/etc/hostname"}, "field 'image' must be a path inside the image root"),
+                            ({"image": "../outside.png"}, "field 'image' must be a path inside the image root"),
+                            ({"image": 5}, "field 'image' must be a non-empty path, got 5"),
+                            ({"image": "x" * 300 + ".png"}, "field 'image': (file not found|not a readable)"),
+                            ({"id": None}, "field 'id' must be a non-empty string or an integer"),
+                            ({"conversations": [{"from": "human", "value": "<image>"}, good["conversations"][1]]},
+                             "holds no question besides <image>")]:
+        with pytest.raises(io.DataError, match=message):
+            load_examples(_write_sft(tmp_path, [dict(good, **change)]), root)
 
 
 def test_an_unreadable_image_names_the_example(smoke_model, tmp_path):

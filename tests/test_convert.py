@@ -284,3 +284,18 @@ def test_empty_inputs_and_ratings_off_the_scale_are_data_errors(tmp_path):
         with pytest.raises(io.DataError, match=r"completions\[1\].annotations.Helpfulness.Rating': must be a "
                                                r"rating from 1 to 5"):
             convert("vlfeedback", tmp_path / "v.jsonl", ConvertConfig(image_root=_root("vlfeedback", tmp_path)))
+
+
+def test_vlfeedback_checks_every_rating_and_the_model_column(tmp_path):
+    line = json.loads((FIXTURES / "vlfeedback" / "vlfeedback.jsonl").read_text().splitlines()[0])
+    root = _root("vlfeedback", tmp_path)
+    notes = line["completions"]["annotations"][1]
+    notes["Helpfulness"], notes["Visual Faithfulness"]["Rating"] = None, "9"     # a rating after a missing one
+    io.write_jsonl(tmp_path / "v.jsonl", [line])
+    with pytest.raises(io.DataError, match=r"Visual Faithfulness.Rating': must be a rating from 1 to 5, got '9'"):
+        convert("vlfeedback", tmp_path / "v.jsonl", ConvertConfig(image_root=root))
+    line = json.loads((FIXTURES / "vlfeedback" / "vlfeedback.jsonl").read_text().splitlines()[0])
+    line["completions"]["model"] = 5
+    io.write_jsonl(tmp_path / "m.jsonl", [line])
+    with pytest.raises(io.DataError, match=r"field 'completions.model': must be a list, got int"):
+        convert("vlfeedback", tmp_path / "m.jsonl", ConvertConfig(image_root=root))

@@ -93,3 +93,42 @@ def test_a_folder_left_aside_by_a_kill_mid_swap_is_put_back(tmp_path):
             raise RuntimeError("killed while writing the new one")
     assert (tmp_path / "model" / "w.bin").read_text() == "old weights" and not aside.exists()
     assert not io.recover_dir(tmp_path / "model")
+
+
+@pytest.mark.parametrize("text, message", [("[NaN]", "NaN is not JSON"), ('{"a": -Infinity}', "-Infinity is not JSON"),
+                                           ("[1e400]", "the number 1e400 is beyond a float's range")])
+def test_readers_are_strict_about_numbers(tmp_path, text, message):
+    (tmp_path / "n.json").write_text(text)
+    with pytest.raises(io.DataError, match=f"n.json: malformed JSON: {message}"):
+        io.read_json(tmp_path / "n.json")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """The signature and header chunk of a PNG of the given size, and no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def test_image_checks_decode_the_pixels_and_bound_their_number(tmp_path):
+    """What PIL's verify lets through: a PNG without pixel data, a truncated JPEG, a header of a huge image."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "ok.jpg", quality=90)
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    (tmp_path / "noidat.png").write_bytes(_png_header(8, 8))
+    (tmp_path / "huge.png").write_bytes(_png_header(13000, 13000))
+    assert io.image_problem(tmp_path / "ok.jpg") is None
+    assert io.image_problem(tmp_path / "cut.jpg").startswith("not a readable image")
+    assert io.image_problem(tmp_path / "noidat.png").startswith("not a readable image")
+    assert io.image_problem(tmp_path / "huge.png").startswith("too large (13000 x 13000 pixels")
+    with pytest.raises(io.DataError, match="has 13000 x 13000 pixels"):
+        io.load_image(tmp_path / "huge.png")
+    with pytest.raises(io.DataError, match="corrupt or unreadable image .*noidat.png"):
+        io.load_image(tmp_path / "noidat.png")

@@ -209,3 +209,18 @@ def test_trl_dataset_decodes_images_and_save_trl_writes_lines(tmp_path):
     assert lines[2] == to_trl(PAIRS[2], tmp_path)
     with pytest.raises(io.DataError, match="field 'image': file not found"):
         trl_dataset([PAIRS[1]], image_root=tmp_path)
+
+
+def test_what_an_independent_fuzzer_found_is_refused_by_name(tmp_path):
+    """Scores beyond a float, Parquet strings that are not UTF-8, provenance nested too deeply."""
+    with pytest.raises(io.DataError, match="field 'chosen_score' must be a finite number"):
+        check_preference(dict(PAIRS[0], chosen_score=10**4000, rejected_score=1), "f.jsonl, record 1")
+    bad = pa.array([b"ok\xff"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({k: [v] for k, v in PAIRS[0].items()} | {"chosen": bad}), tmp_path / "u.parquet")
+    with pytest.raises(io.DataError, match="u.parquet: a string column holds bytes that are not UTF-8"):
+        load_preferences(tmp_path / "u.parquet")
+    deep = "[" * 100_000 + "]" * 100_000
+    pq.write_table(pa.table({k: [v] for k, v in PAIRS[0].items()} | {"provenance": [deep]}), tmp_path / "d.parquet")
+    with pytest.raises(io.DataError, match="d.parquet, record 1: field 'provenance': not a JSON object text: "
+                                           "malformed JSON: nested too deeply"):
+        load_preferences(tmp_path / "d.parquet")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 from PIL import Image
 
 from mmstudy import io
-from mmstudy.data.preferences import PREFERENCE, Schema, check_record, show
+from mmstudy.data.preferences import PREFERENCE, Schema, check_record
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def conversation(record: dict, key: str, where: str) -> list[tuple[str, str]]:
         turn = obj(turn, where, f"{key}[{t}]")
         expected = "human" if t % 2 == 0 else "gpt"
         if turn.get("from") != expected:
-            raise fail(where, f"{key}[{t}].from", f"is {show(turn.get('from'))}, expected {expected!r}")
+            raise fail(where, f"{key}[{t}].from", f"is {io.show(turn.get('from'))}, expected {expected!r}")
         values.append(text(turn, "value", where, prompt=t == 0, field=f"{key}[{t}].value"))
     return [(values[k], values[k + 1]) for k in range(0, len(values), 2)]
 
@@ -167,7 +167,7 @@ class ImageStore:
 
     def relative(self, value: Any, where: str, field: str) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise fail(where, field, f"must be a non-empty image path, got {show(value)}")
+            raise fail(where, field, f"must be a non-empty image path, got {io.show(value)}")
         if problem := io.relative_path_problem(value):
             raise fail(where, field, problem)
         return str(PurePosixPath(value))
@@ -210,13 +210,10 @@ class ImageStore:
         if not isinstance(data, (bytes, bytearray)) or not data:
             raise fail(where, field, f"must be image bytes, got {_kind(data)}")
         data = bytes(data)
-        try:
-            with Image.open(_bytes_io.BytesIO(data)) as im:
-                fmt = im.format
-                im.verify()
-        # PIL's decoders raise many exception types on malformed input; each becomes a DataError naming the record
-        except Exception as e:
-            raise fail(where, field, f"not a readable image: {type(e).__name__}: {e}") from e
+        if problem := io.decode_problem(_bytes_io.BytesIO(data)):
+            raise fail(where, field, problem)
+        with Image.open(_bytes_io.BytesIO(data)) as im:
+            fmt = im.format
         suffix = PurePosixPath(name).suffix.lower() if isinstance(name, str) and "\x00" not in name else ""
         ext = suffix if _EXTENSION.fullmatch(suffix) else _PIL_EXTENSION.get(fmt, f".{str(fmt).lower()}")
         rel = f"{self.subdir}/{hashlib.sha256(data).hexdigest()[:16]}{ext}"
@@ -270,6 +267,8 @@ def iter_parquet(path: Path, batch_size: int = 64) -> Iterator[dict]:
             yield from batch.to_pylist()
     except (pa.ArrowException, OSError) as e:
         raise io.DataError(f"{path}: not a readable Parquet file: {e}") from e
+    except UnicodeDecodeError as e:
+        raise io.DataError(f"{path}: a string column holds bytes that are not UTF-8 ({e.reason})") from None
 
 
 def iter_table(path: Path) -> Iterable[Any]:
@@ -310,7 +309,7 @@ def collect(path: Path, records: Iterable[Any], make: Make, cfg: ConvertConfig, 
         if cfg.limit is not None and len(out) >= cfg.limit:
             break
         ctx.stats["read"] += 1
-        where = f"{path}, record {index} (id={show(id_of(record))})"
+        where = f"{path}, record {index} (id={io.show(id_of(record))})"
         try:
             converted = make(record, where, index, ctx)
         except SkipRecord as skip:

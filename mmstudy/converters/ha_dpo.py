@@ -35,7 +35,7 @@ from mmstudy.converters.common import (
     obj,
     text,
 )
-from mmstudy.data.preferences import PREFERENCE, show
+from mmstudy.data.preferences import PREFERENCE
 from mmstudy.runs import derive_seed
 
 SOURCE = "ha_dpo"
@@ -52,7 +52,7 @@ def _vg_id(image_id, where: str, field: str) -> int:
     if isinstance(image_id, int) and not isinstance(image_id, bool) and 0 <= image_id < 10**18:
         return image_id
     if not isinstance(image_id, str) or not re.fullmatch(r"[0-9]{1,18}", image_id):
-        raise fail(where, field, f"must be a Visual Genome image id (digits), got {show(image_id)}")
+        raise fail(where, field, f"must be a Visual Genome image id (digits), got {io.show(image_id)}")
     return int(image_id)
 
 
@@ -86,7 +86,7 @@ def ha_dpo_pope_pair(record, where: str, index: int, ctx: Context) -> dict:
              "rejected": text(r, "reject", where)}
     correct = get(r, "correct", where)
     if not isinstance(correct, bool):
-        raise fail(where, "correct", f"must be true or false, got {show(correct)}")
+        raise fail(where, "correct", f"must be true or false, got {io.show(correct)}")
     image_id = _vg_id(get(r, "image_id", where), where, "image_id")
     if correct:
         raise SkipRecord("answered_correctly")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmstudy import io
 from mmstudy.converters.common import (
     Context,
     ConvertConfig,
@@ -29,7 +30,7 @@ from mmstudy.converters.common import (
     obj,
     record_id,
 )
-from mmstudy.data.preferences import PREFERENCE, show
+from mmstudy.data.preferences import PREFERENCE
 
 SOURCE = "trl"
 
@@ -39,7 +40,7 @@ def _content(content, where: str, field: str, images_allowed: bool) -> tuple[str
     if isinstance(content, str):
         return content, 0
     if not isinstance(content, list) or not content:
-        raise fail(where, field, f"must be a string or a non-empty list of parts, got {show(content)}")
+        raise fail(where, field, f"must be a string or a non-empty list of parts, got {io.show(content)}")
     texts, n_images = [], 0
     for k, part in enumerate(content):
         part = obj(part, where, f"{field}[{k}]")
@@ -47,13 +48,13 @@ def _content(content, where: str, field: str, images_allowed: bool) -> tuple[str
         if kind == "text":
             value = part.get("text")
             if not isinstance(value, str):
-                raise fail(where, f"{field}[{k}].text", f"must be a string, got {show(value)}")
+                raise fail(where, f"{field}[{k}].text", f"must be a string, got {io.show(value)}")
             texts.append(value)
         elif kind == "image" and images_allowed:
             n_images += 1
         else:
             raise fail(where, f"{field}[{k}].type", f"must be {'text or image' if images_allowed else 'text'}, got "
-                                                   f"{show(kind)}")
+                                                   f"{io.show(kind)}")
     return "\n".join(texts), n_images
 
 
@@ -63,10 +64,10 @@ def _message(value, where: str, field: str, role: str) -> tuple[str, int]:
         return value, 0
     if not isinstance(value, list) or len(value) != 1:
         raise fail(where, field, f"must be a string or a list of one {role} message (the schema holds one turn), "
-                                 f"got {show(value)}")
+                                 f"got {io.show(value)}")
     message = obj(value[0], where, f"{field}[0]")
     if message.get("role") != role:
-        raise fail(where, f"{field}[0].role", f"must be {role!r}, got {show(message.get('role'))}")
+        raise fail(where, f"{field}[0].role", f"must be {role!r}, got {io.show(message.get('role'))}")
     return _content(get(message, "content", where, f"{field}[0].content"), where, f"{field}[0].content",
                     images_allowed=role == "user")
 
@@ -75,7 +76,7 @@ def _image(r: dict, where: str, ctx: Context) -> str:
     if r.get("images") is not None:
         images = r["images"]
         if not isinstance(images, list) or len(images) != 1:
-            raise fail(where, "images", f"must be a list of exactly one image, got {show(images)}")
+            raise fail(where, "images", f"must be a list of exactly one image, got {io.show(images)}")
         value, field = images[0], "images[0]"
     else:
         value, field = get(r, "image", where, "images"), "image"

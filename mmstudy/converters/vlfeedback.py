@@ -29,6 +29,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
+from mmstudy import io
 from mmstudy.converters.common import (
     Context,
     ConvertConfig,
@@ -42,7 +43,7 @@ from mmstudy.converters.common import (
     record_id,
     text,
 )
-from mmstudy.data.preferences import PREFERENCE, show
+from mmstudy.data.preferences import PREFERENCE
 from mmstudy.runs import derive_seed
 
 SOURCE = "vlfeedback"
@@ -53,12 +54,14 @@ def _completions(r: dict, where: str) -> list[dict]:
     value = get(r, "completions", where)
     if isinstance(value, dict):  # the datasets release: one list per field
         columns = {k: get(value, k, where, f"completions.{k}") for k in ("annotations", "response")}
-        columns["model"] = value.get("model")
-        if columns["model"] is None:
-            columns["model"] = [None] * len(columns["response"])
         for k, col in columns.items():
             if not isinstance(col, list):
                 raise fail(where, f"completions.{k}", f"must be a list, got {type(col).__name__}")
+        columns["model"] = value.get("model")
+        if columns["model"] is None:
+            columns["model"] = [None] * len(columns["response"])
+        elif not isinstance(columns["model"], list):
+            raise fail(where, "completions.model", f"must be a list, got {type(columns['model']).__name__}")
         if len({len(col) for col in columns.values()}) != 1:
             raise fail(where, "completions", "its annotations, model and response lists differ in length")
         return [dict(zip(columns, values)) for values in zip(*columns.values())]
@@ -79,11 +82,13 @@ def _rating(value, where: str, field: str) -> Fraction | None:
         raise fail(where, field, f"must be a number or a numeric string, got {type(value).__name__}")
     try:
         number = float(value)
-    except (ValueError, OverflowError):
+    except ValueError:                  # "N/A" and other words: unrated
         return None
+    except OverflowError:               # an integer beyond a float's range: a number, off the scale
+        number = math.inf
     low, high = RATING_RANGE
     if not (math.isfinite(number) and low <= number <= high):
-        raise fail(where, field, f"must be a rating from {low} to {high}, got {show(value)}")
+        raise fail(where, field, f"must be a rating from {low} to {high}, got {io.show(value)}")
     return Fraction(number)
 
 
@@ -91,11 +96,9 @@ def _score(annotations, where: str, field: str) -> Fraction | None:
     """Mean rating over the aspects; None when the completion is not fully rated."""
     annotations = obj(annotations, where, field)
     ratings = []
-    for aspect, note in annotations.items():
-        if note is None:
-            return None
-        note = obj(note, where, f"{field}.{aspect}")
-        ratings.append(_rating(note.get("Rating"), where, f"{field}.{aspect}.Rating"))
+    for aspect, note in annotations.items():     # every rating is checked, also after a missing one
+        note = None if note is None else obj(note, where, f"{field}.{aspect}")
+        ratings.append(None if note is None else _rating(note.get("Rating"), where, f"{field}.{aspect}.Rating"))
     if not ratings or any(x is None for x in ratings):
         return None
     return sum(ratings) / len(ratings)

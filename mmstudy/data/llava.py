@@ -32,22 +32,39 @@ def _check_conversation(conv, where: str, needs_image: bool) -> None:
     has_image = IMAGE_PLACEHOLDER in conv[0]["value"]
     if needs_image and not has_image:
         raise io.DataError(f"{where}, conversations[0]: field 'value' lacks the {IMAGE_PLACEHOLDER} placeholder")
+    if not conv[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip():
+        raise io.DataError(f"{where}, conversations[0]: field 'value' holds no question besides "
+                           f"{IMAGE_PLACEHOLDER}")
     if not needs_image and has_image:
         raise io.DataError(f"{where}, conversations[0]: {IMAGE_PLACEHOLDER} in a record without an 'image'")
 
 
 def load_llava_instruct(path: str | Path, image_dir: str | Path | None = None) -> list[dict]:
-    """Read and validate a LLaVA-format JSON list. With `image_dir`, image files must exist (checked up front)."""
+    """Read and validate a LLaVA-format JSON list: ids are non-empty strings or integers, image paths relative
+    strings; with `image_dir`, every image is a readable image file inside it (`io.image_problem`, checked up
+    front, once per image)."""
     path = Path(path)
     records = io.read_json(path)
-    if not isinstance(records, list):
-        raise io.DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    if not isinstance(records, list) or not records:
+        raise io.DataError(f"{path}: expected a non-empty JSON list of records, got {io.show(records)}")
+    problems: dict[str, str | None] = {}
     for i, r in enumerate(records):
-        where = f"{path}, record {i} (id={r.get('id') if isinstance(r, dict) else None!r})"
+        where = f"{path}, record {i} (id={io.show(r.get('id')) if isinstance(r, dict) else None})"
         io.check_fields(r, ("id", "conversations"), where)
+        if isinstance(r["id"], bool) or not isinstance(r["id"], (str, int)) or not str(r["id"]).strip():
+            raise io.DataError(f"{where}: field 'id' must be a non-empty string or an integer, got {io.show(r['id'])}")
         _check_conversation(r["conversations"], where, needs_image="image" in r)
-        if "image" in r and image_dir is not None and not (Path(image_dir) / r["image"]).is_file():
-            raise io.DataError(f"{where}: field 'image': file not found: {Path(image_dir) / r['image']}")
+        if "image" not in r:
+            continue
+        if not isinstance(r["image"], str) or not r["image"].strip():
+            raise io.DataError(f"{where}: field 'image' must be a non-empty path, got {io.show(r['image'])}")
+        if problem := io.relative_path_problem(r["image"]):
+            raise io.DataError(f"{where}: field 'image' {problem}")
+        if image_dir is not None:
+            if r["image"] not in problems:
+                problems[r["image"]] = io.image_problem(Path(image_dir) / r["image"], Path(image_dir))
+            if problems[r["image"]]:
+                raise io.DataError(f"{where}: field 'image': {problems[r['image']]}: {Path(image_dir) / r['image']}")
     logger.info("loaded %d records from %s", len(records), path)
     return records
 

@@ -63,22 +63,20 @@ SFT = Schema("sft", SFT_REQUIRED)
 # ---------------------------------------------------------------- validation
 
 
-def show(value, limit: int = 80) -> str:
-    """repr(value) cut to `limit` characters, for error messages (an int too long to print shows as its type)."""
-    try:
-        text = repr(value)
-    except ValueError:  # int beyond Python's digit limit
-        return f"<{type(value).__name__} too long to print>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _check_text(value, field: str, where: str) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise io.DataError(f"{where}: field {field!r} must be a non-empty string, got {show(value)}")
+        raise io.DataError(f"{where}: field {field!r} must be a non-empty string, got {io.show(value)}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
         raise io.DataError(f"{where}: field {field!r}: not valid Unicode text ({e.reason})") from e
+
+
+def _finite_number(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:       # an int beyond a float's range
+        return False
 
 
 def check_record(record, where: str, schema: Schema = PREFERENCE) -> None:
@@ -88,16 +86,16 @@ def check_record(record, where: str, schema: Schema = PREFERENCE) -> None:
         _check_text(record[field], field, where)
     for field in (f for f in schema.optional_score if f in record):
         value = record[field]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise io.DataError(f"{where}: field {field!r} must be a finite number, got {show(value)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite_number(value):
+            raise io.DataError(f"{where}: field {field!r} must be a finite number, got {io.show(value)}")
     ranked = "chosen_score" in record and "rejected_score" in record
     if ranked and not record["chosen_score"] > record["rejected_score"]:
-        raise io.DataError(f"{where}: field 'rejected_score': {show(record['rejected_score'])} is not below "
-                           f"chosen_score {show(record['chosen_score'])}")
+        raise io.DataError(f"{where}: field 'rejected_score': {io.show(record['rejected_score'])} is not below "
+                           f"chosen_score {io.show(record['chosen_score'])}")
     if "image" in schema.required and (problem := io.relative_path_problem(record["image"])):
         raise io.DataError(f"{where}: field 'image' {problem}")
     if "provenance" in record and not isinstance(record["provenance"], dict):
-        raise io.DataError(f"{where}: field 'provenance' must be an object, got {show(record['provenance'])}")
+        raise io.DataError(f"{where}: field 'provenance' must be an object, got {io.show(record['provenance'])}")
 
 
 def check_preference(record: dict, where: str) -> None:
@@ -152,14 +150,19 @@ def _read_columnar(path: Path) -> list[dict]:
             rows = pq.read_table(path).to_pylist()
         except (pa.ArrowException, OSError) as e:
             raise io.DataError(f"{path}: not a Parquet file: {e}") from e
+        except UnicodeDecodeError as e:
+            raise io.DataError(f"{path}: a string column holds bytes that are not UTF-8 ({e.reason})") from None
     records = []
     for n, row in enumerate(rows, start=1):
         record = {k: v for k, v in row.items() if v is not None}
         if "provenance" in record:
+            if not isinstance(record["provenance"], str):
+                raise io.DataError(f"{path}, record {n}: field 'provenance': not a JSON object text")
             try:
-                record["provenance"] = json.loads(record["provenance"])
-            except (TypeError, json.JSONDecodeError) as e:
-                raise io.DataError(f"{path}, record {n}: field 'provenance': not a JSON object text: {e}") from e
+                record["provenance"] = io.parse_json(record["provenance"], "provenance")
+            except io.DataError as e:
+                raise io.DataError(f"{path}, record {n}: field 'provenance': not a JSON object text: "
+                                   f"{str(e).removeprefix('provenance: ')}") from None
         records.append(record)
     return records
 
@@ -195,7 +198,7 @@ def _arrow_table(records: Sequence[dict], schema: Schema, name: str):
     for n, r in enumerate(records, start=1):
         extra = sorted(set(r) - set(schema.fields))
         if extra:
-            raise io.DataError(f"{name}, record {n} (id={show(r.get('id'))}): field {extra[0]!r}: not in the "
+            raise io.DataError(f"{name}, record {n} (id={io.show(r.get('id'))}): field {extra[0]!r}: not in the "
                                f"{schema.kind} schema, so a columnar file cannot hold it")
     columns = {f: pa.array([r[f] for r in records], pa.string()) for f in schema.required}
     for f in schema.optional_text:

@@ -45,7 +45,7 @@ def settings_hash(*configs) -> str:
 # what each part of a run's identity is, for the error that names the parts a resume would change
 IDENTITY_PARTS = {"config": "another training config", "online": "another online config",
                   "data": "other training data", "prompts": "other prompts", "model": "another model",
-                  "reward_model": "another reward model"}
+                  "reward_model": "another reward model", "world": "another world"}
 
 
 def run_identity(**parts) -> dict[str, str]:

@@ -252,7 +252,8 @@ def load_prompts(path: str | Path, image_root: str | Path | None = None) -> list
     return records
 
 
-def _images(records: Sequence[dict], image_root: str | Path) -> list:
+def record_images(records: Sequence[dict], image_root: str | Path) -> list:
+    """The records' images, loaded (an unreadable one is a DataError naming the record)."""
     return [io.load_image(Path(image_root) / r["image"], where=f"record id={r['id']!r}") for r in records]
 
 
@@ -262,7 +263,7 @@ def reward_stats(rm, processor, records: Sequence[dict], image_root: str | Path,
     values = []
     for start in range(0, len(records), batch_size):
         part = records[start:start + batch_size]
-        images, prompts = _images(part, image_root), [r["prompt"] for r in part]
+        images, prompts = record_images(part, image_root), [r["prompt"] for r in part]
         values.append(score_responses(rm, processor, images, prompts, [[r["chosen"]] for r in part]).flatten())
         pairs = [j for j, r in enumerate(part) if "rejected" in r]
         if pairs:
@@ -295,8 +296,9 @@ def _dataset_stats(out: Path, rm, processor, prompts, image_root, cfg: RLOOConfi
 # ---------------------------------------------------------------- the loop
 
 
-def _policy_config(cfg: RLOOConfig) -> DPOTrainConfig:
-    """LoRA on the LM only, as the paper (base frozen, adapters trained), through offline DPO's `prepare_model`."""
+def lora_policy_config(cfg) -> DPOTrainConfig:
+    """LoRA on the LM only, as the paper (base frozen, adapters trained), through offline DPO's `prepare_model`;
+    `cfg`: an RL config with lora_r, lora_alpha and lora_target (RLOO's, GRPO's)."""
     return DPOTrainConfig(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_target=cfg.lora_target,
                           train_projector=False, train_vision=False, train_lm=True)
 
@@ -330,7 +332,8 @@ def rloo_step(scorer, accelerator, processor, rm, rm_processor, records: Sequenc
     """Sample, score and backpropagate one step's prompts (the optimizer step is the caller's). Returns (metrics,
     one log record per sample)."""
     module = accelerator.unwrap_model(scorer).eval()
-    images, prompts, ids = _images(records, image_root), [r["prompt"] for r in records], [r["id"] for r in records]
+    images = record_images(records, image_root)
+    prompts, ids = [r["prompt"] for r in records], [r["id"] for r in records]
     seeds = [[derive_seed(cfg.seed, "rloo", step, i, s) for s in range(cfg.k)] for i in ids]
     tokens, truncated = sample_responses(module.model, processor, images, prompts, seeds, cfg.temperature,
                                          cfg.max_new_tokens, cfg.generation_batch)
@@ -391,7 +394,7 @@ def train_rloo(model_dir: str | Path, rm_dir: str | Path, prompts: Sequence[dict
     rm, rm_processor = load_reward_model(rm_dir, device=accelerator.device)
     stats = (_dataset_stats(out, rm, rm_processor, prompts, image_root, cfg, rm_dir) if cfg.normalize == "dataset"
              else None)
-    scorer = PairScorer(prepare_model(model, _policy_config(cfg)), cfg.temperature)
+    scorer = PairScorer(prepare_model(model, lora_policy_config(cfg)), cfg.temperature)
     optimizer = torch.optim.AdamW([p for p in scorer.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule("linear", cfg.steps,
