@@ -11,6 +11,7 @@ from mmstudy.data.preferences import load_preferences
 from mmstudy.models.sampling import make_sampler
 from mmstudy.study import options
 from mmstudy.training.dpo import train_dpo
+from mmstudy.training.grpo import train_grpo
 from mmstudy.training.online import pair_source
 from mmstudy.training.reward import (
     RewardTrainConfig,
@@ -187,6 +188,29 @@ def _parser_train_rloo(sub) -> None:
     p.set_defaults(func=_train_rloo)
 
 
+def _train_grpo(args) -> None:
+    cfg = options.from_args(args, options.GRPO)
+    prompts = load_prompts(args.prompts, image_root=args.world / "images")
+    summary = train_grpo(args.model, prompts, cfg, args.out, args.world, device=args.device, progress=not args.quiet)
+    io.write_json(Path(args.out) / "manifest.json", manifest_of(args))
+    logger.info("GRPO: %d rounds (%d optimizer steps) on %d prompts; model in %s", summary["steps"],
+                summary["optimizer_steps"], summary["prompts"], Path(args.out) / "model")
+
+
+def _parser_train_grpo(sub) -> None:
+    p = sub.add_parser("train-grpo", help="GRPO with the world's exact rewards: k samples per prompt, group-relative "
+                       "advantages, clipped ratio, KL to the base, LoRA")
+    p.add_argument("--model", required=True, type=Path, help="local LLaVA / LLaVA-NeXT checkpoint: the policy")
+    p.add_argument("--prompts", required=True, type=Path, help="preference or sft file of the world: prompts, images "
+                   "and reference answers ('chosen')")
+    p.add_argument("--world", required=True, type=Path, help="the world whose scenes score the answers")
+    p.add_argument("--out", required=True, type=Path, help="run directory: model/, metrics.jsonl, samples.jsonl, "
+                   "checkpoints/, manifest.json")
+    p.add_argument("--device", default="cpu")
+    options.add_options(p, options.GRPO)
+    p.set_defaults(func=_train_grpo)
+
+
 def _parser_train_online(sub) -> None:
     p = sub.add_parser("train-online", help="Online-DPO with a judge, Mixed-DPO or Online-BDHS (the same trainer)")
     p.add_argument("--prompts", required=True, type=Path,
@@ -213,4 +237,5 @@ def add_commands(sub) -> None:
     _parser_train_rm(sub)
     _parser_eval_rm(sub)
     _parser_train_rloo(sub)
+    _parser_train_grpo(sub)
     _parser_train_online(sub)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmstudy.training.dpo import DPOTrainConfig
+from mmstudy.training.grpo import GRPOConfig
 from mmstudy.training.losses import OBJECTIVES
 from mmstudy.training.online import MODES, OnlineConfig
 
@@ -50,6 +51,14 @@ DPO = ConfigOptions(
            "batch_size": "pairs per optimizer step (over all processes)",
            "max_length": "default: the language model's context",
            "checkpoint_every": "optimizer steps; 0: only at the end"},
+)
+GRPO = ConfigOptions(
+    GRPOConfig, flags={"merge": "--adapter-only", "scale_advantages": "--center-only"},
+    helps={"k": "samples per prompt (the group)", "batch_size": "prompts per sampling round",
+           "steps": "sampling rounds", "updates": "optimizer steps per round (the clip binds from 2)",
+           "beta": "weight of the k3 KL to the reference", "merge": "save the LoRA adapter instead of merged weights",
+           "scale_advantages": "centre the group's rewards without dividing by their std",
+           "hallucination_weight": "a false claim costs this many correct mentions"},
 )
 ONLINE = ConfigOptions(
     OnlineConfig, skip=("seed",), choices={"mode": tuple(MODES)},
