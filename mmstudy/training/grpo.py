@@ -43,7 +43,6 @@ from mmstudy.benchmarks import chair as chair_lib
 from mmstudy.judges.oracle import check_answer, facts, world_synonyms
 from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava
 from mmstudy.progress import progress_bar
-from mmstudy.runs import derive_seed
 from mmstudy.training.checkpoints import (
     lr_schedule,
     optimizer_step,
@@ -57,9 +56,8 @@ from mmstudy.training.policy_losses import answer_reward, description_reward, gr
 from mmstudy.training.rloo import (
     lora_policy_config,
     policy_examples,
-    record_images,
     response_stats,
-    sample_responses,
+    sample_round,
     save_policy,
     step_records,
 )
@@ -163,12 +161,8 @@ def grpo_round(scorer, accelerator, optimizer, scheduler, processor, records: Se
     """Sample, reward and train on one round's prompts (`cfg.updates` optimizer steps). Returns (one metrics record
     per optimizer step, one log record per sample)."""
     module = accelerator.unwrap_model(scorer).eval()
-    images = record_images(records, image_root)
-    prompts, ids = [r["prompt"] for r in records], [r["id"] for r in records]
-    seeds = [[derive_seed(cfg.seed, "grpo", step, i, s) for s in range(cfg.k)] for i in ids]
-    tokens, truncated = sample_responses(module.model, processor, images, prompts, seeds, cfg.temperature,
-                                         cfg.max_new_tokens, cfg.generation_batch)
-    texts = [[processor.tokenizer.decode(t, skip_special_tokens=True).strip() for t in row] for row in tokens]
+    images, prompts, ids, tokens, truncated, texts = sample_round(module.model, processor, records, image_root, cfg,
+                                                                  step, "grpo")
     found = [[world_reward(t, scenes[r["image"]], r["chosen"], cfg.hallucination_weight) for t in row]
              for r, row in zip(records, texts)]
     rewards = torch.tensor([[f["reward"] for f in row] for row in found], dtype=torch.float32)

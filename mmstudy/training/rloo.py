@@ -230,6 +230,19 @@ def sample_responses(model, processor, images: Sequence, prompts: Sequence[str],
     return tokens, truncated
 
 
+def sample_round(model, processor, records: Sequence[dict], image_root, cfg, step: int, tag: str) -> tuple:
+    """One round of on-policy samples for an RL trainer (`cfg`: k, seed, temperature, max_new_tokens,
+    generation_batch): the records' images, prompts and ids, and per record k token rows, truncation flags and
+    decoded texts, the s-th sample of record i drawn with derive_seed(seed, `tag`, step, i, s)."""
+    images = record_images(records, image_root)
+    prompts, ids = [r["prompt"] for r in records], [r["id"] for r in records]
+    seeds = [[derive_seed(cfg.seed, tag, step, i, s) for s in range(cfg.k)] for i in ids]
+    tokens, truncated = sample_responses(model, processor, images, prompts, seeds, cfg.temperature,
+                                         cfg.max_new_tokens, cfg.generation_batch)
+    texts = [[processor.tokenizer.decode(t, skip_special_tokens=True).strip() for t in row] for row in tokens]
+    return images, prompts, ids, tokens, truncated, texts
+
+
 def policy_examples(processor, images: Sequence, prompts: Sequence[str], ids: Sequence[str],
                     samples: Sequence[Sequence[list[int]]]) -> list[EncodedPair]:
     """`collate`-ready examples of sampled token rows (k per prompt), for the policy's and reference's log-probs."""
@@ -332,12 +345,8 @@ def rloo_step(scorer, accelerator, processor, rm, rm_processor, records: Sequenc
     """Sample, score and backpropagate one step's prompts (the optimizer step is the caller's). Returns (metrics,
     one log record per sample)."""
     module = accelerator.unwrap_model(scorer).eval()
-    images = record_images(records, image_root)
-    prompts, ids = [r["prompt"] for r in records], [r["id"] for r in records]
-    seeds = [[derive_seed(cfg.seed, "rloo", step, i, s) for s in range(cfg.k)] for i in ids]
-    tokens, truncated = sample_responses(module.model, processor, images, prompts, seeds, cfg.temperature,
-                                         cfg.max_new_tokens, cfg.generation_batch)
-    texts = [[processor.tokenizer.decode(t, skip_special_tokens=True).strip() for t in row] for row in tokens]
+    images, prompts, ids, tokens, truncated, texts = sample_round(module.model, processor, records, image_root, cfg,
+                                                                  step, "rloo")
     raw = score_responses(rm, rm_processor, images, prompts, texts)
     rewards = normalize_rewards(raw, cfg.normalize, stats)
     micro = cfg.micro_batch or len(records)
