@@ -57,7 +57,8 @@ def bdhs_figure(stats: dict):
 
 def metrics_figure(metrics: dict, keys: dict[str, str], title: str, xlabel: str = ""):
     """One bar per `keys` entry (label -> metric key) that `metrics` holds: a run's headline numbers at a glance."""
-    shown = pd.DataFrame([{"metric": label, "value": metrics[key]} for label, key in keys.items() if key in metrics])
+    shown = pd.DataFrame([{"metric": label, "value": metrics[key]} for label, key in keys.items()
+                          if metrics.get(key) is not None])          # null: undefined (no items)
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(shown), 4) + 1))
     if not shown.empty:
         sns.barplot(data=shown, y="metric", x="value", ax=ax, color="tab:blue")

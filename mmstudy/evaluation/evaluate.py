@@ -36,8 +36,9 @@ def summary_table(metrics: dict) -> str:
             if key not in metrics:
                 continue
             low, high = metrics.get(f"{key}_ci95_low"), metrics.get(f"{key}_ci95_high")
-            ci = f"[{low:.4f}, {high:.4f}]" if low is not None else "-"
-            lines.append(f"{key:<42} {metrics[key]:>9.4f}  {ci}")
+            ci = f"[{low:.4f}, {high:.4f}]" if low is not None and high is not None else "-"
+            value = "-" if metrics[key] is None else f"{metrics[key]:.4f}"    # null: undefined (no items)
+            lines.append(f"{key:<42} {value:>9}  {ci}")
     return "\n".join(lines)
 
 
