@@ -52,3 +52,20 @@ def test_gradients_reach_the_policy_only(name):
     assert not reward_c.requires_grad and not reward_r.requires_grad   # rewards are logged, not trained on
     # the reference enters the loss, but a trainer keeps it out of the graph (no_grad / cached log-probs)
     assert rc.grad is not None
+
+
+def test_mdpo_adds_a_conditional_preference_and_an_anchor_by_hand():
+    from mmstudy.training.losses import mdpo_loss
+
+    # chosen log-ratio c = -1 - -1.5 = 0.5, rejected -3 - -2.5 = -0.5 (h = 1.0), corrupted c' = -2 - -1.8 = -0.2
+    loss, rc, rr = mdpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-1.5), t(-2.5), t(-1.8), beta=0.5, anchor=0.0)
+
+    def nls(x):
+        return math.log(1 + math.exp(-x))          # -log sigmoid(x)
+
+    assert loss.item() == pytest.approx(nls(0.5 * 1.0) + nls(0.5 * 0.7) + nls(0.5 * 0.5))
+    assert (rc.item(), rr.item()) == pytest.approx((0.25, -0.25))
+    at_reference, _, _ = mdpo_loss(*(t(-2.0),) * 6, beta=0.1)
+    assert at_reference.item() == pytest.approx(3 * math.log(2))     # policy = reference: three coin flips
+    more_anchor, _, _ = mdpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-1.5), t(-2.5), t(-1.8), beta=0.5, anchor=1.0)
+    assert more_anchor.item() > loss.item()

@@ -75,3 +75,22 @@ def avg_dpo_loss(policy_chosen, policy_rejected, policy_rejected_2, ref_chosen, 
     second, _, rejected_2 = dpo_loss(policy_chosen, policy_rejected_2, ref_chosen, ref_rejected_2, beta,
                                      label_smoothing)
     return gamma * first + (1 - gamma) * second, chosen_reward, gamma * rejected_1 + (1 - gamma) * rejected_2
+
+
+def mdpo_loss(policy_chosen, policy_rejected, policy_chosen_corrupt, ref_chosen, ref_rejected, ref_chosen_corrupt,
+              beta: float = 0.1, anchor: float = 0.0):
+    """mDPO (Wang et al. 2024), per pair: DPO, plus a conditional preference (the chosen response is more likely
+    with the real image than with a corrupted one: a DPO term whose "rejected" side is y+ given the corrupted image),
+    plus an anchor that keeps the chosen response's reward above `anchor`:
+
+        -log sigmoid(beta h) - log sigmoid(beta (c - c')) - log sigmoid(beta c - anchor)
+
+    with c = log pi(y+ | x, m) - log ref(y+ | x, m), c' the same given the corrupted image m', h DPO's margin.
+    Returns (loss, chosen rewards, rejected rewards) as the other objectives. The objective only: the trainer's
+    pass over the corrupted images is not built yet (docs/alignment.md)."""
+    h, reward_chosen, reward_rejected = _margin_and_rewards(policy_chosen, policy_rejected, ref_chosen,
+                                                            ref_rejected, beta)
+    chosen = policy_chosen - ref_chosen
+    conditional = chosen - (policy_chosen_corrupt - ref_chosen_corrupt)
+    loss = -F.logsigmoid(beta * h) - F.logsigmoid(beta * conditional) - F.logsigmoid(beta * chosen - anchor)
+    return loss, reward_chosen, reward_rejected
