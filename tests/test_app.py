@@ -286,9 +286,11 @@ def test_handlers_refuse_crafted_paths_with_a_message(tmp_path):
     io.write_jsonl(tmp_path / "outside.jsonl", [_pair(0)])
     io.write_jsonl(runs / "scores.jsonl", [{"step": 1}])
     app = Inspector(runs)
-    assert app.index.preferences == ["crafted.jsonl"]
+    assert app.index.preferences == []                      # refused when found, the reason listed
+    assert [(p, "must be a path inside the image root" in m) for p, m in app.index.problems] == [
+        ("crafted.jsonl", True)]
     out = app.show_pair("crafted.jsonl", 0, 0.99, 36)
-    assert out[1] is None and "refused" in out[-1]          # no image, the reason in the page
+    assert out[1] is None and "not a preference file" in out[-1]          # no image, the reason in the page
     out = app.show_pair("../outside.jsonl", 0, 0.99, 36)
     assert "outside" in out[-1] and out[1] is None
     assert "not a preference file" in app.show_pair("scores.jsonl", 0, 0.99, 36)[-1]
@@ -456,8 +458,8 @@ def _check_pairs(page, runs, world, shots):
     expect(page.locator("#pair-objects")).to_contain_text(f"{absent[0]} ✗")
     page.screenshot(path=str(shots / "1_pairs_povid.png"), full_page=True)
 
-    _pick(page, "pair-file", "prefs/crafted.jsonl")
-    expect(page.locator("#pair-status")).to_contain_text("refused")
+    expect(page.locator("#summary")).to_contain_text("prefs/crafted.jsonl")    # refused when found, with the reason
+    expect(page.locator("#summary")).to_contain_text("must be a path inside the image root")
 
 
 def _check_live(page, runs, world, shots):
