@@ -52,6 +52,7 @@ from mmstudy.training.checkpoints import (
     save_checkpoint,
 )
 from mmstudy.training.dpo import PairScorer, collate, prepare_model, response_log_probs
+from mmstudy.training.online import world_scenes
 from mmstudy.training.policy_losses import answer_reward, description_reward, group_advantages, grpo_loss
 from mmstudy.training.rloo import (
     lora_policy_config,
@@ -61,7 +62,6 @@ from mmstudy.training.rloo import (
     save_policy,
     step_records,
 )
-from mmstudy.world.layout import load_scenes
 from mmstudy.world.scene import Scene
 
 logger = logging.getLogger(__name__)
@@ -133,11 +133,12 @@ def world_reward(answer: str, scene: Scene, reference: str, hallucination_weight
 
 
 def scenes_of(records: Sequence[dict], world_dir: str | Path) -> dict[str, Scene]:
-    """The scene of each record's image (train and validation scenes of the world); a record whose image is not a
-    scene of the world is a DataError naming it."""
-    by_image = {f"{s.image_id}.png": s for s in load_scenes(world_dir)}
+    """The scene of each record's image (`online.world_scenes`: train and validation scenes, and the fresh scenes
+    of the world editions); a record whose image is not a scene of the world is a DataError naming it."""
+    lookup = world_scenes(world_dir)
+    by_image = {r["image"]: lookup(r["image"]) for r in records}
     for n, r in enumerate(records, start=1):
-        if r["image"] not in by_image:
+        if by_image[r["image"]] is None:
             raise io.DataError(f"record {n} (id={r['id']!r}): image {r['image']!r} is not a scene of the world in "
                                f"{world_dir}; GRPO's reward needs the world's ground truth")
     return by_image
