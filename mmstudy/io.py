@@ -268,6 +268,18 @@ def fingerprint(path: str | os.PathLike, small: int = 1 << 20) -> str:
     return digest.hexdigest()[:12]
 
 
+def files_digest(root: str | os.PathLike, names: Iterable[str]) -> str:
+    """The sha256 of the named files under `root` (each distinct name and its contents, in name order): the images
+    a run trains on, in its identity, so that a resume over replaced images is refused. A missing file counts as
+    missing rather than failing here (the loaders name it)."""
+    root, digest = Path(root), hashlib.sha256()
+    for name in sorted(set(names)):
+        path = root / name
+        digest.update(name.encode("utf-8", "surrogatepass") + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"missing")
+    return digest.hexdigest()[:12]
+
+
 def relative_path_problem(value: str) -> str | None:
     """Why `value` is not a relative path inside a folder (absolute, `..`, a NUL byte), or None."""
     if "\x00" in value or Path(value).is_absolute() or ".." in Path(value).parts:

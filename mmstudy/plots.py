@@ -69,8 +69,13 @@ def metrics_figure(metrics: dict, keys: dict[str, str], title: str, xlabel: str 
     return fig
 
 
-def training_figure(log: list[dict], keys: tuple[str, ...] = ("loss", "rewards/margins", "rewards/accuracies")):
-    """A preference trainer's log (its metrics.jsonl records) per optimizer step, one panel per key it holds."""
+DPO_PANELS = ("loss", "rewards/margins", "rewards/accuracies")
+RL_PANELS = ("reward", "kl", "length", "oracle/hallucination_rate", "oracle/recall")   # an RL run's rl_curve.jsonl
+
+
+def training_figure(log: list[dict], keys: tuple[str, ...] = DPO_PANELS):
+    """A trainer's log per step (a preference trainer's metrics.jsonl, an RL run's rl_curve.jsonl), one panel per
+    key it holds."""
     frame = pd.DataFrame(log)
     present = [k for k in keys if k in frame]
     fig, axes = plt.subplots(1, max(len(present), 1), figsize=(4 * max(len(present), 1), 3.2), squeeze=False)

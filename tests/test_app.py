@@ -314,6 +314,38 @@ def test_handlers_refuse_requests_beyond_their_bounds(tmp_path):
     assert "at most" in app.live(None, Image.new("RGB", (5000, 5000)), "q", "m", None, 0.9, 0, 8)[-1]
 
 
+def test_the_rl_tab_shows_each_steps_samples_checked_against_the_ground_truth(smoke_world, tmp_path):
+    from mmstudy.app.ui import Inspector
+    from mmstudy.world.layout import load_scenes
+    from mmstudy.world.scene import CLASSES
+
+    scene = load_scenes(smoke_world, split="val")[0]
+    present = scene.classes()[0]
+    absent = next(c.name for c in CLASSES if c.name not in scene.classes())
+    image, run = f"{scene.image_id}.png", tmp_path / "runs" / "rl" / "s0"
+    samples = [{"step": step, "id": "p0", "image": image, "prompt": "Describe the image.", "sample": k,
+                "response": f"There is a {name}.", "reward": 0.5 * step + k}
+               for step in (2, 4) for k, name in enumerate((present, absent))]
+    io.write_jsonl(run / "samples.jsonl", samples)
+    io.write_jsonl(run / "rl_curve.jsonl", [{"step": s, "reward": float(s), "kl": 0.1 * s, "length": 5.0,
+                                             "oracle/hallucination_rate": 0.5, "oracle/recall": 0.5} for s in (2, 4)])
+    io.write_json(run / "collapse.json", {"collapsed": True, "reward_hacking": True, "degenerate": False,
+                                          "reward/first": 2.0, "reward/last": 4.0})
+    app = Inspector(tmp_path / "runs", world_dir=smoke_world)
+    assert app.index.rl_runs == ["rl/s0"] and app.index.evals == [] and app.index.preferences == []
+    figure, summary, step, status = app.open_rl("rl/s0")
+    assert figure is not None and status == "" and step == 2
+    assert "**4 samples** over 2 logged step(s)" in summary and "**collapsed** (reward_hacking)" in summary
+    count, table, step, row, status = app.rl_step("rl/s0", 3)                 # the nearest logged step
+    assert (step, count, status) == (2, "**Step 2**: 2 samples", "")
+    assert [r[5] for r in table] == [False, True] and table[1][3] == 2.0
+    row, shown, legend, prompt, spans, details, status = app.rl_item("rl/s0", 4, 1)
+    assert shown is not None and status == "" and "Step 4, sample 1 of 2" in prompt
+    assert absent in details and "oracle's false claims" in details
+    assert "expected a number" in app.rl_step("rl/s0", float("inf"))[-1]
+    assert "not an RL run" in app.rl_item("../rl", 1, 0)[-1]
+
+
 def test_every_guarded_handler_returns_what_it_is_wired_to(tmp_path):
     """An error's message lands in the status output: a handler returns as many values as it has outputs."""
     from mmstudy.app.ui import build_demo
@@ -325,7 +357,7 @@ def test_every_guarded_handler_returns_what_it_is_wired_to(tmp_path):
         if n is not None:
             assert n == len(block_fn.outputs), (block_fn.fn.__name__, n, len(block_fn.outputs))
             checked += 1
-    assert checked >= 9
+    assert checked >= 12
 
 
 # ---------------------------------------------------------------- end to end, in headless Chromium

@@ -78,6 +78,12 @@ def test_interrupted_run_resumes_to_the_same_weights(base_dir, pairs, smoke_worl
     (other / "config.json").write_text((other / "config.json").read_text().replace("{", '{"note": "edited",', 1))
     with pytest.raises(ValueError, match="with another model than this one"):
         train_dpo(other, pairs, cfg, tmp_path / "part", smoke_world / "images", progress=False)
+    images = tmp_path / "other_images"                                   # one image of the pairs replaced
+    shutil.copytree(smoke_world / "images", images)
+    (images / pairs[0]["image"]).write_bytes((images / pairs[1]["image"]).read_bytes())
+    assert pairs[0]["image"] != pairs[1]["image"]
+    with pytest.raises(ValueError, match="with other images than this one"):
+        train_dpo(base_dir, pairs, cfg, tmp_path / "part", images, progress=False)
 
 
 def test_precomputed_reference_equals_the_live_one(base_dir, pairs, smoke_world, tmp_path):

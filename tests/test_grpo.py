@@ -86,12 +86,25 @@ def test_a_run_samples_rewards_and_steps_and_resumes_exactly(base_dir, prompts, 
 
     stopped = _run(base_dir, prompts, smoke_world, tmp_path / "part", CFG, stop_after_steps=1)
     assert stopped == {"stopped_at": 1, "total_steps": 3}
-    _run(base_dir, prompts, smoke_world, tmp_path / "part", CFG)
+    io.append_jsonl(tmp_path / "part" / "samples.jsonl", samples[6:12])   # a kill after round 2's samples were
+    _run(base_dir, prompts, smoke_world, tmp_path / "part", CFG)          # logged: cut back to round 1
+    assert _logged(tmp_path / "part", "samples.jsonl") == samples
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert _logged(tmp_path / "part") == metrics
     with pytest.raises(ValueError, match="another training config"):
         _run(base_dir, prompts, smoke_world, tmp_path / "part", dataclasses.replace(CFG, beta=0.5, steps=4))
+    with pytest.raises(ValueError, match="other prompts than this one"):
+        _run(base_dir, prompts[::-1], smoke_world, tmp_path / "part", CFG)
+    other = tmp_path / "other_world"                   # the same scenes and images, world.json edited
+    other.mkdir()
+    (other / "images").symlink_to(smoke_world / "images")
+    for name in ("scenes.jsonl", "world.json"):
+        (other / name).write_bytes((smoke_world / name).read_bytes())
+    info = io.read_json(other / "world.json")
+    io.write_json(other / "world.json", dict(info, note="edited"))
+    with pytest.raises(ValueError, match="another world than this one"):
+        _run(base_dir, prompts, other, tmp_path / "part", CFG)
 
 
 def test_a_prompt_whose_image_is_not_a_scene_is_refused(base_dir, prompts, smoke_world, tmp_path):

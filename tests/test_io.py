@@ -132,3 +132,20 @@ def test_image_checks_decode_the_pixels_and_bound_their_number(tmp_path):
         io.load_image(tmp_path / "huge.png")
     with pytest.raises(io.DataError, match="corrupt or unreadable image .*noidat.png"):
         io.load_image(tmp_path / "noidat.png")
+
+
+def test_fingerprints_follow_contents_not_order(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"one")
+    (tmp_path / "b.png").write_bytes(b"two")
+    digest = io.files_digest(tmp_path, ["b.png", "a.png", "a.png"])
+    assert digest == io.files_digest(tmp_path, ["a.png", "b.png"])          # a set of files, in name order
+    assert digest != io.files_digest(tmp_path, ["a.png"])
+    (tmp_path / "b.png").write_bytes(b"TWO")                                  # same size, other bytes
+    assert digest != io.files_digest(tmp_path, ["a.png", "b.png"])
+    assert io.files_digest(tmp_path, ["gone.png"]) != io.files_digest(tmp_path, ["a.png"])
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    before = io.fingerprint(model)
+    (model / "config.json").write_text('{"a": 1}')
+    assert io.fingerprint(model) != before

@@ -113,6 +113,7 @@ def test_every_sweep_point_builds_valid_configs(profile, tmp_path):
     fails here and not hours into a sweep."""
     from mmstudy.data.bdhs import BDHSConfig
     from mmstudy.editions.sampled import EDITIONS
+    from mmstudy.study import stages
     from mmstudy.study.pipeline import plan
     from mmstudy.training.dpo import DPOTrainConfig
     from mmstudy.training.online import OnlineConfig
@@ -125,7 +126,12 @@ def test_every_sweep_point_builds_valid_configs(profile, tmp_path):
                    noise_steps=p["noise_steps"])
         DPOTrainConfig(loss=p["loss"], beta=p["beta"], lora_r=p["lora_r"], lora_alpha=p["lora_alpha"], lr=p["lr"],
                        epochs=p["epochs"], batch_size=p["batch_size"], train_projector=p["train_projector"])
-        if p["mode"] != "offline":
+        if p["mode"] in stages.RL_MODES:                    # RL: its trainer's config, the reward model's data
+            stages.rl_config(p["mode"], k=p["k"], temperature=p["temperature"], max_new_tokens=p["max_new_tokens"],
+                             lora_r=p["lora_r"], lora_alpha=p["lora_alpha"], lr=p["lr"], beta=p["beta"],
+                             steps=p["epochs"] * p["size"] // p["batch_size"], batch_size=p["batch_size"], seed=0)
+            assert p["mode"] == "grpo" or p["reward_data"] in ("povid", *EDITIONS), run_dir
+        elif p["mode"] != "offline":
             online = OnlineConfig(mode=p["mode"], k=p["k"], temperature=p["temperature"],
                                   max_new_tokens=p["max_new_tokens"], p_offline=p["p_offline"])
             assert (p["loss"] == "avg_dpo") == online.needs_second_rejected, run_dir
@@ -399,11 +405,17 @@ def test_smoke_chain_runs_and_resumes(tmp_path, two_threads):
     points = {p.parent.parent.relative_to(root / "07_ablations").as_posix(): io.read_json(p)
               for p in root.glob("07_ablations/*/*/s0/metrics.json")}
     assert set(points) == {"loss/ipo", "rho_th/rho0.98", "povid_plus/attn", "online/online_bdhs_avg",
-                           "data/ranked_corrupted", "size/n24"}
+                           "data/ranked_corrupted", "size/n24", "rl/rloo_povid"}
     for name, m in points.items():
         assert m["train/steps"] > 0 and "eval/pope/adversarial/accuracy" in m, name
     assert io.read_json(root / "07_ablations/loss/ipo/s0/train_summary.json")["config"]["loss"] == "ipo"
     assert points["size/n24"]["train/pairs"] == 24
+    rloo = root / "07_ablations/rl/rloo_povid/s0"
+    held = io.read_json(rloo / "rm_accuracy.json")                      # Table 7: every source's held-out pairs
+    assert set(held["accuracy"]) == {"povid", "ranking", "correction"} and held["held_out"] == 8
+    assert points["rl/rloo_povid"]["rm/pairs"] == held["pairs"] <= 16
+    assert len(io.read_jsonl(rloo / "rl_curve.jsonl")) == points["rl/rloo_povid"]["train/steps"] == 2
+    assert isinstance(io.read_json(rloo / "collapse.json")["collapsed"], bool)
     plus = io.read_jsonl(points["povid_plus/attn"]["prefs"])
     assert len(plus) == 16 and all(r["rejected_2"] and r["rejected"] for r in plus)
     assert io.read_json(Path(points["rho_th/rho0.98"]["prefs"]).with_suffix(".stats.json"))["stats"]["config"][
@@ -411,11 +423,12 @@ def test_smoke_chain_runs_and_resumes(tmp_path, two_threads):
     recorded = io.read_json(root / "pipeline.json")["stages"]            # merged over both calls
     assert any(k.endswith("01_world_base") for k in recorded) and any("07_ablations" in k for k in recorded)
     report = io.read_json(root / "09_report" / "metrics.json")
-    assert report["models"] == 12 and report["coverage/Table 12"] == "3 of 4 rows"   # 6 chain models, 6 points
+    assert report["models"] == 13 and report["coverage/Table 12"] == "3 of 4 rows"   # 6 chain models, 7 points
     assert "| IPO | –" not in (root / "09_report" / "tables.md").read_text()
     verdicts = pd.read_csv(root / "09_report" / "verdicts.csv")
-    assert len(verdicts) == 7 and verdicts["verdict"].iloc[5] == "not assessed"
+    assert len(verdicts) == 7 and "(1 of 7 claims assessed)" in verdicts["verdict"].iloc[5]   # no ranked RM run
     assert "(1 of 5 claims assessed)" in verdicts["verdict"].iloc[6]     # IPO ran; SLiC is not in the smoke sweep
+    assert (root / "09_report" / "table7.csv").read_text().splitlines()[1].startswith("povid,")
     assert _same_metrics(root) == []
     for notebook in root.rglob("*.ipynb"):                 # every executed notebook shows a figure
         cells = nbformat.read(notebook, as_version=4).cells

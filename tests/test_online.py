@@ -136,6 +136,16 @@ def test_online_run_resumes_to_the_same_weights(base_dir, smoke_world, pairs, tm
     lines = {run: [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
              for run in ("full", "part")}
     assert [r["loss"] for r in lines["full"]] == [r["loss"] for r in lines["part"]]
+    train_dpo(base_dir, pairs, cfg, tmp_path / "stopped", images, progress=False, online=source(), stop_after_steps=1)
+    other_judge = source()
+    other_judge.judge = make_judge("oracle:0.3", seed=2)
+    other_bdhs = source()
+    other_bdhs.bdhs_cfg = BDHSConfig(iterations=3, max_sentence_tokens=12, seed=2)
+    for changed in (other_judge, other_bdhs):           # the same training config, another source of pairs
+        with pytest.raises(ValueError, match="another online config than this one"):
+            train_dpo(base_dir, pairs, cfg, tmp_path / "stopped", images, progress=False, online=changed)
+    with pytest.raises(ValueError, match="with other training data and other images than this one"):
+        train_dpo(base_dir, pairs[1:], cfg, tmp_path / "stopped", images, progress=False, online=source())
 
 
 def test_online_bdhs_avg_trains_on_two_rejected(base_dir, smoke_world, pairs, tmp_path):

@@ -231,3 +231,42 @@ def test_data_draws_read_from_the_prefs_each_seed_trained_on(tmp_path):
     _run(tmp_path, "05_offline/bdhs/s0", 0, 0.85, params={"prefs": "03_bdhs/s0/bdhs.jsonl"})
     _run(tmp_path, "05_offline/bdhs/s1", 1, 0.85, params={"prefs": "03_bdhs/s1/bdhs.jsonl"})
     assert report.data_draws(tmp_path) == "per-seed"
+
+
+def _rl_run(root, point, seed, f1, chair, collapsed, accuracy):
+    rel = f"07_ablations/rl/{point}/s{seed}"
+    _run(root, rel, seed, f1, chair=chair, params={"reward_data": point.removeprefix("rloo_"), "mode": "rloo"})
+    io.write_json(root / rel / "collapse.json", {"collapsed": collapsed, "reward_hacking": collapsed,
+                                                 "degenerate": False, "reward/first": 0.0, "reward/last": 1.0,
+                                                 "oracle/hallucination_rate/first": 0.1,
+                                                 "oracle/hallucination_rate/last": 0.3 if collapsed else 0.1})
+    io.write_json(root / rel / "rm_accuracy.json", {"trained_on": "x.jsonl", "pairs": 768, "held_out": 100,
+                                                    "accuracy": {k: {"accuracy": v} for k, v in accuracy.items()}})
+    io.write_jsonl(root / rel / "rl_curve.jsonl", [{"step": s, "reward": s / 2, "kl": 0.1, "length": 10.0,
+                                                    "oracle/hallucination_rate": 0.1, "oracle/recall": 0.8}
+                                                   for s in (1, 2)])
+
+
+def test_finding_6_table_7_and_the_collapse_flags(runs_root):
+    for seed in range(3):
+        _rl_run(runs_root, "rloo_povid", seed, 0.70, 0.12, True, {"povid": 0.9 + 0.01 * seed, "ranking": 0.5})
+        _rl_run(runs_root, "rloo_ranking", seed, 0.84, 0.065, False, {"povid": 0.55, "ranking": 0.7})
+    runs = report.collect(runs_root)
+    sixth = report.verdicts(runs).iloc[5]
+    # collapse as claimed; povid-RM RLOO worse than the base and than the ranking one on POPE F1 and CHAIR_i; the
+    # ranking one no better than DPO on POPE F1 (85 > 84) and CHAIR_i (6.0 < 6.5)
+    assert sixth["evidence"].startswith("✓ collapse flagged: rl/rloo_povid 3 of 3 seeds, rl/rloo_ranking 0 of 3")
+    assert sixth["verdict"] == "reproduced" and sixth["evidence"].count("✓ ") == 7
+    table7 = report.reward_model_table(runs)
+    assert list(table7.index) == ["povid", "ranking"] and table7.loc["povid", "povid"] == pytest.approx(0.91)
+    assert table7.loc["ranking", "seeds"] == 3
+    flags = report.collapse_table(runs)
+    assert flags.loc["rl/rloo_povid", "collapsed"] == 3 and flags.loc["rl/rloo_ranking", "collapsed"] == 0
+    assert flags.loc["rl/rloo_povid", "oracle/hallucination_rate last"] == pytest.approx(0.3)
+    curves = report.rl_curves(runs)
+    assert len(curves) == 12 and set(curves["model"]) == {"rl/rloo_povid", "rl/rloo_ranking"}
+    assert report.rl_curves_figure(curves) is not None
+    assert "RLOO · RM on POVID-like pairs" in report.paper_table(report.summarize(runs), "Table 8").index
+    for seed in range(3):                                 # the ranked-RM run collapses too: not as claimed
+        io.write_json(runs_root / f"07_ablations/rl/rloo_ranking/s{seed}/collapse.json", {"collapsed": True})
+    assert report.verdicts(report.collect(runs_root)).iloc[5]["evidence"].startswith("~ collapse flagged")

@@ -6,6 +6,7 @@ Run: python -m pytest -q tests/test_reward.py
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -192,6 +193,13 @@ def test_interrupted_run_resumes_to_the_same_model(base_dir, pairs, smoke_world,
     with pytest.raises(ValueError, match="another training config"):
         train_reward_model(base_dir, pairs, RewardTrainConfig(lora_r=4, lora_alpha=8, epochs=3, batch_size=4),
                            tmp_path / "again", images, progress=False)
+    with pytest.raises(ValueError, match="other training data than this one"):
+        train_reward_model(base_dir, pairs[::-1], cfg, tmp_path / "again", images, progress=False)
+    other = tmp_path / "other_model"                                     # the same settings on another model
+    shutil.copytree(base_dir, other)
+    (other / "config.json").write_text((other / "config.json").read_text().replace("{", '{"note": "edited",', 1))
+    with pytest.raises(ValueError, match="with another model than this one"):
+        train_reward_model(other, pairs, cfg, tmp_path / "again", images, progress=False)
 
 
 def test_save_load_round_trip_and_errors(smoke_model, pairs, smoke_world, tmp_path):

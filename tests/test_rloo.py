@@ -7,10 +7,11 @@ Run: python -m pytest -q tests/test_rloo.py
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mmstudy import io
 from mmstudy.cli import main
@@ -231,6 +232,14 @@ def test_interrupted_run_regenerates_the_same_samples_and_weights(base_dir, rm_d
     with pytest.raises(ValueError, match="another training config"):
         train_rloo(base_dir, rm_dir, prompts, _cfg(steps=3, normalize="dataset", seed=4), tmp_path / "part", images,
                    progress=False)
+    with pytest.raises(ValueError, match="other prompts than this one"):
+        train_rloo(base_dir, rm_dir, prompts[::-1], cfg, tmp_path / "part", images, progress=False)
+    other = tmp_path / "other_rm"                                  # the same reward model, its head retrained
+    shutil.copytree(rm_dir, other)
+    save_file({k: 2 * v for k, v in load_file(str(other / "head.safetensors")).items()},
+              str(other / "head.safetensors"))
+    with pytest.raises(ValueError, match="another reward model than this one"):
+        train_rloo(base_dir, other, prompts, cfg, tmp_path / "part", images, progress=False)
 
 
 def test_train_rloo_command_end_to_end(base_dir, smoke_world, tmp_path):

@@ -169,3 +169,30 @@ def test_evaluate_into_refuses_an_evaluation_whose_judge_calls_all_failed(base_d
     with pytest.raises(ValueError, match="every one of the 2 calls to judge"):
         stages.evaluate_into(base_dir, smoke_world, out, ["mmhal"], limit=2, judge="http:x", progress=False)
     assert (out / "samples.jsonl").is_file() and not (out / "results.json").exists()
+
+
+def test_reinforce_runs_grpo_writes_its_curve_and_flags_and_keeps_a_finished_run(external_base, smoke_world,
+                                                                                 tmp_path):
+    """The sweep's `rl` axis through its stage function (the smoke sweep runs the RLOO point as a notebook)."""
+    prompts = tmp_path / "prompts.jsonl"
+    io.write_jsonl(prompts, povid_like_pairs(smoke_world, n=12, seed=0))
+    rl = stages.rl_config("grpo", k=2, temperature=1.0, max_new_tokens=8, lora_r=4, lora_alpha=8, lr=1e-3,
+                          beta=0.04, steps=2, batch_size=4, seed=1)
+    run = tmp_path / "grpo"
+    metrics = stages.reinforce(run, external_base, prompts=prompts, mode="grpo", rl=rl, size=8,
+                               benchmarks=["pope"], limit=4, progress=False)
+    assert metrics["train/steps"] == 2 and metrics["train/prompts"] == 8
+    assert metrics["rl/steps"] == 2 and metrics["rl/collapsed"] in (0.0, 1.0)
+    assert "eval/pope/adversarial/accuracy" in metrics
+    curve = io.read_jsonl(run / "rl_curve.jsonl")
+    assert [row["step"] for row in curve] == [1, 2] and all(row["samples"] == 8 for row in curve)
+    samples = io.read_jsonl(run / "samples.jsonl")
+    assert {"image", "prompt", "response", "reward"} <= set(samples[0])
+    stamp = (run / "model" / "model.safetensors").stat().st_mtime_ns
+    assert stages.reinforce(run, external_base, prompts=prompts, mode="grpo", rl=rl, size=8, benchmarks=["pope"],
+                            limit=4, progress=False) == metrics
+    assert (run / "model" / "model.safetensors").stat().st_mtime_ns == stamp          # kept, not retrained
+    with pytest.raises(ValueError, match="mode rloo needs reward_prefs"):
+        stages.reinforce(tmp_path / "rloo", external_base, prompts=prompts, mode="rloo", rl=rl)
+    with pytest.raises(ValueError, match="unknown RL mode"):
+        stages.rl_config("ppo", k=2)

@@ -9,6 +9,8 @@
     Compare runs      two evaluations of one benchmark item by item, filtered to "hallucinated by A, not by B" and
                       back, with the paired metric differences and their 95 % intervals on top
     Benchmarks        any samples.jsonl item by item, with the judge's rationale where a judge scored it
+    RL runs           an RLOO or GRPO run's sampled responses step by step, each checked against the ground
+                      truth, beside its training curve and collapse flags: what a collapsing policy writes
 
 A thin view over mmstudy: discovery and display helpers live in `mmstudy.app.views`; every check, score and
 interval comes from the module that owns it (oracle, benchmarks, compare, bdhs, generation). It binds 127.0.0.1 by
@@ -32,7 +34,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from mmstudy import io
+from mmstudy import io, plots
 from mmstudy.app import render, views
 from mmstudy.data.bdhs import VARIANTS, BDHSConfig, kept_image_tokens
 from mmstudy.evaluation.compare import compare_runs
@@ -55,13 +57,14 @@ MAX_IMAGE_TOKENS = 4096          # LLaVA-NeXT's largest grids stay below 3,000
 MAX_NEW_TOKENS = 512
 MAX_QUESTION_CHARS = 2000
 MAX_UPLOAD_PIXELS = 4096 * 4096
+MAX_STEP = 10**9                 # step and row numbers of the RL tab
 
 
 def _bounded(name: str, value, low, high, kind=float):
     """`value` as `kind` when it lies in [low, high]; otherwise an error the page shows."""
     try:
         number = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise io.DataError(f"{name}: expected a number, got {value!r}") from None
     if not low <= number <= high:
         raise io.DataError(f"{name} must be between {low} and {high}, got {value}")
@@ -395,6 +398,66 @@ class Inspector:
         return index, image, legend, question, view.spans(self.truth.synonyms), views.sample_details(items[index]), ""
 
 
+    # ------------------------------------------------------------ RL runs
+
+    def rl_run(self, relative: str) -> tuple[Path, list[dict]]:
+        if relative not in self.index.rl_runs:
+            raise io.DataError(f"{relative!r} is not an RL run found under the runs directory")
+        path = self.path(relative)
+        return path, views.load_rl_samples(path)
+
+    @_guarded(None, "", gr.skip())
+    def open_rl(self, relative: str):
+        """-> training-curve figure, summary (steps, collapse flags), step number, status."""
+        if not relative:
+            return None, "", 0, "pick an RL run"
+        path, samples = self.rl_run(relative)
+        steps = sorted({s["step"] for s in samples})
+        curve = path / "rl_curve.jsonl"
+        log = io.read_jsonl(curve if curve.is_file() else path / "metrics.jsonl") \
+            if curve.is_file() or (path / "metrics.jsonl").is_file() else []
+        figure = _figure_image(plots.training_figure(log, plots.RL_PANELS if curve.is_file() else views.RL_METRICS)) \
+            if log else None
+        summary = f"**{len(samples)} samples** over {len(steps)} logged step(s) ({steps[0]}-{steps[-1]})"
+        if (path / "collapse.json").is_file():
+            flags = io.read_json(path / "collapse.json")
+            summary += " · " + views.collapse_text(flags)
+        return figure, summary, steps[0], ""
+
+    @_guarded("", None, gr.skip(), gr.skip())
+    def rl_step(self, relative: str, step: float):
+        """-> count, samples table, step shown (the nearest logged one), row, status."""
+        if not relative:
+            return "", None, 0, 0, "pick an RL run"
+        _, samples = self.rl_run(relative)
+        step, rows = views.rl_step_samples(samples, _bounded("step", step or 0, 0, MAX_STEP, int))
+        table = [[i, str(s["id"]), s["sample"], views.rounded(s.get("reward")), s["response"][:120],
+                  views.sample_hallucinated(s, self.truth)] for i, s in enumerate(rows[:MAX_ROWS])]
+        return f"**Step {step}**: {len(rows)} samples", table, step, 0, ""
+
+    @_guarded(gr.skip(), None, "", "", None, "")
+    def rl_item(self, relative: str, step: float, row: float):
+        """-> row, image, legend, prompt, response spans, details, status."""
+        if not relative:
+            return 0, None, "", "", None, "", "pick an RL run"
+        _, samples = self.rl_run(relative)
+        step, rows = views.rl_step_samples(samples, _bounded("step", step or 0, 0, MAX_STEP, int))
+        row = min(_bounded("sample #", row or 0, 0, MAX_STEP, int), len(rows) - 1)
+        s = rows[row]
+        name = s.get("image")
+        present = self.truth.classes(name) if name else None
+        view = views.AnswerView(s["response"], self.truth, present)
+        image, legend = None, "this sample names no image (written before samples carried one)"
+        if name:
+            scene = self.truth.scene(name)
+            image, legend = self._overlay(io.load_image(self.image(name)), scene, view)
+        prompt = f"**Step {step}, sample {row} of {len(rows)}** · id `{s['id']}` · image `{name}`\n\n" \
+                 f"**Prompt:** {s.get('prompt', '(not logged)')}"
+        details = self._checks("response", view, self.truth.scene(name) if name else None) + "\n\n" + \
+            "\n".join(f"- **{k}**: {v}" for k, v in s.items() if k not in ("response", "prompt"))
+        return row, image, legend, prompt, view.spans(self.truth.synonyms), details, ""
+
+
 def _row_of(evt: gr.SelectData) -> int:
     return int(evt.index[0])
 
@@ -415,6 +478,20 @@ def _image_box(label: str, elem_id: str, **kw):
 
 def _figure_box(label: str, elem_id: str, **kw):
     return gr.Image(label=label, elem_id=elem_id, type="pil", format="png", interactive=False, **kw)
+
+
+def _item_view(prefix: str, image_label: str, answers: list[tuple[str, str]]):
+    """One item's view: the image and its legend beside the question, the answers (label, id suffix) as
+    highlighted spans and the details -> (image, legend, question, answers, details)."""
+    with gr.Row():
+        with gr.Column(scale=2):
+            image = _image_box(image_label, f"{prefix}-image")
+            legend = gr.Markdown()
+        with gr.Column(scale=3):
+            question = gr.Markdown(elem_id=f"{prefix}-question")
+            boxes = tuple(_spans_box(label, f"{prefix}-{suffix}") for label, suffix in answers)
+            details = gr.Markdown(elem_id=f"{prefix}-details")
+    return image, legend, question, boxes, details
 
 
 def _table(headers: list[str], label: str, elem_id: str, widths: list[str]):
@@ -439,15 +516,17 @@ def build_demo(runs_dir, world_dir=None, coco_dir=None, device: str = "cpu") -> 
             run_a, run_b = _compare_tab(demo, app)
         with gr.Tab("Benchmarks"):
             run = _bench_tab(demo, app)
+        with gr.Tab("RL runs"):
+            rl = _rl_tab(demo, app)
 
         def rescanned():
             app.rescan()
             index = app.index
             return (index.summary_markdown(), gr.update(choices=index.preferences),
                     gr.update(choices=index.models), gr.update(choices=[NONE] + index.models),
-                    *[gr.update(choices=index.evals)] * 3)
+                    *[gr.update(choices=index.evals)] * 3, gr.update(choices=index.rl_runs))
 
-        rescan.click(rescanned, outputs=[summary, pair_file, model_a, model_b, run_a, run_b, run])
+        rescan.click(rescanned, outputs=[summary, pair_file, model_a, model_b, run_a, run_b, run, rl])
     return demo
 
 
@@ -535,14 +614,8 @@ def _compare_tab(demo, app: Inspector):
     items = _table(["#", "question", "answer A", "answer B", "A halluc.", "B halluc."], "items (click a row)",
                    "cmp-items", ["5%", "23%", "29%", "29%", "7%", "7%"])
     row = gr.Number(0, label="item #", precision=0, minimum=0, elem_id="cmp-row")
-    with gr.Row():
-        with gr.Column(scale=2):
-            image = _image_box("image (objects; red: A's hallucinations)", "cmp-image")
-            legend = gr.Markdown()
-        with gr.Column(scale=3):
-            question = gr.Markdown(elem_id="cmp-question")
-            answer_a, answer_b = _spans_box("answer A", "cmp-answer-a"), _spans_box("answer B", "cmp-answer-b")
-            details = gr.Markdown(elem_id="cmp-details")
+    image, legend, question, (answer_a, answer_b), details = _item_view(
+        "cmp", "image (objects; red: A's hallucinations)", [("answer A", "answer-a"), ("answer B", "answer-b")])
     table_outputs = [deltas, plot, count, items, status]
     item_inputs = [run_a, run_b, bench, mode, row]
     item_outputs = [row, image, legend, question, answer_a, answer_b, details, status]
@@ -570,14 +643,7 @@ def _bench_tab(demo, app: Inspector):
     with gr.Row():
         index = gr.Number(0, label="item #", precision=0, minimum=0, elem_id="bench-index", scale=2)
         prev, nxt = gr.Button("◀ previous", scale=1), gr.Button("next ▶", scale=1)
-    with gr.Row():
-        with gr.Column(scale=2):
-            image = _image_box("image", "bench-image")
-            legend = gr.Markdown()
-        with gr.Column(scale=3):
-            question = gr.Markdown(elem_id="bench-question")
-            answer = _spans_box("answer", "bench-answer")
-            details = gr.Markdown(elem_id="bench-details")
+    image, legend, question, (answer,), details = _item_view("bench", "image", [("answer", "answer")])
     item_inputs = [run, bench, only, index]
     item_outputs = [index, image, legend, question, answer, details, status]
     run.change(app.bench_names, run, [bench, status])
@@ -589,6 +655,34 @@ def _bench_tab(demo, app: Inspector):
     prev.click(lambda i: max(0, int(i or 0) - 1), index, index).then(app.bench_item, item_inputs, item_outputs)
     nxt.click(lambda i: int(i or 0) + 1, index, index).then(app.bench_item, item_inputs, item_outputs)
     items.select(_row_of, None, index).then(app.bench_item, item_inputs, item_outputs)
+    return run
+
+
+def _rl_tab(demo, app: Inspector):
+    with gr.Row():
+        run = _dropdown("RL run (RLOO, GRPO)", app.index.rl_runs, "rl-run", scale=3)
+        step = gr.Number(1, label="step", precision=0, minimum=0, elem_id="rl-step", scale=1)
+        prev, nxt = gr.Button("◀ step", scale=1), gr.Button("step ▶", scale=1)
+    status = gr.Markdown(elem_id="rl-status")
+    summary = gr.Markdown(elem_id="rl-summary")
+    plot = _figure_box("training curve (rl_curve.jsonl, else metrics.jsonl)", "rl-plot")
+    count = gr.Markdown(elem_id="rl-count")
+    items = _table(["#", "prompt id", "sample", "reward", "response", "hallucinated"], "samples (click a row)",
+                   "rl-items", ["5%", "15%", "7%", "8%", "55%", "10%"])
+    row = gr.Number(0, label="sample #", precision=0, minimum=0, elem_id="rl-row")
+    image, legend, prompt, (response,), details = _item_view(
+        "rl", "image (objects; red: the response's hallucinations)", [("response", "response")])
+    item_inputs, item_outputs = [run, step, row], [row, image, legend, prompt, response, details, status]
+    step_outputs = [count, items, step, row, status]
+    for trigger in (run.change, demo.load):
+        trigger(app.open_rl, run, [plot, summary, step, status]).then(app.rl_step, [run, step], step_outputs).then(
+            app.rl_item, item_inputs, item_outputs)
+    step.submit(app.rl_step, [run, step], step_outputs).then(app.rl_item, item_inputs, item_outputs)
+    for button, move in ((prev, -1), (nxt, 1)):
+        button.click(lambda s, d=move: int(s or 0) + d, step, step).then(
+            app.rl_step, [run, step], step_outputs).then(app.rl_item, item_inputs, item_outputs)
+    items.select(_row_of, None, row).then(app.rl_item, item_inputs, item_outputs)
+    row.submit(app.rl_item, item_inputs, item_outputs)
     return run
 
 

@@ -26,7 +26,7 @@ from mmstudy.benchmarks.registry import REGISTRY
 from mmstudy.data.preferences import load_preferences
 from mmstudy.evaluation.compare import ITEM_VALUES
 from mmstudy.evaluation.runners import coco_ground_truth
-from mmstudy.judges.oracle import world_synonyms
+from mmstudy.judges.oracle import check_answer, world_synonyms
 from mmstudy.models.llava import LLAVA_CLASSES
 from mmstudy.training.online import world_scenes
 from mmstudy.world.layout import load_world_info
@@ -93,6 +93,7 @@ class RunIndex:
     preferences: list[str] = field(default_factory=list)
     evals: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    rl_runs: list[str] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
 
     def allowed_roots(self) -> list[Path]:
@@ -102,7 +103,7 @@ class RunIndex:
     def summary_markdown(self) -> str:
         world = f"`{self.world}`" if self.world else "none (no ground truth; give --world)"
         lines = [f"**Runs directory** `{self.root}`: {len(self.preferences)} preference file(s), {len(self.evals)} "
-                 f"evaluation(s), {len(self.models)} model(s); world: {world}."]
+                 f"evaluation(s), {len(self.models)} model(s), {len(self.rl_runs)} RL run(s); world: {world}."]
         if self.problems:
             lines.append(f"\n**{len(self.problems)} problem(s) found** (these are left out):")
             lines += [f"- `{path}`: {message}" for path, message in self.problems]
@@ -134,6 +135,65 @@ def _looks_like_pairs(path: Path) -> bool:
     else:
         names = set(_peek_jsonl(path) or {})
     return {"chosen", "rejected"} <= names
+
+
+RL_SAMPLE_FIELDS = ("step", "id", "sample", "response")   # a line of an RL trainer's samples.jsonl
+
+
+def _looks_like_rl_samples(path: Path) -> bool:
+    """Whether a samples.jsonl is an RL trainer's (RLOO, GRPO: every sampled response per step), not a
+    benchmark's."""
+    first = _peek_jsonl(path) or {}
+    return set(RL_SAMPLE_FIELDS) <= set(first) and "benchmark" not in first
+
+
+@functools.lru_cache(maxsize=8)
+def _load_rl_cached(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    records = io.read_jsonl(path, required=RL_SAMPLE_FIELDS)
+    for n, r in enumerate(records, start=1):
+        if not isinstance(r["step"], int) or not isinstance(r["response"], str):
+            raise io.DataError(f"{path}, record {n}: 'step' must be an integer and 'response' a string")
+    return tuple(records)
+
+
+RL_METRICS = ("rewards/raw_mean", "rewards/mean", "kl", "response/length")   # a run without rl_curve.jsonl
+
+
+def rl_step_samples(samples: Sequence[dict], step: float) -> tuple[int, list[dict]]:
+    """(the logged step nearest `step`, its samples): steps are logged every `log_samples_every`."""
+    steps = sorted({s["step"] for s in samples})
+    if not steps:
+        raise io.DataError("the run logged no samples")
+    want = int(step or 0)
+    nearest = min(steps, key=lambda s: (abs(s - want), s))
+    return nearest, [s for s in samples if s["step"] == nearest]
+
+
+def sample_hallucinated(sample: dict, truth: "Truth") -> bool | None:
+    """Whether the oracle finds a false claim in an RL sample's response (None without the image's scene)."""
+    scene = truth.scene(sample["image"]) if sample.get("image") else None
+    return None if scene is None else bool(check_answer(sample["response"], scene).hallucinations)
+
+
+def rounded(value, digits: int = 3):
+    return round(value, digits) if isinstance(value, (int, float)) else value
+
+
+def collapse_text(flags: dict) -> str:
+    """One line of a run's collapse.json (`mmstudy.training.rl_curves.collapse_flags`)."""
+    verdict = "**collapsed**" if flags.get("collapsed") else "not collapsed"
+    why = [name for name in ("reward_hacking", "degenerate") if flags.get(name)]
+    rates = ", ".join(f"{key} {flags[f'{key}/first']:.3f} → {flags[f'{key}/last']:.3f}"
+                      for key in ("reward", "oracle/hallucination_rate", "oracle/recall")
+                      if flags.get(f"{key}/first") is not None and flags.get(f"{key}/last") is not None)
+    return f"{verdict}{' (' + ', '.join(why) + ')' if why else ''}; first → last quarter: {rates}"
+
+
+def load_rl_samples(directory: Path) -> list[dict]:
+    """The records of an RL run's samples.jsonl (`RL_SAMPLE_FIELDS` checked), cached until the file changes."""
+    path = directory / "samples.jsonl"
+    st = path.stat()
+    return list(_load_rl_cached(str(path), st.st_mtime_ns, st.st_size))
 
 
 @functools.lru_cache(maxsize=16)
@@ -213,6 +273,14 @@ def _scan_dir(index: RunIndex, directory: Path, names: set[str]) -> None:
             index.problems.append((rel, why))
         else:
             index.evals.append(rel)
+    rl_samples = directory / "samples.jsonl"
+    if not is_eval and "samples.jsonl" in names and rl_samples.resolve().is_relative_to(index.root) \
+            and _looks_like_rl_samples(rl_samples):
+        try:
+            load_rl_samples(directory)
+            index.rl_runs.append(rel)
+        except (io.DataError, OSError, UnicodeDecodeError) as e:
+            index.problems.append((f"{rel}/samples.jsonl", str(e)))
     if {"dataset_info.json", "state.json"} <= names:      # a Hugging Face `datasets` Arrow folder
         try:
             features = io.read_json(directory / "dataset_info.json").get("features") or {}
@@ -222,7 +290,8 @@ def _scan_dir(index: RunIndex, directory: Path, names: set[str]) -> None:
         except (io.DataError, OSError) as e:
             index.problems.append((rel, str(e)))
     for name in sorted(names):
-        if Path(name).suffix not in (".jsonl", ".parquet") or (is_eval and name == "samples.jsonl"):
+        if Path(name).suffix not in (".jsonl", ".parquet") or (name == "samples.jsonl" and (
+                is_eval or rel in index.rl_runs)):
             continue
         path = directory / name
         relpath = str(path.relative_to(index.root))

@@ -26,6 +26,7 @@ from mmstudy import io
 from mmstudy.benchmarks.pope import SPLITS as POPE_SPLITS
 from mmstudy.benchmarks.stats import hierarchical_paired_difference, minimal_detectable_effect, seed_interval
 from mmstudy.data.review import markdown_table as rows_table
+from mmstudy.training.rl_curves import CURVE_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +181,14 @@ TABLES = {
         ("y− POVID-like + BDHS_attn (online)", "online/online_bdhs_avg"),
     ), "The offline BDHS rows use LLaVA-Instruct first turns of the world (the chain's BDHS data); the paper "
        "applies BDHS to POVID's prompts."),
+    "Table 8": TableSpec("RL-based alignment on the POVID-like prompts (the sweep's `rl` axis)", (
+        ("base", "base"),
+        ("DPO · POVID-like", "dpo_povid"),
+        ("RLOO · RM on POVID-like pairs", "rl/rloo_povid"),
+        ("RLOO · RM on ranking (VLFeedback-like)", "rl/rloo_ranking"),
+        ("GRPO · the world's exact reward (beyond the paper)", "rl/grpo"),
+    ), "The paper marks RLOO with a POVID reward model 'collapse' instead of numbers; here every run is "
+       "evaluated, and `collapse.json` and the RL curves below say whether it collapsed."),
     "Table 9": TableSpec("Online-DPO and Mixed-DPO (oracle annotator, 5 % errors)", (
         ("base", "base"),
         ("DPO · POVID-like", "dpo_povid"),
@@ -403,6 +412,17 @@ class Claims:
         """Columns on which `model` differs from the base beyond the noise (paired interval excludes zero)."""
         return sum(excludes_zero(self.paired("base", model, c)) for c in COLUMNS)
 
+    def collapse(self, constructed: str, ranked: str) -> tuple[str | None, str]:
+        """RLOO with the constructed-data reward model collapses (`mmstudy.training.rl_curves`) and the one with
+        the ranked-data reward model does not: "✓" when every seed of the first collapsed and none of the second,
+        "✗" when no seed of the first collapsed, "~" otherwise."""
+        flags = {m: collapse_seeds(self.runs, m) for m in (constructed, ranked)}
+        if not all(flags.values()):
+            return None, f"collapse: {' or '.join(m for m, f in flags.items() if not f)} not run"
+        (a, n), (b, m) = ((sum(f), len(f)) for f in flags.values())
+        mark = "✓" if a == n and b == 0 else "✗" if a == 0 else "~"
+        return mark, f"collapse flagged: {constructed} {a} of {n} seeds, {ranked} {b} of {m}"
+
     def size(self) -> tuple[str | None, str]:
         """The largest preference set moves more columns away from the base (beyond the noise) than the smallest;
         with as many, "~" / "≈" by the mean relative change (`_drift`)."""
@@ -523,7 +543,11 @@ def verdicts(runs: pd.DataFrame, claims: "Claims | None" = None) -> pd.DataFrame
          c.not_worse("data/sft_prompts", "data/ranked_corrupted", "POPE F1")],
         [c.better("dpo_bdhs", "dpo_povid", "POPE F1"), c.better("dpo_bdhs", "dpo_povid", "Recall"),
          c.better("dpo_bdhs", "bdhs/noise", "POPE F1"), c.better("dpo_bdhs", "bdhs/unguided", "MMHal")],
-        [],
+        [c.collapse("rl/rloo_povid", "rl/rloo_ranking"),
+         *[c.better(better, "rl/rloo_povid", col) for better in ("base", "rl/rloo_ranking")
+           for col in ("POPE F1", "CHAIR_i")],
+         c.not_worse("dpo_povid", "rl/rloo_ranking", "POPE F1"),
+         c.not_worse("dpo_povid", "rl/rloo_ranking", "CHAIR_i")],
         [c.better("loss/ipo", "base", "POPE F1"), c.better("loss/slic", "base", "POPE F1"),
          c.better("loss/slic", "dpo_povid", "POPE F1"), c.better("loss/slic", "loss/ipo", "POPE F1"),
          c.better("loss/ipo", "loss/slic", "LLaVA-W")],
@@ -531,9 +555,6 @@ def verdicts(runs: pd.DataFrame, claims: "Claims | None" = None) -> pd.DataFrame
     rows = []
     for finding, claims in zip(FINDINGS, found):
         verdict, evidence = _verdict(claims)
-        if not claims:
-            evidence = "RL (reward models, RLOO) is not part of the notebook chain: see `mmstudy train-rm` and " \
-                       "`mmstudy train-rloo`"
         rows.append({"finding": finding, "verdict": verdict, "evidence": evidence})
     return pd.DataFrame(rows)
 
@@ -642,6 +663,80 @@ def acceptance_figure(frame: pd.DataFrame):
     ax.set(ylabel="% accepted (semantically different)", ylim=(0, 100), title="BDHS acceptance per iteration")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def collapse_seeds(runs: pd.DataFrame, model: str) -> list[bool]:
+    """Per seed of an RL model that ran: whether its run's collapse.json flags a collapse."""
+    part = runs[runs["model"] == model]
+    return [bool(io.read_json(Path(d) / "collapse.json")["collapsed"]) for d in part["run_dir"]
+            if (Path(d) / "collapse.json").is_file()]
+
+
+def reward_model_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 7 on the world: per RLOO run's reward-model training data, its pairwise accuracy on the
+    held-out pairs of each source (rm_accuracy.json), mean over seeds (n seeds in the last column)."""
+    rows = {}
+    for _, r in runs.iterrows():
+        path = Path(r["run_dir"]) / "rm_accuracy.json"
+        if path.is_file():
+            found = io.read_json(path)
+            trained = r.get("p:reward_data") or Path(found["trained_on"]).stem
+            rows.setdefault(trained, []).append({k: v["accuracy"] for k, v in found["accuracy"].items()})
+    frame = pd.DataFrame({trained: {**pd.DataFrame(accs).mean().round(3).to_dict(), "seeds": len(accs)}
+                          for trained, accs in rows.items()}).T
+    frame.index.name = "RM trained on"
+    return frame
+
+
+def collapse_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per RL model: seeds run, and in how many the run collapsed, hacked its reward or degenerated
+    (collapse.json), with the oracle's hallucination rate and the reward in the first and last quarter of the
+    steps (mean over seeds)."""
+    rows = {}
+    for model, part in runs.groupby("model", sort=False):
+        found = [io.read_json(Path(d) / "collapse.json") for d in part["run_dir"]
+                 if (Path(d) / "collapse.json").is_file()]
+        if not found:
+            continue
+        row = {"seeds": len(found), **{k: sum(bool(f[k]) for f in found)
+                                       for k in ("collapsed", "reward_hacking", "degenerate")}}
+        for key in ("reward", "oracle/hallucination_rate", "oracle/recall"):
+            for side in ("first", "last"):
+                values = [f[f"{key}/{side}"] for f in found if f.get(f"{key}/{side}") is not None]
+                row[f"{key} {side}"] = round(float(np.mean(values)), 3) if values else None
+        rows[model] = row
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "model"
+    return frame
+
+
+def rl_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every RL run's curve (rl_curve.jsonl): columns model, seed, step and `rl_curves.CURVE_KEYS`."""
+    rows = []
+    for _, r in runs.iterrows():
+        path = Path(r["run_dir"]) / "rl_curve.jsonl"
+        if path.is_file():
+            rows += [{"model": r["model"], "seed": r["seed"], **row} for row in io.read_jsonl(path)]
+    return pd.DataFrame(rows, columns=["model", "seed", "step", "samples", *CURVE_KEYS])
+
+
+def rl_curves_figure(frame: pd.DataFrame, keys: Sequence[str] = ("reward", "kl", "length",
+                                                                 "oracle/hallucination_rate", "oracle/recall")):
+    """RL training curves, one panel per key, one line per model (mean over seeds, 95 % band)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        if not frame.empty and frame[key].notna().any():
+            sns.lineplot(data=frame, x="step", y=key, hue="model", errorbar=("ci", 95), ax=ax,
+                         legend=key == keys[-1])
+        ax.set(title=key, ylabel="")
+        ax.grid(alpha=0.3)
+    if not frame.empty and axes[0][-1].get_legend() is not None:
+        axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     return fig
 

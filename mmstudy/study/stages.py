@@ -8,6 +8,8 @@ what is already complete there, and returns its numbers.
     bdhs_data           BDHS pairs from the base model's own prior (`03_bdhs`)
     align               offline DPO on a preference file, or online / mixed DPO on its prompts, then the
                         aligned model's benchmarks (`05_offline`, `06_online`)
+    reinforce           RLOO against a reward model trained here, or GRPO with the world's reward, then the
+                        policy's benchmarks, its training curve and collapse flags (the sweep's `rl` axis)
 
 Rerunning a stage after an interruption continues it: the world is written atomically, base training resumes
 after its last finished sub-stage, BDHS per example, alignment from its last checkpoint, and a finished output is
@@ -55,7 +57,11 @@ from mmstudy.study import options
 from mmstudy.study.settings import with_overrides
 from mmstudy.training.base import BaseTrainConfig, train_base
 from mmstudy.training.dpo import DPOTrainConfig, train_dpo
+from mmstudy.training.grpo import GRPOConfig, scenes_of, train_grpo
 from mmstudy.training.online import OnlineConfig, pair_source
+from mmstudy.training.reward import RewardTrainConfig, load_reward_model, rm_accuracy, train_reward_model
+from mmstudy.training.rl_curves import collapse_flags, rl_curve
+from mmstudy.training.rloo import RLOOConfig, load_prompts, train_rloo
 from mmstudy.training.shift import shift_metrics
 from mmstudy.world.files import write_world
 from mmstudy.world.layout import load_world_info
@@ -293,6 +299,98 @@ def align(run_dir: str | Path, base_run: str | Path, *, prefs: str | Path, dpo: 
     train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     online_stats = {k: v for k, v in (summary.get("online") or {}).items() if isinstance(v, (int, float))}
     return {**train, **online_stats, **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+RL_MODES = ("rloo", "grpo")
+HELD_OUT_SOURCES = ("povid", "ranking", "correction")   # Table 7: each reward model on held-out pairs of each
+
+
+def reinforce(run_dir: str | Path, base_run: str | Path, *, prompts: str | Path, mode: str,
+              rl: RLOOConfig | GRPOConfig, reward_prefs: str | Path | None = None,
+              rm: RewardTrainConfig | None = None, data_run: str | Path | None = None, held_out: int = 100,
+              size: int = 0, benchmarks: Sequence[str] = ("pope", "chair"), limit: int | None = None,
+              judge: str = "", device: str = "cpu", progress: bool = True) -> dict:
+    """RL from the base model of `base_run` on the prompts of the file `prompts` (its first `size`; 0: all), into
+    run_dir, then the policy's benchmarks into run_dir/eval (`align`'s layout). `mode`:
+
+        rloo    a reward model (`rm`) on the first `size` pairs of `reward_prefs` (never its last `held_out`) into
+                run_dir/rm_run, its pairwise accuracy on the last `held_out` pairs of each `HELD_OUT_SOURCES` file
+                in `data_run` (run_dir/rm_accuracy.json, the paper's Table 7), then RLOO (`rl`) against it
+        grpo    GRPO (`rl`) with the world's exact reward
+
+    Every sample is logged; the run's curve (reward, KL, length, the oracle's hallucination rate and recall per
+    step) goes to run_dir/rl_curve.jsonl and its collapse flags to run_dir/collapse.json
+    (`mmstudy.training.rl_curves`). Each part is kept when complete and resumed when interrupted. Returns
+    training, reward-model, collapse and eval metrics."""
+    if mode not in RL_MODES:
+        raise ValueError(f"unknown RL mode {mode!r}; choose from {list(RL_MODES)}")
+    run_dir, base_run = Path(run_dir), Path(base_run)
+    world, model_dir = base_run / "world", base_run / "model"
+    images = world / "images"
+    records = load_prompts(prompts, image_root=images)
+    records = records[:size] if size else records
+    found: dict = {}
+    if mode == "rloo":
+        if reward_prefs is None or rm is None or data_run is None:
+            raise ValueError("mode rloo needs reward_prefs, rm (a RewardTrainConfig) and data_run")
+        found |= _reward_model(run_dir, model_dir, images, Path(reward_prefs), rm, Path(data_run), held_out, size,
+                               device, progress)
+    if not (run_dir / "train_summary.json").is_file():
+        if mode == "rloo":
+            train_rloo(model_dir, run_dir / "rm_run" / "rm", records, rl, run_dir, images, device=device,
+                       progress=progress)
+        else:
+            train_grpo(model_dir, records, rl, run_dir, world, device=device, progress=progress)
+    summary = io.read_json(run_dir / "train_summary.json")
+    curve = rl_curve(io.read_jsonl(run_dir / "samples.jsonl"), io.read_jsonl(run_dir / "metrics.jsonl"), records,
+                     scenes_of(records, world))
+    io.write_jsonl(run_dir / "rl_curve.jsonl", curve)
+    flags = collapse_flags(curve)
+    io.write_json(run_dir / "collapse.json", flags)
+    metrics = evaluate_into(run_dir / "model", world, run_dir / "eval", benchmarks, limit, rl.seed, judge, device,
+                            progress)
+    metrics |= {f"shift/{k}": v for k, v in shift_into(run_dir / "eval", base_run, device).items()}
+    train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    collapse = {f"rl/{k}": float(v) if isinstance(v, bool) else v for k, v in flags.items() if v is not None}
+    return {**train, **found, **collapse,
+            **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+def rl_config(mode: str, **fields) -> RLOOConfig | GRPOConfig:
+    """The trainer config of an RL `mode` from the fields both share (k, temperature, max_new_tokens, lora_r,
+    lora_alpha, lr, beta, steps, batch_size, seed), logging every step's samples (the run's curve reads them)."""
+    if mode not in RL_MODES:
+        raise ValueError(f"unknown RL mode {mode!r}; choose from {list(RL_MODES)}")
+    return (RLOOConfig if mode == "rloo" else GRPOConfig)(**fields, log_samples_every=1)
+
+
+def _reward_model(run_dir: Path, model_dir: Path, images: Path, reward_prefs: Path, cfg: RewardTrainConfig,
+                  data_run: Path, held_out: int, size: int, device: str, progress: bool) -> dict:
+    """`reinforce`'s reward model: trained (or kept) into run_dir/rm_run, its held-out accuracy per source into
+    run_dir/rm_accuracy.json; returns {"rm/pairs", "rm/accuracy/<source>"}."""
+    pairs = load_preferences(reward_prefs, image_root=images)
+    if len(pairs) <= held_out:
+        raise io.DataError(f"{reward_prefs}: {len(pairs)} pairs; the reward model needs more than the {held_out} "
+                           "held out")
+    train = pairs[:len(pairs) - held_out][:size or None]
+    rm_run = run_dir / "rm_run"
+    if not (rm_run / "train_summary.json").is_file():
+        train_reward_model(model_dir, train, cfg, rm_run, images, device=device, progress=progress)
+    path = run_dir / "rm_accuracy.json"
+    if not path.is_file():
+        model, processor = load_reward_model(rm_run / "rm", device=device)
+        accuracy = {}
+        for source in HELD_OUT_SOURCES:
+            held = data_run / f"{source}.jsonl"
+            if held.is_file():
+                test = load_preferences(held, image_root=images)[-held_out:]
+                test = [dict(p, source=source) for p in test]
+                accuracy[source] = rm_accuracy(model, processor, test, images, seed=cfg.seed)["all"]
+        io.write_json(path, {"trained_on": str(reward_prefs), "pairs": len(train), "held_out": held_out,
+                             "accuracy": accuracy})
+    done = io.read_json(path)
+    return {"rm/pairs": done["pairs"], **{f"rm/accuracy/{source}": row["accuracy"]
+                                          for source, row in done["accuracy"].items()}}
 
 
 def shift_into(eval_dir: str | Path, base_run: str | Path, device: str = "cpu", base_eval: str | Path | None = None,

@@ -45,7 +45,7 @@ def settings_hash(*configs) -> str:
 # what each part of a run's identity is, for the error that names the parts a resume would change
 IDENTITY_PARTS = {"config": "another training config", "online": "another online config",
                   "data": "other training data", "prompts": "other prompts", "model": "another model",
-                  "reward_model": "another reward model", "world": "another world"}
+                  "reward_model": "another reward model", "world": "another world", "images": "other images"}
 
 
 def run_identity(**parts) -> dict[str, str]:
@@ -65,6 +65,11 @@ def records_digest(records: Sequence[dict]) -> str:
         digest.update(json.dumps(r, sort_keys=True, default=str).encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def image_names(records: Sequence[dict]) -> list[str]:
+    """The image files `records` name (their "image" field, where they have one)."""
+    return [r["image"] for r in records if r.get("image")]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

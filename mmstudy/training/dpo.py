@@ -44,6 +44,7 @@ from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava, save_llava
 from mmstudy.progress import progress_bar
 from mmstudy.training.checkpoints import (
     epoch_order,
+    image_names,
     lr_schedule,
     optimizer_step,
     records_digest,
@@ -374,8 +375,9 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
         encoded, skipped = list(pairs), 0      # records: their pairs are made step by step
     if not encoded:
         raise ValueError("no pair left to train on")
-    identity = run_identity(config=cfg, online=None if online is None else online.cfg, data=records_digest(pairs),
-                            model=io.fingerprint(model_dir))
+    identity = run_identity(config=cfg, online=None if online is None else online.identity(),
+                            data=records_digest(pairs), model=io.fingerprint(model_dir),
+                            images=io.files_digest(image_root, image_names(pairs)))
     frozen = None
     if cfg.lora_r == 0 and not cfg.precompute_ref:
         frozen = PairScorer(copy.deepcopy(model).requires_grad_(False).eval()).to(accelerator.device)

@@ -44,6 +44,8 @@ from mmstudy.judges.oracle import check_answer, facts, world_synonyms
 from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava
 from mmstudy.progress import progress_bar
 from mmstudy.training.checkpoints import (
+    image_names,
+    keep_records_up_to,
     lr_schedule,
     optimizer_step,
     records_digest,
@@ -65,8 +67,6 @@ from mmstudy.training.rloo import (
 from mmstudy.world.scene import Scene
 
 logger = logging.getLogger(__name__)
-
-LOGS = ("metrics.jsonl", "samples.jsonl")
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,8 @@ def grpo_round(scorer, accelerator, optimizer, scheduler, processor, records: Se
               "advantages/abs_mean": float(advantages.abs().mean()),
               **response_stats(texts, lengths, [t for row in truncated for t in row])}
     metrics = [{**shared, **m} for m in metrics]
-    samples = [{"step": step + 1, "id": i, "sample": s, "response": texts[b][s], **found[b][s],
+    samples = [{"step": step + 1, "id": i, "image": records[b]["image"], "prompt": prompts[b], "sample": s,
+                "response": texts[b][s], **found[b][s],
                 "advantage": float(advantages[b, s]), "tokens": len(tokens[b][s]), "truncated": truncated[b][s]}
                for b, i in enumerate(ids) for s in range(cfg.k)]
     return metrics, samples
@@ -226,9 +227,11 @@ def train_grpo(model_dir: str | Path, prompts: Sequence[dict], cfg: GRPOConfig, 
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     policy = accelerator.unwrap_model(scorer).model
     identity = run_identity(config=cfg, prompts=records_digest(prompts), model=io.fingerprint(model_dir),
-                            world=io.fingerprint(world_dir / "world.json"))
-    done, _ = resume_run(out, policy, optimizer, scheduler, identity, LOGS)
+                            world=io.fingerprint(world_dir / "world.json"),
+                            images=io.files_digest(world_dir / "images", image_names(prompts)))
+    done, _ = resume_run(out, policy, optimizer, scheduler, identity, ("metrics.jsonl",))
     step = done // cfg.updates                              # checkpoints fall between rounds
+    keep_records_up_to(out / "samples.jsonl", step)         # samples count rounds, not optimizer steps
     bar = progress_bar(total=cfg.steps, initial=step, desc="GRPO", unit="round", disable=not progress)
     start = time.time()
     while step < cfg.steps:

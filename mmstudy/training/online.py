@@ -28,6 +28,7 @@ truth (`scenes`), each online verdict is also checked against the world's strict
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -147,6 +148,15 @@ class OnlinePairs:
         self.batch_size = batch_size
         self.sampler = sampler if sampler is not None else HFSampler()
         self.rejected: dict[str, tuple[str, int]] = {}     # online BDHS: id -> (text, step it was generated at)
+
+    def identity(self) -> dict:
+        """What this source's pairs depend on besides the policy: its config, the judge (name and seed), BDHS's
+        config and the embedder. A resume with any of them changed is refused (`run_identity`'s "online" part)."""
+        return {"config": dataclasses.asdict(self.cfg),
+                "judge": None if self.judge is None else [self.judge.name, getattr(self.judge, "seed", None)],
+                "bdhs": None if self.bdhs_cfg is None else dataclasses.asdict(self.bdhs_cfg),
+                "embedder": None if self.embedder is None else getattr(self.embedder, "name",
+                                                                       type(self.embedder).__name__)}
 
     # checkpoints carry this state, so that resumed online-BDHS runs reuse the same cached rejections
     def state_dict(self) -> dict:

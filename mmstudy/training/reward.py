@@ -49,6 +49,7 @@ from mmstudy.progress import progress_bar
 from mmstudy.training.checkpoints import (
     SCHEDULES,
     epoch_order,
+    image_names,
     lr_schedule,
     optimizer_step,
     records_digest,
@@ -355,7 +356,8 @@ def train_reward_model(model_dir: str | Path, pairs: Sequence[dict], cfg: Reward
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.schedule, total,
                                                                          int(cfg.warmup_ratio * total)))
     model, optimizer = accelerator.prepare(rm, optimizer)
-    identity = run_identity(config=cfg, data=records_digest(pairs), model=io.fingerprint(model_dir))
+    identity = run_identity(config=cfg, data=records_digest(pairs), model=io.fingerprint(model_dir),
+                            images=io.files_digest(image_root, image_names(pairs)))
     step, _ = resume_run(out, accelerator.unwrap_model(model), optimizer, scheduler, identity)
     pad, world, rank = processor.tokenizer.pad_token_id, accelerator.num_processes, accelerator.process_index
     bar = progress_bar(total=total, initial=step, desc="RM", unit="step", disable=not progress)

@@ -58,6 +58,7 @@ from mmstudy.progress import progress_bar
 from mmstudy.runs import derive_seed
 from mmstudy.training.checkpoints import (
     epoch_order,
+    image_names,
     lr_schedule,
     optimizer_step,
     records_digest,
@@ -366,7 +367,8 @@ def rloo_step(scorer, accelerator, processor, rm, rm_processor, records: Sequenc
                "advantages/std": float(got["advantages"].std()),
                "advantages/abs_mean": float(got["advantages"].abs().mean()), "logps/mean": float(got["logp"].mean()),
                **response_stats(texts, lengths, [t for row in truncated for t in row])}
-    samples = [{"step": step + 1, "id": i, "sample": s, "response": texts[b][s], "reward": float(raw[b, s]),
+    samples = [{"step": step + 1, "id": i, "image": records[b]["image"], "prompt": prompts[b], "sample": s,
+                "response": texts[b][s], "reward": float(raw[b, s]),
                 "reward_normalized": float(rewards[b, s]), "kl": float(got["kl"][b, s]),
                 "advantage": float(got["advantages"][b, s]), "tokens": len(tokens[b][s]),
                 "truncated": truncated[b][s]} for b, i in enumerate(ids) for s in range(cfg.k)]
@@ -411,7 +413,8 @@ def train_rloo(model_dir: str | Path, rm_dir: str | Path, prompts: Sequence[dict
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     policy = accelerator.unwrap_model(scorer).model
     identity = run_identity(config=cfg, prompts=records_digest(prompts), model=io.fingerprint(model_dir),
-                            reward_model=io.fingerprint(rm_dir))
+                            reward_model=io.fingerprint(rm_dir),
+                            images=io.files_digest(image_root, image_names(prompts)))
     step, _ = resume_run(out, policy, optimizer, scheduler, identity, LOGS)
     bar = progress_bar(total=cfg.steps, initial=step, desc="RLOO", unit="step", disable=not progress)
     start, world, rank = time.time(), accelerator.num_processes, accelerator.process_index
