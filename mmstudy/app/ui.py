@@ -414,9 +414,9 @@ class Inspector:
         path, samples = self.rl_run(relative)
         steps = sorted({s["step"] for s in samples})
         curve = path / "rl_curve.jsonl"
-        log = io.read_jsonl(curve if curve.is_file() else path / "metrics.jsonl") \
-            if curve.is_file() or (path / "metrics.jsonl").is_file() else []
-        figure = _figure_image(plots.training_figure(log, plots.RL_PANELS if curve.is_file() else views.RL_METRICS)) \
+        source = curve if curve.is_file() else path / "metrics.jsonl"
+        log = io.read_jsonl(source) if source.is_file() else []
+        figure = _figure_image(plots.training_figure(log, plots.RL_PANELS if source == curve else views.RL_METRICS)) \
             if log else None
         summary = f"**{len(samples)} samples** over {len(steps)} logged step(s) ({steps[0]}-{steps[-1]})"
         if (path / "collapse.json").is_file():
@@ -447,13 +447,13 @@ class Inspector:
         name = s.get("image")
         present = self.truth.classes(name) if name else None
         view = views.AnswerView(s["response"], self.truth, present)
+        scene = self.truth.scene(name) if name else None
         image, legend = None, "this sample names no image (written before samples carried one)"
         if name:
-            scene = self.truth.scene(name)
             image, legend = self._overlay(io.load_image(self.image(name)), scene, view)
         prompt = f"**Step {step}, sample {row} of {len(rows)}** · id `{s['id']}` · image `{name}`\n\n" \
                  f"**Prompt:** {s.get('prompt', '(not logged)')}"
-        details = self._checks("response", view, self.truth.scene(name) if name else None) + "\n\n" + \
+        details = self._checks("response", view, scene) + "\n\n" + \
             "\n".join(f"- **{k}**: {v}" for k, v in s.items() if k not in ("response", "prompt"))
         return row, image, legend, prompt, view.spans(self.truth.synonyms), details, ""
 
