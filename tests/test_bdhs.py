@@ -17,7 +17,6 @@ from mmstudy.data.bdhs import (
     SentenceEmbedder,
     bdhs_generate,
     bdhs_statistics,
-    diffusion_noise,
     draw_iteration,
     guidance_prefixes,
     load_examples,
@@ -26,6 +25,7 @@ from mmstudy.data.bdhs import (
     split_sentences,
     swap_yes_no,
 )
+from mmstudy.models.corruption import diffusion_noise
 
 
 class WordOverlap:

@@ -324,15 +324,17 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
 SMOKE_METRICS = ROOT / "tests" / "fixtures" / "smoke_metrics.json"
 
 
-def _same_metrics(root: Path) -> list[str]:
+def _same_metrics(root: Path, leave_out: tuple[str, ...] = ()) -> list[str]:
     """Where the smoke chain's metrics.json files differ from the stored copy (`SMOKE_METRICS`, written by this
-    chain before the library moved into sub-packages; wall-clock times left out, paths relative to the run)."""
+    chain and its sweep; wall-clock times left out, paths relative to the run), but for stages starting with one of
+    `leave_out`."""
     import json
     import math
 
-    stored = json.loads(SMOKE_METRICS.read_text())
+    stored = {k: v for k, v in json.loads(SMOKE_METRICS.read_text()).items() if not k.startswith(leave_out or "\0")}
     found = {p.parent.relative_to(root).as_posix(): io.read_json(p) for p in sorted(root.rglob("metrics.json"))
-             if "07_ablations/data" not in p.as_posix()}
+             if "07_ablations/data" not in p.as_posix() and not p.parent.relative_to(root).as_posix().startswith(
+                 leave_out or "\0")}
     differ = sorted(set(stored) ^ set(found))
     for stage in set(stored) & set(found):
         now = {k: v for k, v in found[stage].items() if "seconds" not in k}
@@ -358,8 +360,8 @@ def two_threads(monkeypatch):
 
 
 def test_smoke_chain_runs_and_resumes(tmp_path, two_threads):
-    """`mmstudy run --profile smoke` (about two minutes here): every stage executes and writes its metrics; a
-    rerun skips them all."""
+    """`mmstudy run --profile smoke` (about 5 minutes here, most of it kernel starts): every stage executes and
+    writes the stored metrics; a rerun skips them all. Its ablation sweep is in the slow tier."""
     from mmstudy.cli import main
 
     args = ["-q", "run", "--profile", "smoke", "--seeds", "0", "--runs", str(tmp_path)]
@@ -399,8 +401,26 @@ def test_smoke_chain_runs_and_resumes(tmp_path, two_threads):
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb") if "09_report" not in str(p)}
     assert main(args) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb") if "09_report" not in str(p)}
+    assert _same_metrics(root, leave_out=("07_ablations", "09_report")) == []   # the report: after the sweep
+    _every_notebook_shows_a_figure(root)
 
-    # the ablation sweep (one point of each kind of work), then the report again with its rows
+
+def _every_notebook_shows_a_figure(root: Path) -> None:
+    for notebook in root.rglob("*.ipynb"):
+        cells = nbformat.read(notebook, as_version=4).cells
+        assert any("image/png" in out.get("data", {}) for c in cells if c.cell_type == "code" for out in c.outputs), \
+            notebook
+
+
+@pytest.mark.slow
+def test_smoke_sweep_runs_its_points_and_reports_them(tmp_path, two_threads):
+    """The smoke chain, then its ablation sweep (one point of each kind of work) and the report again with the
+    points' rows (about 10 minutes here; the chain alone is in the default tier)."""
+    from mmstudy.cli import main
+
+    args = ["-q", "run", "--profile", "smoke", "--seeds", "0", "--runs", str(tmp_path)]
+    assert main(args) == 0
+    root = tmp_path / "smoke"
     assert main(args + ["--only", "07_ablations", "09_report"]) == 0
     points = {p.parent.parent.relative_to(root / "07_ablations").as_posix(): io.read_json(p)
               for p in root.glob("07_ablations/*/*/s0/metrics.json")}
@@ -430,10 +450,7 @@ def test_smoke_chain_runs_and_resumes(tmp_path, two_threads):
     assert "(1 of 5 claims assessed)" in verdicts["verdict"].iloc[6]     # IPO ran; SLiC is not in the smoke sweep
     assert (root / "09_report" / "table7.csv").read_text().splitlines()[1].startswith("povid,")
     assert _same_metrics(root) == []
-    for notebook in root.rglob("*.ipynb"):                 # every executed notebook shows a figure
-        cells = nbformat.read(notebook, as_version=4).cells
-        assert any("image/png" in out.get("data", {}) for c in cells if c.cell_type == "code" for out in c.outputs), \
-            notebook
+    _every_notebook_shows_a_figure(root)
 
 
 def test_stages_keep_a_complete_world_and_refuse_another(tmp_path):

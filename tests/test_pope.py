@@ -277,3 +277,15 @@ def test_build_pope_questions_first_id_and_duplicates():
 )
 def test_question_text_article(obj, expected):
     assert pope.question_text(obj) == expected
+
+
+def test_answers_at_a_yes_ratio_move_the_threshold_by_hand():
+    margins = [2.0, -1.0, 0.5, 0.5, -3.0]
+    assert pope.answers_at_yes_ratio(margins, 0.4) == ["yes", "no", "yes", "no", "no"]   # 2 yes: ties in order
+    assert pope.answers_at_yes_ratio(margins, 0.0) == ["no"] * 5
+    assert pope.answers_at_yes_ratio(margins, 1) == ["yes"] * 5
+    labels = ["yes", "no", "no", "yes", "no"]
+    m = pope.yes_ratio_matched(margins, labels, 0.6)       # yes at 0, 2, 3: TP 2, FP 1, TN 2, FN 0
+    assert (m["tp"], m["fp"], m["tn"], m["fn"], m["yes_ratio"]) == (2, 1, 2, 0, 0.6) and m["accuracy"] == 0.8
+    with pytest.raises(ValueError, match="yes_ratio"):
+        pope.answers_at_yes_ratio(margins, 1.5)

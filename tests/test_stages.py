@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from mmstudy import io
 from mmstudy.editions.povid import povid_like_pairs
+from mmstudy.models.decoding import parse_decoding
 from mmstudy.study import stages
 from mmstudy.training.dpo import DPOTrainConfig
 
@@ -144,6 +145,15 @@ def test_evaluate_into_keeps_an_evaluation_of_the_same_data_and_redoes_one_of_ot
     stamp = (out / "samples.jsonl").stat().st_mtime_ns
     assert stages.evaluate_into(base_dir, world, out, ["pope"], limit=6, progress=False) == first
     assert (out / "samples.jsonl").stat().st_mtime_ns == stamp and (out / "shift.json").is_file()
+    made = io.read_json(out / "results.json")
+    del made["manifest"]["params"]["decoding"]                        # made before --decoding existed: greedy
+    io.write_json(out / "results.json", made)
+    assert stages.evaluate_into(base_dir, world, out, ["pope"], limit=6, decoding="greedy", progress=False) == first
+    assert (out / "samples.jsonl").stat().st_mtime_ns == stamp
+    stages.evaluate_into(base_dir, world, out, ["pope"], limit=6, decoding="pai", progress=False)   # another method
+    assert io.read_json(out / "results.json")["manifest"]["params"]["decoding"] == str(parse_decoding("pai"))
+    stages.evaluate_into(base_dir, world, out, ["pope"], limit=6, progress=False)
+    stamp = (out / "samples.jsonl").stat().st_mtime_ns
     info = io.read_json(world / "world.json")
     io.write_json(world / "world.json", {**info, "version": info["version"] + 1})   # other benchmark items
     stages.evaluate_into(base_dir, world, out, ["pope"], limit=6, progress=False)

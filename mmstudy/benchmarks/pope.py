@@ -135,6 +135,24 @@ def score_pope(answers: Sequence[str], questions: Sequence[dict], parser: str = 
     return {**metrics, "parser": parser, "version": POPE_VERSION}
 
 
+def answers_at_yes_ratio(margins: Sequence[float], yes_ratio: float) -> list[str]:
+    """A model's POPE answers with its yes/no threshold moved (the control that arXiv 2504.10020 asks of decoding
+    methods): "yes" for the round(yes_ratio x n) questions with the largest margins (the model's log-odds of "yes" over
+    "no"; ties keep question order), "no" for the rest. Its accuracy and F1 are what the model itself gets at that
+    yes-ratio, so a method's POPE gain beyond them is not a shift of the yes-ratio alone."""
+    if not 0.0 <= yes_ratio <= 1.0:
+        raise ValueError(f"yes_ratio must be in [0, 1], got {yes_ratio}")
+    n_yes = round(yes_ratio * len(margins))
+    order = sorted(range(len(margins)), key=lambda i: -margins[i])    # stable: ties in question order
+    yes = set(order[:n_yes])
+    return ["yes" if i in yes else "no" for i in range(len(margins))]
+
+
+def yes_ratio_matched(margins: Sequence[float], labels: Sequence[str], yes_ratio: float) -> dict:
+    """`pope_metrics` of `answers_at_yes_ratio(margins, yes_ratio)` against `labels`."""
+    return pope_metrics(answers_at_yes_ratio(margins, yes_ratio), labels)
+
+
 def macro_average(per_split: Mapping[str, Mapping]) -> dict:
     """Unweighted mean of accuracy / f1 / precision / recall / yes_ratio over splits (zeros for no splits).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from mmstudy.evaluation.evaluate import evaluate, summary_table
 from mmstudy.evaluation.files import score_chair_file, score_mmhal_file, score_objhal_file, score_pope_file
 from mmstudy.judges.base import check_judge_calls
 from mmstudy.judges.registry import make_judge
+from mmstudy.models.decoding import parse_decoding
 from mmstudy.models.llava import load_llava
 
 logger = logging.getLogger("mmstudy")
@@ -24,17 +26,24 @@ def _judge(args, seed: int = 0, device: str = "cpu"):
                       http_options=judge_limits(args))
 
 
+def _decoding(text: str):
+    try:
+        return parse_decoding(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _eval(args) -> str:
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     judge = _judge(args, seed=args.seed, device=args.device) if args.judge else None
     model, processor = load_llava(args.model, device=args.device, dtype=args.dtype)
     metrics, samples = evaluate(model, processor, args.data, benchmarks, judge=judge, limit=args.limit,
                                 batch_size=args.batch_size, seed=args.seed, objhal_extractor=args.objhal_extractor,
-                                progress=not args.quiet)
+                                decoding=args.decoding, progress=not args.quiet)
     out = Path(args.out)
     params = {"model": str(args.model), "data": str(args.data), "benchmarks": benchmarks, "limit": args.limit,
               "judge": args.judge, "batch_size": args.batch_size, "objhal_extractor": args.objhal_extractor,
-              "device": args.device, "dtype": args.dtype}
+              "device": args.device, "dtype": args.dtype, "decoding": str(args.decoding)}
     io.write_jsonl(out.with_name("samples.jsonl"), samples)
     io.write_json(out, {"metrics": metrics, "manifest": manifest_of(args, params)})
     logger.info("wrote %s and %s", out, out.with_name("samples.jsonl"))
@@ -94,6 +103,9 @@ def _parser_eval(sub) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="load the weights in this dtype (default: as saved)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoding", type=_decoding, default="greedy", metavar="METHOD[:K=V,...]",
+                   help="greedy (default), vcd[:alpha=1,beta=0.1,noise_steps=500] (visual contrastive decoding) or "
+                        "pai[:alpha=0.2,gamma=1.1,beta=0.1,start_layer=2] (attention boosting); docs/decoding.md")
     p.set_defaults(func=_eval)
 
 

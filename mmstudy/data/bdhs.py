@@ -55,6 +55,7 @@ from transformers import DynamicCache
 from mmstudy import io
 from mmstudy.data.llava import conversation_turns, load_llava_instruct
 from mmstudy.data.preferences import load_sft
+from mmstudy.models.corruption import NOISE_BETAS, diffusion_noise
 from mmstudy.models.generation import (
     chat_prompt,
     generate,
@@ -216,24 +217,6 @@ def guidance_prefixes(chosen: str, rng: np.random.Generator, swap: bool = True) 
 
 def _join(prefix: str, continuation: str) -> str:
     return f"{prefix} {continuation.strip()}".strip() if prefix else continuation.strip()
-
-
-# ---------------------------------------------------------------- image corruption
-
-# The POVID / VCD noise schedule (docs/bdhs.md): beta_k = sigmoid(linspace(-6, 6, 1000)) scaled to [1e-5, 5e-3].
-NOISE_BETAS = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (0.5e-2 - 1e-5) + 1e-5
-_ALPHA_BAR = torch.cumprod(1 - NOISE_BETAS, dim=0)
-
-
-def diffusion_noise(pixels: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
-    """x(N) = sqrt(abar_N) x + sqrt(1 - abar_N) eps, eps ~ N(0, 1) (Eq. 9, closed form), on the preprocessed pixel
-    tensor; abar is indexed 0-based like the public code (cumprod[noise_step]); steps=0 returns `pixels`."""
-    if steps == 0:
-        return pixels
-    abar = _ALPHA_BAR[steps]
-    gen = torch.Generator().manual_seed(int(seed))
-    eps = torch.randn(pixels.shape, generator=gen).to(pixels.device, pixels.dtype)
-    return abar.sqrt() * pixels + (1 - abar).sqrt() * eps
 
 
 # ---------------------------------------------------------------- similarity

@@ -14,6 +14,7 @@ from mmstudy.benchmarks.registry import REGISTRY
 from mmstudy.evaluation.judged import run_amber, run_llava_w, run_mmhal, run_mmhal_v, run_objhal
 from mmstudy.evaluation.runners import EvalContext, ImageCache, run_chair, run_headroom, run_masked, run_pope
 from mmstudy.judges.base import Judge
+from mmstudy.models.decoding import Decoding, parse_decoding
 
 RUNNERS = {
     "pope": run_pope,
@@ -44,17 +45,21 @@ def summary_table(metrics: dict) -> str:
 
 def evaluate(model, processor, data_dir: str | Path, benchmarks: Sequence[str] = ("pope", "chair"), *,
              judge: Judge | None = None, limit: int | None = None, batch_size: int = 64, seed: int = 0,
-             objhal_extractor: str = "rule", progress: bool = True) -> tuple[dict, list[dict]]:
+             objhal_extractor: str = "rule", decoding: Decoding | str = "greedy",
+             progress: bool = True) -> tuple[dict, list[dict]]:
     """Run the named benchmarks (see `mmstudy.benchmarks.registry`) on the data in `data_dir` (a world, or real
     releases laid out the same way); returns (flat namespaced metrics, per-sample records). Judged benchmarks
-    (mmhal, mmhal_v, llava_w) need `judge`. Each benchmark's registry version is recorded as <name>/version."""
+    (mmhal, mmhal_v, llava_w) need `judge`. `decoding`: a `Decoding` or its option text ("greedy", "vcd:alpha=1",
+    "pai", `mmstudy.models.decoding`). Each benchmark's registry version is recorded as
+    <name>/version."""
+    decoding = parse_decoding(decoding) if isinstance(decoding, str) else decoding
     unknown = [b for b in benchmarks if b not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(REGISTRY)}")
     benchmarks = with_requirements(benchmarks)
     data_dir = Path(data_dir)
     ctx = EvalContext(data_dir, ImageCache(data_dir / "images"), judge=judge, limit=limit, batch_size=batch_size,
-                      seed=seed, progress=progress, objhal_extractor=objhal_extractor)
+                      seed=seed, progress=progress, objhal_extractor=objhal_extractor, decoding=decoding)
     for name in benchmarks:  # fail before any generation when a judged benchmark has no judge
         if REGISTRY[name].judged or (name == "objhal" and objhal_extractor == "judge"):
             ctx.require_judge(name)

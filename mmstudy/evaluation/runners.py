@@ -31,6 +31,7 @@ from mmstudy.benchmarks.registry import REGISTRY
 from mmstudy.benchmarks.stats import bootstrap_ci
 from mmstudy.evaluation.headroom import HeadroomConfig, headroom_metrics
 from mmstudy.judges.base import Judge
+from mmstudy.models.decoding import Decoding, decode, noise_transforms
 from mmstudy.models.generation import chat_prompt, generate, sample_image_keep
 from mmstudy.runs import derive_seed
 from mmstudy.world.cooccurrence import cooccurrence_shares, world_cooccurrence
@@ -111,6 +112,7 @@ class EvalContext:
     seed: int = 0
     progress: bool = True
     objhal_extractor: str = "rule"  # "judge": RLAIF-V's LLM extraction through `judge`
+    decoding: Decoding = field(default_factory=Decoding)  # how answers are decoded (greedy, vcd, pai)
     samples: list = field(default_factory=list, repr=False)  # every sample of the benchmarks run so far
     _scenes: dict | None = field(default=None, repr=False)
 
@@ -131,13 +133,20 @@ class EvalContext:
 
 def answer_questions(model, processor, ctx: EvalContext, images, questions: Sequence[str], benchmark: str,
                      image_keep=None, short: bool = False) -> list[str]:
-    """Greedy answers with the benchmark's registered generation settings (token budget, early stop); `short`
-    selects its yes/no settings (`short_answer_tokens`, stop after the first period)."""
+    """Answers with the benchmark's registered generation settings (token budget, early stop), decoded by
+    `ctx.decoding` (VCD's noised copy of question i drawn with the seed (ctx.seed, benchmark, i)); `short` selects
+    its yes/no settings (`short_answer_tokens`, stop after the first period). With `image_keep` (image tokens
+    hidden: a probe of the language prior), decoding is greedy whatever `ctx.decoding` says."""
     spec = REGISTRY[benchmark]
     prompts = [chat_prompt(processor, q) for q in questions]
     budget, stop = (spec.short_answer_tokens, ".") if short else (spec.max_new_tokens, spec.stop_after)
-    return generate(model, processor, images, prompts, max_new_tokens=budget, batch_size=ctx.batch_size,
-                    image_keep=image_keep, stop_after=stop, progress=ctx.progress)
+    if ctx.decoding.method == "greedy" or image_keep is not None:
+        return generate(model, processor, images, prompts, max_new_tokens=budget, batch_size=ctx.batch_size,
+                        image_keep=image_keep, stop_after=stop, progress=ctx.progress)
+    noise = noise_transforms(ctx.decoding.noise_steps, [derive_seed(ctx.seed, "vcd", benchmark, short, i)
+                                                        for i in range(len(prompts))])
+    return decode(model, processor, images, prompts, ctx.decoding, max_new_tokens=budget,
+                  batch_size=ctx.batch_size, contrast_pixels=noise, stop_after=stop, progress=ctx.progress)
 
 
 def pope_split_file(pope_dir: Path, split: str) -> Path:

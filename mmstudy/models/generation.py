@@ -14,6 +14,7 @@ derive them from the mask's cumsum and shift them).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Callable, Sequence
 
@@ -140,7 +141,7 @@ def generate(
     With `do_sample`, batch j is sampled with the torch seed `derive_seed(seed, j)`: an answer is reproducible
     for a fixed seed and a fixed batch composition (same examples, same order, same batch_size), not across them.
     """
-    _check_generate_args(images, prompts, image_keep, batch_size, max_new_tokens, temperature)
+    check_generate_args(images, prompts, image_keep, batch_size, max_new_tokens, temperature)
     if pixel_transforms is not None and len(pixel_transforms) != len(prompts):
         raise ValueError(f"pixel_transforms has {len(pixel_transforms)} entries for {len(prompts)} prompts")
     token = image_token_id(model)
@@ -201,7 +202,7 @@ def tokens_containing(tokenizer, text: str) -> torch.Tensor:
     return _STOP_IDS[key]
 
 
-def _check_generate_args(images, prompts, image_keep, batch_size, max_new_tokens, temperature) -> None:
+def check_generate_args(images, prompts, image_keep, batch_size, max_new_tokens, temperature) -> None:
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
     if image_keep is not None and len(image_keep) != len(prompts):
@@ -210,6 +211,11 @@ def _check_generate_args(images, prompts, image_keep, batch_size, max_new_tokens
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature} (use do_sample=False for greedy decoding)")
+
+
+def cache_keyword(module) -> str:
+    """The KV-cache keyword of this transformers version's forward ("cache" in 5.x, "past_key_values" before)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def to_model(inputs: dict, model: PreTrainedModel) -> dict:
@@ -247,7 +253,7 @@ def generate_texts(
         pics = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
         return generate(model, processor, pics, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         progress=progress)
-    _check_generate_args(prompts, prompts, None, batch_size, max_new_tokens, 1.0)
+    check_generate_args(prompts, prompts, None, batch_size, max_new_tokens, 1.0)
     answers: list[str] = []
     for start in progress_bar(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=not progress):
         inputs = dict(processor(text=list(prompts[start:start + batch_size]), return_tensors="pt", padding=True))

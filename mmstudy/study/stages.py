@@ -51,6 +51,7 @@ from mmstudy.evaluation.compare import compare_runs
 from mmstudy.evaluation.evaluate import evaluate
 from mmstudy.judges.base import check_judge_calls
 from mmstudy.judges.registry import make_judge
+from mmstudy.models.decoding import parse_decoding
 from mmstudy.models.llava import load_llava, read_model_type, save_llava
 from mmstudy.runs import build_manifest, derive_seed
 from mmstudy.study import options
@@ -116,27 +117,31 @@ def ensure_base_model(world_dir: str | Path, model_dir: str | Path, profile: str
 
 def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                   benchmarks: Sequence[str] = ("pope", "chair"), limit: int | None = None, seed: int = 0,
-                  judge: str = "", device: str = "cpu", progress: bool = True) -> dict:
+                  judge: str = "", decoding: str = "greedy", device: str = "cpu", progress: bool = True) -> dict:
     """Benchmarks of the model in `model_dir` into out_dir/results.json + samples.jsonl (as `mmstudy eval`
-    writes them); an existing results.json with the same benchmarks, limit, judge and data (`data_version`) is
-    kept, otherwise it is replaced and a shift.json derived from the old samples removed. `judge`: a `make_judge`
-    spec for the judged benchmarks (mmhal, mmhal_v, llava_w), e.g. "oracle" on a world. Returns the metrics."""
+    writes them); an existing results.json with the same benchmarks, limit, judge, decoding and data
+    (`data_version`) is kept, otherwise it is replaced and a shift.json derived from the old samples removed.
+    `judge`: a `make_judge` spec for the judged benchmarks (mmhal, mmhal_v, llava_w), e.g. "oracle" on a world;
+    `decoding`: `mmstudy eval --decoding`'s text. Returns the metrics."""
     out = Path(out_dir) / "results.json"
+    decoding = str(parse_decoding(decoding))
     params = {"model": str(model_dir), "data": str(data_dir), "benchmarks": list(benchmarks), "limit": limit,
-              "judge": judge, "data_version": data_version(data_dir)}
-    same = ("benchmarks", "limit", "judge", "data_version")
+              "judge": judge, "decoding": decoding, "data_version": data_version(data_dir)}
+    same = ("benchmarks", "limit", "judge", "decoding", "data_version")
     if out.is_file() and (out.parent / "samples.jsonl").is_file():
         done = io.read_json(out)
-        if {k: done["manifest"]["params"].get(k) for k in same} == {k: params[k] for k in same}:
+        made = {"decoding": "greedy", **done["manifest"]["params"]}       # results older than --decoding: greedy
+        if {k: made.get(k) for k in same} == {k: params[k] for k in same}:
             logger.info("evaluation %s is complete: kept", out)
             return done["metrics"]
-        logger.info("evaluation %s was made with other benchmarks, limit, judge or data: evaluating again", out)
+        logger.info("evaluation %s was made with other benchmarks, limit, judge, decoding or data: evaluating again",
+                    out)
     judge_obj = None
     if judge:
         judge_obj = make_judge(judge, seed=seed, device=device)
     model, processor = load_llava(model_dir, device=device)
     metrics, samples = evaluate(model, processor, data_dir, list(benchmarks), judge=judge_obj, limit=limit,
-                                seed=seed, progress=progress)
+                                seed=seed, decoding=decoding, progress=progress)
     (out.parent / "shift.json").unlink(missing_ok=True)   # derived from the samples about to be replaced
     io.write_jsonl(out.parent / "samples.jsonl", samples)
     if judge_obj is not None:      # every judge call failed: no results.json, so that a rerun evaluates again

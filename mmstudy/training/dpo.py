@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import logging
 import math
 import time
@@ -39,7 +38,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import DynamicCache
 
 from mmstudy import io
-from mmstudy.models.generation import chat_prompt
+from mmstudy.models.generation import cache_keyword, chat_prompt
 from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava, save_llava
 from mmstudy.progress import progress_bar
 from mmstudy.training.checkpoints import (
@@ -200,11 +199,6 @@ def text_max_length(model) -> int:
     return int(getattr(config, "text_config", config).max_position_embeddings)
 
 
-def _cache_name(llava) -> str:
-    """The cache keyword of this transformers version's forward ("cache" in 5.x, "past_key_values" before)."""
-    return "cache" if "cache" in inspect.signature(llava.model.forward).parameters else "past_key_values"
-
-
 def shared_prefix_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
                          image_sizes=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states of `collate` batches: the prompt rows (B, P) (left-padded, image tokens included) run
@@ -213,7 +207,7 @@ def shared_prefix_hidden(model, prompt_ids, prompt_mask, response_ids, response_
     from the prompt's KV cache. Returns (hidden of each prompt's last token (B, H), response hiddens (nB, L, H)),
     after the LM's final norm. `model` is a LLaVA, bare or wrapped by peft."""
     llava = unwrap_llava(model)
-    name = _cache_name(llava)
+    name = cache_keyword(llava.model)
     kwargs = {"image_sizes": image_sizes} if image_sizes is not None else {}
     prompt = llava.model(input_ids=prompt_ids, pixel_values=pixel_values.to(llava.dtype), attention_mask=prompt_mask,
                          position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **kwargs)
