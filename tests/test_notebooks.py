@@ -385,6 +385,11 @@ def test_smoke_chain_runs_and_resumes(tmp_path, two_threads):
     power = (root / "09_report" / "power.csv").read_text().splitlines()
     assert power[0] == "column,comparisons,n_seeds,n_items,se,mde,mde_max,se_items,mde_items"
     assert power[1].startswith("POPE F1,5,1,")    # 5 models against the base, with 1 seed
+    base_samples = io.read_jsonl(root / "01_world_base" / "eval" / "samples.jsonl")   # 08: the base's yes/no margins
+    assert len(io.read_jsonl(root / "01_world_base" / "eval" / "yes_margins.jsonl")) == sum(
+        s["benchmark"] == "pope" for s in base_samples)
+    assert (root / "09_report" / "yes_ratio.csv").read_text().startswith("model,yes %,POPE F1,POPE F1 matched,")
+    assert (root / "09_report" / "training_needed.csv").read_text().startswith("model,POPE F1,CHAIR_i,")
     assert {"eval/shift/kl_per_token", "eval/shift/changed_share", "eval/headroom/recoverable_pope"} <= set(
         metrics["05_offline/oracle/s0"])
     assert (root / "09_report" / "09_report.html").stat().st_size > 10_000

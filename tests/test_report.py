@@ -270,3 +270,70 @@ def test_finding_6_table_7_and_the_collapse_flags(runs_root):
     for seed in range(3):                                 # the ranked-RM run collapses too: not as claimed
         io.write_json(runs_root / f"07_ablations/rl/rloo_ranking/s{seed}/collapse.json", {"collapsed": True})
     assert report.verdicts(report.collect(runs_root)).iloc[5]["evidence"].startswith("~ collapse flagged")
+
+
+def test_matched_samples_move_the_bases_threshold_to_each_splits_yes_ratio():
+    samples = [{"benchmark": "pope", "split": "random", "question_id": q, "label": "yes", "pred": p}
+               for q, p in enumerate(["yes", "yes", "no", "no"])]
+    samples += [{"benchmark": "pope", "split": "adversarial", "question_id": 0, "label": "no", "pred": "no"},
+                {"benchmark": "chair", "image_id": 1}]
+    margins = {("random", 0): -1.0, ("random", 1): 0.5, ("random", 2): 2.0, ("random", 3): -3.0,
+               ("adversarial", 0): 4.0}
+    matched = report.matched_samples(samples, margins)
+    assert [(s["split"], s["question_id"], s["pred"]) for s in matched] == [
+        ("random", 0, "no"), ("random", 1, "yes"), ("random", 2, "yes"), ("random", 3, "no"),   # 2 of 4 yes
+        ("adversarial", 0, "no")]                                                              # 0 of 1 yes
+    assert report.matched_samples(samples, {}) == []
+
+
+def test_a_models_pope_gain_is_read_beyond_the_base_at_its_yes_ratio(runs_root):
+    """With the base's margins, each model's POPE F1 against the base's answers at the model's yes-ratio, paired per
+    item; a model that answers as the base's moved threshold does gains nothing."""
+    from mmstudy.benchmarks.pope import pope_metrics
+
+    base = io.read_jsonl(runs_root / "01_world_base" / "eval" / "samples.jsonl")
+    rng = np.random.default_rng(0)
+    margins = [{"split": s["split"], "question_id": s["question_id"], "margin": float(rng.normal())}
+               for s in base if s["benchmark"] == "pope"]
+    claims = report.Claims(report.collect(runs_root), n_boot=200)
+    assert claims.beyond_matched("size/n3000") is None                       # no margins yet
+    io.write_jsonl(runs_root / "01_world_base" / "eval" / "yes_margins.jsonl", margins)
+    claims = report.Claims(report.collect(runs_root), n_boot=200)
+    by_item = {(m["split"], m["question_id"]): m["margin"] for m in margins}
+    own = [s for s in io.read_jsonl(runs_root / "07_ablations/size/n3000/s0/eval/samples.jsonl")
+           if s["benchmark"] == "pope"]
+    matched = report.matched_samples(own, by_item)
+
+    def macro_f1(samples):
+        return 100 * np.mean([pope_metrics([s["pred"] for s in samples if s["split"] == k],
+                                           [s["label"] for s in samples if s["split"] == k])["f1"]
+                              for k in report.POPE_SPLITS])
+
+    d = claims.beyond_matched("size/n3000")
+    assert d["value"] == pytest.approx(macro_f1(own) - macro_f1(matched)) and d["value"] > 5   # random margins
+    assert d["reference"] == pytest.approx(macro_f1(matched)) and d["low"] > 0
+    io.write_jsonl(runs_root / "01_world_base" / "eval" / "yes_margins.jsonl",    # margins that rank as it answers
+                   [{**m, "margin": 1.0 if s["pred"] == "yes" else -1.0} for m, s in zip(margins, own)])
+    same = report.Claims(report.collect(runs_root), n_boot=200).beyond_matched("size/n3000")
+    assert same["value"] == pytest.approx(0.0) and same["low"] == pytest.approx(0.0)
+    table = report.yes_ratio_table(claims, ["base", "dpo_povid", "size/n3000", "not_run"])
+    assert list(table.index) == ["base", "dpo_povid", "size/n3000"]
+    assert table.loc["size/n3000", "POPE F1 beyond matched"].startswith(f"{d['value']:+.2f} [")
+    assert claims.beyond_matched("dpo_povid", "CHAIR_i") is None
+
+
+def test_training_needed_puts_decoding_points_beside_the_aligned_models_with_their_costs(runs_root):
+    _run(runs_root, "07_ablations/decoding/vcd/s0", 0, 0.83, chair=0.04)
+    vcd = runs_root / "07_ablations/decoding/vcd/s0" / "metrics.json"
+    io.write_json(vcd, {**io.read_json(vcd), "train/seconds": 0.0, "eval/seconds_per_item": 0.25})
+    povid = runs_root / "05_offline/povid/s1" / "metrics.json"
+    io.write_json(povid, {**io.read_json(povid), "train/seconds": 600.0})
+    claims = report.Claims(report.collect(runs_root), n_boot=200)
+    table = report.training_needed_table(claims)
+    assert list(table.index) == ["VCD, no training", "DPO · POVID-like", "Online-DPO · POVID-like"]   # what ran
+    d = claims.paired("base", "decoding/vcd", "CHAIR_i")
+    assert table.loc["VCD, no training", "CHAIR_i"] == f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+    assert d["high"] < 0 and table.loc["VCD, no training", "POPE F1 beyond yes-matched"] == "–"   # no margins
+    assert table.loc["VCD, no training", "train min"] == 0 and table.loc["VCD, no training", "eval s/item"] == 0.25
+    assert table.loc["DPO · POVID-like", "train min"] == 10.0                  # the one seed that recorded it
+    assert np.isnan(table.loc["DPO · POVID-like", "eval s/item"])          # not recorded

@@ -206,3 +206,18 @@ def test_reinforce_runs_grpo_writes_its_curve_and_flags_and_keeps_a_finished_run
         stages.reinforce(tmp_path / "rloo", external_base, prompts=prompts, mode="rloo", rl=rl)
     with pytest.raises(ValueError, match="unknown RL mode"):
         stages.rl_config("ppo", k=2)
+
+
+def test_a_decoding_point_evaluates_the_base_model_decoded_so_and_trains_nothing(base_dir, smoke_world, tmp_path):
+    base = tmp_path / "01_world_base"
+    base.mkdir()
+    (base / "model").symlink_to(base_dir)
+    (base / "world").symlink_to(smoke_world)
+    run = tmp_path / "decoding" / "vcd"
+    metrics = stages.decoded(run, base, decoding="vcd", benchmarks=["pope"], limit=4, progress=False)
+    assert metrics["train/steps"] == 0 and metrics["decoding"] == "vcd:alpha=1,beta=0.1,noise_steps=500"
+    assert 0 <= metrics["eval/pope/adversarial/accuracy"] <= 1 and metrics["eval/seconds_per_item"] > 0
+    assert io.read_json(run / "eval" / "results.json")["manifest"]["params"]["decoding"] == metrics["decoding"]
+    stamp = (run / "eval" / "samples.jsonl").stat().st_mtime_ns
+    assert stages.decoded(run, base, decoding="vcd:alpha=1", benchmarks=["pope"], limit=4, progress=False) == metrics
+    assert (run / "eval" / "samples.jsonl").stat().st_mtime_ns == stamp          # the same method: kept

@@ -31,7 +31,7 @@ from mmstudy.benchmarks.registry import REGISTRY
 from mmstudy.benchmarks.stats import bootstrap_ci
 from mmstudy.evaluation.headroom import HeadroomConfig, headroom_metrics
 from mmstudy.judges.base import Judge
-from mmstudy.models.decoding import Decoding, decode, noise_transforms
+from mmstudy.models.decoding import Decoding, decode, noise_transforms, yes_no_margins
 from mmstudy.models.generation import chat_prompt, generate, sample_image_keep
 from mmstudy.runs import derive_seed
 from mmstudy.world.cooccurrence import cooccurrence_shares, world_cooccurrence
@@ -290,6 +290,21 @@ def run_masked(model, processor, ctx: EvalContext, rho_th: float = 0.99) -> tupl
     for key, ci in intervals.items():
         metrics.update(_ci_keys(key, ci))
     return metrics, samples
+
+
+MARGINS_FILE = "yes_margins.jsonl"   # beside an evaluation's samples: the model's yes/no log-odds per POPE question
+
+
+def pope_margins(model, processor, data_dir: str | Path, samples: Sequence[dict], *, batch_size: int = 64,
+                 progress: bool = True) -> list[dict]:
+    """The model's log-odds of "yes" over "no" as its first answer token (`yes_no_margins`) on the POPE questions of
+    an evaluation's `samples`: {"split", "question_id", "margin"} per question (the yes-ratio control)."""
+    pope = [s for s in samples if s.get("benchmark") == "pope"]
+    images = ImageCache(Path(data_dir) / "images")
+    pics = [images.get(s["image"], f"POPE {s['split']} question {s['question_id']}") for s in pope]
+    margins = yes_no_margins(model, processor, pics, [chat_prompt(processor, s["question"]) for s in pope],
+                             batch_size=batch_size, progress=progress)
+    return [{"split": s["split"], "question_id": s["question_id"], "margin": m} for s, m in zip(pope, margins)]
 
 
 def run_headroom(model, processor, ctx: EvalContext) -> tuple[dict, list[dict]]:

@@ -24,8 +24,10 @@ import pandas as pd
 
 from mmstudy import io
 from mmstudy.benchmarks.pope import SPLITS as POPE_SPLITS
+from mmstudy.benchmarks.pope import answers_at_yes_ratio
 from mmstudy.benchmarks.stats import hierarchical_paired_difference, minimal_detectable_effect, seed_interval
 from mmstudy.data.review import markdown_table as rows_table
+from mmstudy.evaluation.runners import MARGINS_FILE
 from mmstudy.training.rl_curves import CURVE_KEYS
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,11 @@ DIAGNOSTICS = {
     "KL to base": ("shift/kl_per_token", 1),
     "changed %": ("shift/changed_share", 100),
 }
+
+
+# cost -> metric key (train/... as it is, others under eval/) and scale: minutes of training, and the evaluation's
+# wall time per sample (recorded since decoding methods were added; "–" for older evaluations)
+COSTS = {"train min": ("train/seconds", 1 / 60), "eval s/item": ("seconds_per_item", 1)}
 
 
 def _model_name(rel: Path) -> tuple[str, int | None] | None:
@@ -91,8 +98,8 @@ def collect(runs_root: str | Path) -> pd.DataFrame:
             for side, suffix in (("lo", "low"), ("hi", "high")):
                 bound = metrics.get(f"eval/{key}_ci95_{suffix}")
                 row[f"{column} {side}"] = np.nan if bound is None else scale * bound
-        for column, (key, scale) in DIAGNOSTICS.items():
-            value = metrics.get(f"eval/{key}")
+        for column, (key, scale) in {**DIAGNOSTICS, **COSTS}.items():
+            value = metrics.get(key if key.startswith("train/") else f"eval/{key}")
             row[column] = np.nan if value is None else scale * value
         rows.append(row)
     if not rows:
@@ -332,6 +339,73 @@ def _read_samples(run_dir: str) -> list[dict]:
     return io.read_jsonl(path) if path.is_file() else []
 
 
+def matched_samples(samples: Sequence[dict], margins: dict) -> list[dict]:
+    """The base model's POPE answers at the per-split yes-ratio of a model's `samples`: its yes/no threshold moved
+    (`answers_at_yes_ratio` over `margins`, {(split, question_id): log-odds}), as samples of the same questions
+    (the yes-ratio control of docs/decoding.md); questions without a margin are left out."""
+    out = []
+    for split in POPE_SPLITS:
+        rows = [s for s in samples if s.get("benchmark") == "pope" and s["split"] == split
+                and (split, s["question_id"]) in margins]
+        if rows:
+            ratio = sum(s["pred"] == "yes" for s in rows) / len(rows)
+            answers = answers_at_yes_ratio([margins[(split, s["question_id"])] for s in rows], ratio)
+            out += [{**s, "pred": a} for s, a in zip(rows, answers)]
+    return out
+
+
+def yes_ratio_table(claims: "Claims", models: Sequence[str], columns: Sequence[str] = ("POPE F1", "POPE adv")
+                    ) -> pd.DataFrame:
+    """Per model that ran: its yes %, and per POPE column its value, the base's at the same yes-ratio ("matched")
+    and the difference with its paired 95 % interval (`Claims.beyond_matched`); empty without the base's
+    margins."""
+    rows = []
+    for model in models:
+        found = {c: claims.beyond_matched(model, c) for c in columns}
+        if any(found.values()):
+            row = {"model": model, "yes %": _mean(claims.summary, model, "yes %")}
+            for column, d in found.items():
+                if d is not None:
+                    row |= {column: _mean(claims.summary, model, column), f"{column} matched": d["reference"],
+                            f"{column} beyond matched": _interval(d)}
+            rows.append(row)
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+# "Is training needed?": decoding without training beside the aligned models (row label, model name)
+TRAINING_NEEDED = (
+    ("VCD, no training", "decoding/vcd"),
+    ("PAI, no training", "decoding/pai"),
+    ("positive control: DPO · oracle-ranked own samples", CONTROL),
+    ("DPO · POVID-like", "dpo_povid"),
+    ("DPO · BDHS", "dpo_bdhs"),
+    ("Online-DPO · POVID-like", "online_dpo"),
+    ("Mixed-DPO · POVID-like", "mixed"),
+)
+
+
+def _interval(d: dict | None) -> str:
+    return "–" if d is None else f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def training_needed_table(claims: "Claims", rows: Sequence[tuple[str, str]] = TRAINING_NEEDED,
+                          columns: Sequence[str] = ("POPE F1", "CHAIR_i", "Recall", "MMHal", "LLaVA-W")
+                          ) -> pd.DataFrame:
+    """Each row's model minus the base per column, paired per item with its 95 % interval (`Claims.paired`), its
+    POPE F1 beyond the base at the same yes-ratio (`Claims.beyond_matched`), and its costs (`COSTS`, means over
+    its seeds); models that did not run are left out."""
+    out = []
+    for label, model in rows:
+        if model not in claims.dirs:
+            continue
+        row = {"model": label, **{c: _interval(claims.paired("base", model, c)) for c in columns},
+               "POPE F1 beyond yes-matched": _interval(claims.beyond_matched(model))}
+        runs = claims.runs[claims.runs["model"] == model]
+        row |= {cost: float(runs[cost].mean()) if runs[cost].notna().any() else None for cost in COSTS}
+        out.append(row)
+    return pd.DataFrame(out).set_index("model") if out else pd.DataFrame()
+
+
 def excludes_zero(d: dict | None) -> bool:
     """Whether a paired difference (`Claims.paired`) is beyond the noise: its 95 % interval excludes zero."""
     return d is not None and (d["low"] > 0 or d["high"] < 0)
@@ -348,6 +422,7 @@ class Claims:
         self.dirs = {m: dict(zip(g["seed"], g["run_dir"])) for m, g in runs.groupby("model")}
         self._samples: dict[str, list[dict]] = {}
         self._paired: dict[tuple, dict | None] = {}
+        self._margins: dict | None = None
 
     def samples(self, run_dir: str) -> list[dict]:
         if run_dir not in self._samples:
@@ -374,16 +449,47 @@ class Claims:
             if a in self.dirs and b in self.dirs:
                 rows = [(item_rows(self.samples(run_a), column), item_rows(self.samples(run_b), column))
                         for run_a, run_b in self._runs_by_seed(a, b)]
-                # The items every seed of both models answered: items are crossed with seeds in the bootstrap.
-                common = sorted(set.intersection(*(set(ra) & set(rb) for ra, rb in rows)), key=repr) if rows else []
-                xs = [np.array([ra[k] for k in common]) for ra, _ in rows]
-                ys = [np.array([rb[k] for k in common]) for _, rb in rows]
-                d = hierarchical_paired_difference(xs, ys, ITEM_ROWS[column][2], n_boot=self.n_boot,
-                                                   resample_seeds=resample_seeds) if common else None
-                if d is not None and np.isfinite(d["low"]):   # else undefined: e.g. CHAIR_i with no mention
-                    scale = COLUMNS[column][1]
-                    self._paired[key] = {**d, **{k: scale * d[k] for k in ("value", "low", "high", "se")}}
+                self._paired[key] = self._difference(rows, column, resample_seeds)
         return self._paired[key]
+
+    def _difference(self, rows: list[tuple[dict, dict]], column: str, resample_seeds: bool = True) -> dict | None:
+        """b - a over (item rows of a, item rows of b) per seed, on the items every seed of both answered (items
+        are crossed with seeds in the bootstrap), in the column's units, with a's own value ("reference", the mean
+        over seeds); None without a common item."""
+        common = sorted(set.intersection(*(set(ra) & set(rb) for ra, rb in rows)), key=repr) if rows else []
+        if not common:
+            return None
+        xs = [np.array([ra[k] for k in common]) for ra, _ in rows]
+        ys = [np.array([rb[k] for k in common]) for _, rb in rows]
+        d = hierarchical_paired_difference(xs, ys, ITEM_ROWS[column][2], n_boot=self.n_boot,
+                                           resample_seeds=resample_seeds)
+        if not np.isfinite(d["low"]):   # undefined: e.g. CHAIR_i with no mention
+            return None
+        scale = COLUMNS[column][1]
+        return {**d, **{k: scale * d[k] for k in ("value", "low", "high", "se")},
+                "reference": scale * float(np.mean([ITEM_ROWS[column][2](x.sum(axis=0)) for x in xs]))}
+
+    def margins(self) -> dict:
+        """The base model's yes/no log-odds per POPE question, {(split, question_id): margin}, from the base run's
+        eval/yes_margins.jsonl (`stages.yes_margins`); {} when there is none."""
+        if self._margins is None:
+            base = self.dirs.get("base")
+            path = Path(next(iter(base.values()))) / "eval" / MARGINS_FILE if base else None
+            rows = io.read_jsonl(path, required=("split", "question_id", "margin")) if path and path.is_file() else []
+            self._margins = {(r["split"], r["question_id"]): r["margin"] for r in rows}
+        return self._margins
+
+    def beyond_matched(self, model: str, column: str = "POPE F1") -> dict | None:
+        """`column` (a POPE column) of `model` minus the base model's at the same yes-ratio (`matched_samples`: the
+        base's threshold moved to the model's per-split yes-ratio, seed by seed), paired per item with the
+        hierarchical bootstrap; "reference" holds the baseline's value. None without the base's margins."""
+        if ITEM_ROWS[column][0] != "pope" or model not in self.dirs or not self.margins():
+            return None
+        rows = []
+        for _, run in sorted(self.dirs[model].items()):
+            own = self.samples(run)
+            rows.append((item_rows(matched_samples(own, self.margins()), column), item_rows(own, column)))
+        return self._difference(rows, column)
 
     def better(self, a: str, b: str, column: str) -> tuple[str | None, str]:
         """Whether model a is better than model b on `column`, in the column's direction: "✓" when the paired 95 %

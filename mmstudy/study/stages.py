@@ -49,6 +49,7 @@ from mmstudy.editions.povid import povid_like_pairs
 from mmstudy.editions.sampled import EDITIONS, default_responders, own_responders, world_editions
 from mmstudy.evaluation.compare import compare_runs
 from mmstudy.evaluation.evaluate import evaluate
+from mmstudy.evaluation.runners import MARGINS_FILE, pope_margins
 from mmstudy.judges.base import check_judge_calls
 from mmstudy.judges.registry import make_judge
 from mmstudy.models.decoding import parse_decoding
@@ -117,12 +118,13 @@ def ensure_base_model(world_dir: str | Path, model_dir: str | Path, profile: str
 
 def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                   benchmarks: Sequence[str] = ("pope", "chair"), limit: int | None = None, seed: int = 0,
-                  judge: str = "", decoding: str = "greedy", device: str = "cpu", progress: bool = True) -> dict:
+                  judge: str = "", device: str = "cpu", progress: bool = True, *, decoding: str = "greedy") -> dict:
     """Benchmarks of the model in `model_dir` into out_dir/results.json + samples.jsonl (as `mmstudy eval`
     writes them); an existing results.json with the same benchmarks, limit, judge, decoding and data
     (`data_version`) is kept, otherwise it is replaced and a shift.json derived from the old samples removed.
     `judge`: a `make_judge` spec for the judged benchmarks (mmhal, mmhal_v, llava_w), e.g. "oracle" on a world;
-    `decoding`: `mmstudy eval --decoding`'s text. Returns the metrics."""
+    `decoding`: `mmstudy eval --decoding`'s text. Returns the metrics, with the evaluation's wall time per sample
+    ("seconds_per_item": generation, judging and probes; comparable between evaluations of the same benchmarks)."""
     out = Path(out_dir) / "results.json"
     decoding = str(parse_decoding(decoding))
     params = {"model": str(model_dir), "data": str(data_dir), "benchmarks": list(benchmarks), "limit": limit,
@@ -140,14 +142,29 @@ def evaluate_into(model_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     if judge:
         judge_obj = make_judge(judge, seed=seed, device=device)
     model, processor = load_llava(model_dir, device=device)
+    start = time.time()
     metrics, samples = evaluate(model, processor, data_dir, list(benchmarks), judge=judge_obj, limit=limit,
                                 seed=seed, decoding=decoding, progress=progress)
+    metrics["seconds_per_item"] = round((time.time() - start) / max(1, len(samples)), 4)
     (out.parent / "shift.json").unlink(missing_ok=True)   # derived from the samples about to be replaced
     io.write_jsonl(out.parent / "samples.jsonl", samples)
     if judge_obj is not None:      # every judge call failed: no results.json, so that a rerun evaluates again
         check_judge_calls(judge_obj)
     io.write_json(out, {"metrics": metrics, "manifest": build_manifest(seed, "evaluate", params)})
     return metrics
+
+
+def yes_margins(base_run: str | Path, *, device: str = "cpu", progress: bool = True) -> Path:
+    """The base model's yes/no log-odds on the POPE questions of its evaluation (`pope_margins`) into
+    base_run/eval/yes_margins.jsonl, for the report's yes-ratio control; a file already there is kept (the report
+    matches it to other models by question, leaving out questions it lacks). Returns its path."""
+    base_run = Path(base_run)
+    out = base_run / "eval" / MARGINS_FILE
+    if not out.is_file():
+        model, processor = load_llava(base_run / "model", device=device)
+        samples = io.read_jsonl(base_run / "eval" / "samples.jsonl")
+        io.write_jsonl(out, pope_margins(model, processor, base_run / "world", samples, progress=progress))
+    return out
 
 
 def data_version(data_dir: str | Path) -> str | None:
@@ -304,6 +321,19 @@ def align(run_dir: str | Path, base_run: str | Path, *, prefs: str | Path, dpo: 
     train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     online_stats = {k: v for k, v in (summary.get("online") or {}).items() if isinstance(v, (int, float))}
     return {**train, **online_stats, **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+def decoded(run_dir: str | Path, base_run: str | Path, *, decoding: str, benchmarks: Sequence[str] = ("pope", "chair"),
+            limit: int | None = None, seed: int = 0, judge: str = "", device: str = "cpu",
+            progress: bool = True) -> dict:
+    """A training-free point (the sweep's `decoding` axis, docs/decoding.md): the base model of `base_run` decoded
+    with `decoding` (`mmstudy eval --decoding`'s text, e.g. "vcd" or "pai:alpha=0.5") on `benchmarks` into
+    run_dir/eval (kept when complete). Returns its eval metrics, with no training (train/steps 0)."""
+    run_dir, base_run = Path(run_dir), Path(base_run)
+    metrics = evaluate_into(base_run / "model", base_run / "world", run_dir / "eval", benchmarks, limit, seed, judge,
+                            device, progress, decoding=decoding)
+    return {"train/steps": 0, "train/seconds": 0.0, "decoding": str(parse_decoding(decoding)),
+            **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 
 RL_MODES = ("rloo", "grpo")
@@ -570,12 +600,14 @@ def evaluation(run_dir: str | Path, *, runs: Sequence[str | Path], names: Sequen
                progress: bool = True) -> dict:
     """`08_evaluation`: the models of `runs` (run directories with model/ and eval/, the first one the reference,
     usually the base model) on the further `benchmarks` into run_dir/<name>/, then every model against the first,
-    item by item (`compare_runs`: paired bootstrap over the items both answered) into run_dir/comparisons.json.
-    Returns {"<name>/<benchmark>/<metric>/diff|low|high": ...} for the models after the first."""
+    item by item (`compare_runs`: paired bootstrap over the items both answered) into run_dir/comparisons.json,
+    and the first model's yes/no margins (`yes_margins`) for the report's yes-ratio control. Returns
+    {"<name>/<benchmark>/<metric>/diff|low|high": ...} for the models after the first."""
     if len(runs) != len(names) or len(set(names)) != len(names):
         raise ValueError(f"runs and names must pair one to one with unique names, got {len(runs)} runs and "
                          f"names {list(names)}")
     run_dir = Path(run_dir)
+    yes_margins(runs[0], device=device, progress=progress)
     samples = {}
     for name, run in zip(names, runs):
         samples[name] = io.read_jsonl(Path(run) / "eval" / "samples.jsonl")
