@@ -113,6 +113,7 @@ def test_every_sweep_point_builds_valid_configs(profile, tmp_path):
     fails here and not hours into a sweep."""
     from mmstudy.data.bdhs import BDHSConfig
     from mmstudy.editions.sampled import EDITIONS
+    from mmstudy.models.decoding import parse_decoding
     from mmstudy.study import stages
     from mmstudy.study.pipeline import plan
     from mmstudy.training.dpo import DPOTrainConfig
@@ -131,6 +132,8 @@ def test_every_sweep_point_builds_valid_configs(profile, tmp_path):
                              lora_r=p["lora_r"], lora_alpha=p["lora_alpha"], lr=p["lr"], beta=p["beta"],
                              steps=p["epochs"] * p["size"] // p["batch_size"], batch_size=p["batch_size"], seed=0)
             assert p["mode"] == "grpo" or p["reward_data"] in ("povid", *EDITIONS), run_dir
+        elif p["mode"] == "decode":                          # no training: a decoding method of the base model
+            assert parse_decoding(p["decoding"]).method != "greedy", run_dir
         elif p["mode"] != "offline":
             online = OnlineConfig(mode=p["mode"], k=p["k"], temperature=p["temperature"],
                                   max_new_tokens=p["max_new_tokens"], p_offline=p["p_offline"])
