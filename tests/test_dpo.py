@@ -118,9 +118,48 @@ def test_lengths_and_avg_dpo(base_dir, pairs, smoke_world, tmp_path):
     assert summary["steps"] == 2
 
 
+def test_mdpo_scores_the_chosen_response_on_a_corrupted_image_too(base_dir, pairs, smoke_world, tmp_path):
+    """mDPO's three terms: at step 1 the policy is the reference, so each term is log 2 (DPO's loss is log 2
+    alone); the precomputed reference holds the corrupted views under their own keys and gives the live losses;
+    the run moves the weights as DPO does."""
+    images = smoke_world / "images"
+    runs = {}
+    for pre in (False, True):
+        cfg = DPOTrainConfig(loss="mdpo", lora_r=4, lora_alpha=8, epochs=1, batch_size=8, lr=1e-3, precompute_ref=pre)
+        train_dpo(base_dir, pairs, cfg, tmp_path / str(pre), images, progress=False)
+        runs[pre] = io.read_jsonl(tmp_path / str(pre) / "metrics.jsonl")
+    assert runs[False][0]["loss"] == pytest.approx(3 * 0.693147, abs=1e-4)
+    assert [r["loss"] for r in runs[True]] == pytest.approx([r["loss"] for r in runs[False]], abs=1e-5)
+    cache = io.read_json(tmp_path / "True" / "ref_logps.json")["logps"]
+    assert {f"{p['id']}#corrupt" for p in pairs} <= set(cache) and len(cache[f"{pairs[0]['id']}#corrupt"]) == 1
+    assert cache[f"{pairs[0]['id']}#corrupt"][0] != cache[str(pairs[0]["id"])][0]     # another image, another score
+    q = "language_model.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(_weights(base_dir)[q], _weights(tmp_path / "False" / "model")[q])
+
+
+def test_the_corrupted_view_is_seeded_by_pair_and_keeps_the_chosen_rows():
+    from mmstudy.training.dpo import corrupted_view
+
+    batch = {"pixel_values": torch.zeros(2, 3, 4, 4), "response_ids": torch.arange(12).reshape(4, 3),
+             "response_mask": torch.ones(4, 3), "n_responses": 2, "prompt_ids": torch.ones(2, 5)}
+    view = corrupted_view(batch, ["a", "b"], steps=500, seed=0)
+    assert view["n_responses"] == 1 and torch.equal(view["response_ids"], batch["response_ids"][:2])
+    assert torch.equal(view["prompt_ids"], batch["prompt_ids"]) and not torch.equal(view["pixel_values"][0],
+                                                                                     view["pixel_values"][1])
+    again = corrupted_view(batch, ["b", "a"], steps=500, seed=0)["pixel_values"]
+    assert torch.equal(again[0], view["pixel_values"][1]) and torch.equal(again[1], view["pixel_values"][0])
+    assert not torch.equal(corrupted_view(batch, ["a", "b"], steps=500, seed=1)["pixel_values"], view["pixel_values"])
+
+
+def test_mdpo_settings_enter_the_run_identity_of_mdpo_runs_only():
+    assert not any(k.startswith("mdpo_") for k in DPOTrainConfig().identity())
+    assert DPOTrainConfig(loss="mdpo").identity()["mdpo_noise_steps"] == 500
+    assert DPOTrainConfig(loss="mdpo", mdpo_anchor=1.0).identity() != DPOTrainConfig(loss="mdpo").identity()
+
+
 def test_config_validation():
     for bad in ({"loss": "kto"}, {"on_too_long": "truncate"}, {"lora_r": 8, "train_lm": False},
-                {"train_lm": False, "train_projector": False, "lora_r": 0}, {"beta": 0}):
+                {"train_lm": False, "train_projector": False, "lora_r": 0}, {"beta": 0}, {"mdpo_noise_steps": 0}):
         with pytest.raises(ValueError):
             DPOTrainConfig(**bad)
 

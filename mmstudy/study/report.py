@@ -379,6 +379,8 @@ TRAINING_NEEDED = (
     ("positive control: DPO · oracle-ranked own samples", CONTROL),
     ("DPO · POVID-like", "dpo_povid"),
     ("DPO · BDHS", "dpo_bdhs"),
+    ("mDPO · POVID-like", "mdpo/povid"),
+    ("mDPO · BDHS", "mdpo/bdhs"),
     ("Online-DPO · POVID-like", "online_dpo"),
     ("Mixed-DPO · POVID-like", "mixed"),
 )

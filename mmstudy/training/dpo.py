@@ -38,9 +38,11 @@ from peft import LoraConfig, get_peft_model
 from transformers import DynamicCache
 
 from mmstudy import io
+from mmstudy.models.corruption import NOISE_BETAS, diffusion_noise
 from mmstudy.models.generation import cache_keyword, chat_prompt
 from mmstudy.models.llava import LORA_TARGET_REGEX, load_llava, save_llava
 from mmstudy.progress import progress_bar
+from mmstudy.runs import derive_seed
 from mmstudy.training.checkpoints import (
     epoch_order,
     image_names,
@@ -52,7 +54,7 @@ from mmstudy.training.checkpoints import (
     save_checkpoint,
     settings_hash,
 )
-from mmstudy.training.losses import LOSSES, OBJECTIVES, avg_dpo_loss
+from mmstudy.training.losses import LOSSES, OBJECTIVES, avg_dpo_loss, mdpo_loss
 from mmstudy.training.online import summarize_online
 
 logger = logging.getLogger(__name__)
@@ -60,10 +62,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DPOTrainConfig:
-    loss: str = "dpo"                  # dpo | ipo | slic | avg_dpo
+    loss: str = "dpo"                  # dpo | ipo | slic | avg_dpo | mdpo
     beta: float = 0.1
     label_smoothing: float = 0.0
     gamma: float = 0.5                 # Avg-DPO weight of the first rejected response
+    mdpo_noise_steps: int = 500        # mDPO: diffusion steps of the corrupted image (BDHS_noise's schedule)
+    mdpo_anchor: float = 0.0           # mDPO: the anchor the chosen reward is kept above
     # Defaults: the default profile's recipe (params/05_offline.yaml, chosen by `mmstudy recipe-grid`); the paper
     # profile overrides them (params/paper/05_offline.yaml: r 128, alpha 256, lr 1e-6, 3 epochs, projector trained)
     lora_r: int = 16                   # 0: full fine-tuning
@@ -97,11 +101,21 @@ class DPOTrainConfig:
             raise ValueError("beta, lr and projector_lr must be > 0")
         if self.epochs < 1 or self.batch_size < 1 or self.lora_r < 0:
             raise ValueError("epochs and batch_size must be >= 1, lora_r >= 0")
+        if not 0 < self.mdpo_noise_steps < len(NOISE_BETAS):
+            raise ValueError(f"mdpo_noise_steps must be in [1, {len(NOISE_BETAS) - 1}], got {self.mdpo_noise_steps}")
         if not (self.train_vision or self.train_projector or self.train_lm):
             raise ValueError("nothing to train: enable at least one of train_vision, train_projector, train_lm")
         if self.lora_r > 0 and not self.train_lm:
             raise ValueError("LoRA adapts the language model: with train_lm=False use lora_r=0 (full fine-tuning "
                              "of the parts the flags enable)")
+
+    def identity(self) -> dict:
+        """The settings a run's checkpoints belong to: every field, but mDPO's only for loss mdpo (so runs of the
+        other objectives keep the identity they had before mDPO's settings existed)."""
+        settings = dataclasses.asdict(self)
+        if self.loss != "mdpo":
+            settings = {k: v for k, v in settings.items() if not k.startswith("mdpo_")}
+        return settings
 
 
 # ---------------------------------------------------------------- data
@@ -283,9 +297,28 @@ def _param_groups(model, cfg: DPOTrainConfig) -> list[dict]:
 # ---------------------------------------------------------------- the loop
 
 
-def _objective(cfg: DPOTrainConfig, policy: torch.Tensor, ref: torch.Tensor, n_pairs: int):
+def corrupted_view(batch: dict, ids: Sequence[str], steps: int, seed: int) -> dict:
+    """mDPO's second view of a `collate` batch: each pair's prompt with its image under the diffusion noise of
+    `steps` steps, drawn with the seed (seed, "mdpo", pair id) so that every epoch and the reference see the same
+    corruption, and its chosen response only."""
+    n = len(ids)
+    pixels = batch["pixel_values"]
+    noisy = torch.stack([diffusion_noise(pixels[b], steps, derive_seed(seed, "mdpo", ids[b])) for b in range(n)])
+    return {**batch, "pixel_values": noisy, "response_ids": batch["response_ids"][:n],
+            "response_mask": batch["response_mask"][:n], "n_responses": 1}
+
+
+def _corrupt_ids(ids: Sequence[str]) -> list[str]:
+    """The reference cache's keys of the pairs' corrupted views."""
+    return [f"{i}#corrupt" for i in ids]
+
+
+def _objective(cfg: DPOTrainConfig, policy: torch.Tensor, ref: torch.Tensor, n_pairs: int,
+               corrupt: tuple[torch.Tensor, torch.Tensor] | None = None):
     pc, pr = policy[:n_pairs], policy[n_pairs:2 * n_pairs]
     rc, rr = ref[:n_pairs], ref[n_pairs:2 * n_pairs]
+    if cfg.loss == "mdpo":
+        return mdpo_loss(pc, pr, corrupt[0], rc, rr, corrupt[1], beta=cfg.beta, anchor=cfg.mdpo_anchor)
     if cfg.loss == "avg_dpo":
         return avg_dpo_loss(pc, pr, policy[2 * n_pairs:], rc, rr, ref[2 * n_pairs:], beta=cfg.beta, gamma=cfg.gamma,
                             label_smoothing=cfg.label_smoothing)
@@ -369,7 +402,7 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
         encoded, skipped = list(pairs), 0      # records: their pairs are made step by step
     if not encoded:
         raise ValueError("no pair left to train on")
-    identity = run_identity(config=cfg, online=None if online is None else online.identity(),
+    identity = run_identity(config=cfg.identity(), online=None if online is None else online.identity(),
                             data=records_digest(pairs), model=io.fingerprint(model_dir),
                             images=io.files_digest(image_root, image_names(pairs)))
     frozen = None
@@ -416,9 +449,14 @@ def train_dpo(model_dir: str | Path, pairs: Sequence[dict], cfg: DPOTrainConfig,
         scorer.train()
         if n:
             batch = collate(batch_pairs, pad_id, accelerator.device)
+            ids = [p.id for p in batch_pairs]
             policy = scorer(**batch)
-            ref = reference(batch, [p.id for p in batch_pairs], accelerator.device)
-            loss, reward_chosen, reward_rejected = _objective(cfg, policy, ref, n)
+            ref = reference(batch, ids, accelerator.device)
+            corrupt = None
+            if cfg.loss == "mdpo":
+                view = corrupted_view(batch, ids, cfg.mdpo_noise_steps, cfg.seed)
+                corrupt = (scorer(**view), reference(view, _corrupt_ids(ids), accelerator.device))
+            loss, reward_chosen, reward_rejected = _objective(cfg, policy, ref, n, corrupt)
             loss = loss.mean()
             record.update({"rewards/chosen": float(reward_chosen.mean()),
                            "rewards/rejected": float(reward_rejected.mean()),
@@ -485,9 +523,14 @@ def _reference_cache(out: Path, scorer, frozen, encoded: list[EncodedPair], pad_
     for start in range(0, len(encoded), 4 * cfg.batch_size):   # no gradients: larger batches
         chunk = encoded[start:start + 4 * cfg.batch_size]
         batch = collate(chunk, pad_id, device)
-        values = reference(batch, [p.id for p in chunk], device).tolist()
+        ids = [p.id for p in chunk]
+        values = reference(batch, ids, device).tolist()
         n = len(chunk)
         for j, p in enumerate(chunk):
             logps[p.id] = [values[k * n + j] for k in range(batch["n_responses"])]
+        if cfg.loss == "mdpo":
+            view = corrupted_view(batch, ids, cfg.mdpo_noise_steps, cfg.seed)
+            keys = _corrupt_ids(ids)
+            logps |= {key: [v] for key, v in zip(keys, reference(view, keys, device).tolist())}
     io.write_json(path, {"config_hash": run_hash, "logps": logps})
     return logps

@@ -62,7 +62,7 @@ def slic_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: fl
 
 
 LOSSES: dict[str, LossFn] = {"dpo": dpo_loss, "ipo": ipo_loss, "slic": slic_loss}
-OBJECTIVES = (*LOSSES, "avg_dpo")
+OBJECTIVES = (*LOSSES, "avg_dpo", "mdpo")
 
 
 def avg_dpo_loss(policy_chosen, policy_rejected, policy_rejected_2, ref_chosen, ref_rejected, ref_rejected_2,
@@ -86,8 +86,8 @@ def mdpo_loss(policy_chosen, policy_rejected, policy_chosen_corrupt, ref_chosen,
         -log sigmoid(beta h) - log sigmoid(beta (c - c')) - log sigmoid(beta c - anchor)
 
     with c = log pi(y+ | x, m) - log ref(y+ | x, m), c' the same given the corrupted image m', h DPO's margin.
-    Returns (loss, chosen rewards, rejected rewards) as the other objectives. The objective only: the trainer's
-    pass over the corrupted images is not built yet (docs/alignment.md)."""
+    Returns (loss, chosen rewards, rejected rewards) as the other objectives. The trainer scores y+ given the
+    corrupted image in a second pass (`mmstudy.training.dpo.corrupted_view`, docs/alignment.md)."""
     h, reward_chosen, reward_rejected = _margin_and_rewards(policy_chosen, policy_rejected, ref_chosen,
                                                             ref_rejected, beta)
     chosen = policy_chosen - ref_chosen
