@@ -567,6 +567,12 @@ def test_live_answers_about_an_uploaded_image(smoke_runs):
     assert a_full and a_masked and b_full is None and b_masked is None
     assert "the uploaded image; ground truth (none): none" in checks and "models/base (masked, ρ_th 0.5)" in checks
     assert "image patches kept" in legend
+    vcd = app.live(None, Image.new("RGB", (48, 48), (0, 120, 0)), "What is in the image?", "models/base", NONE,
+                   0.5, 0, 8, "vcd:alpha=2")
+    assert vcd[-1] == "" and "models/base (full image, vcd:alpha=2,beta=0.1,noise_steps=500)" in vcd[-2]
+    assert vcd[4] == a_masked                                    # the masked answer stays greedy
+    assert "unknown method 'beam'" in app.live(None, Image.new("RGB", (8, 8)), "q", "models/base", NONE, 0.5, 0, 8,
+                                               "beam")[-1]
 
 
 def test_two_word_object_names_are_highlighted_whole():

@@ -39,6 +39,7 @@ from mmstudy.app import render, views
 from mmstudy.data.bdhs import VARIANTS, BDHSConfig, kept_image_tokens
 from mmstudy.evaluation.compare import compare_runs
 from mmstudy.judges.oracle import check_answer
+from mmstudy.models.decoding import Decoding, decode, noise_transforms, parse_decoding
 from mmstudy.models.generation import chat_prompt, generate, image_token_counts, sample_image_keep
 from mmstudy.models.llava import load_llava
 from mmstudy.world.layout import load_scenes
@@ -254,9 +255,11 @@ class Inspector:
         return self._models[relative]
 
     @_guarded(None, None, "", None, None, None, None, "")
-    def live(self, name, upload, question, model_a, model_b, rho, seed, max_new_tokens):
-        """-> full image, masked image, legend, 4 answers (A, A masked, B, B masked), checks, status."""
+    def live(self, name, upload, question, model_a, model_b, rho, seed, max_new_tokens, decoding="greedy"):
+        """-> full image, masked image, legend, 4 answers (A, A masked, B, B masked), checks, status. `decoding`
+        (`mmstudy eval --decoding`'s text) decodes the full-image answers; the masked ones stay greedy."""
         rho, seed = _bounded("ρ_th", rho, 0.0, 1.0), _bounded("mask seed", seed or 0, 0, 2**31 - 1, int)
+        decoding = parse_decoding(decoding or "greedy")
         max_new_tokens = _bounded("max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS, int)
         if len(question or "") > MAX_QUESTION_CHARS:
             raise io.DataError(f"the question is longer than {MAX_QUESTION_CHARS} characters")
@@ -274,8 +277,9 @@ class Inspector:
             raise io.DataError("no model selected (none was found under the runs directory)")
         answers, checks, drawn = [], [f"**Image** {label}; {self._ground_truth(present)}"], []
         for rel in [model_a] + ([model_b] if model_b and model_b != NONE else []):
-            texts, keep = self._generate(rel, image, question, rho, seed, max_new_tokens)
-            for text, how, mask in zip(texts, ("full image", f"masked, ρ_th {rho}"), (None, keep)):
+            texts, keep = self._generate(rel, image, question, rho, seed, max_new_tokens, decoding)
+            full = "full image" + ("" if decoding.method == "greedy" else f", {decoding}")
+            for text, how, mask in zip(texts, (full, f"masked, ρ_th {rho}"), (None, keep)):
                 view = views.AnswerView(text, self.truth, present)
                 answers.append(view.spans(self.truth.synonyms))
                 checks.append(self._checks(f"{rel} ({how})", view, scene))
@@ -285,15 +289,23 @@ class Inspector:
         legend = f"left: model A, full image — {drawn[0][1]}  \nright: model A, masked — {drawn[1][1]}"
         return (drawn[0][0], drawn[1][0], legend, *answers, "\n\n".join(checks), "")
 
-    def _generate(self, rel, image, question, rho, seed, max_new_tokens) -> tuple[list[str], list[bool]]:
-        """Model `rel`'s greedy answers with the full image and with image tokens kept iff u_i >= rho."""
+    def _generate(self, rel, image, question, rho, seed, max_new_tokens, decoding: Decoding
+                  ) -> tuple[list[str], list[bool]]:
+        """Model `rel`'s answers with the full image (decoded by `decoding`; VCD's noise seeded by the mask seed)
+        and, greedy, with image tokens kept iff u_i >= rho."""
         model, processor = self.model(rel)
         prompt = chat_prompt(processor, question)
         n = image_token_counts(processor, [image], [prompt])[0]
         keep = sample_image_keep(n, float(rho), int(seed))
-        texts = generate(model, processor, [image, image], [prompt, prompt], max_new_tokens=int(max_new_tokens),
-                         batch_size=2, image_keep=[torch.ones(n, dtype=torch.bool), keep], progress=False)
-        return texts, keep.tolist()
+        if decoding.method == "greedy":
+            texts = generate(model, processor, [image, image], [prompt, prompt], max_new_tokens=int(max_new_tokens),
+                             batch_size=2, image_keep=[torch.ones(n, dtype=torch.bool), keep], progress=False)
+            return texts, keep.tolist()
+        full = decode(model, processor, [image], [prompt], decoding, max_new_tokens=int(max_new_tokens),
+                      contrast_pixels=noise_transforms(decoding.noise_steps, [int(seed)]), progress=False)
+        masked = generate(model, processor, [image], [prompt], max_new_tokens=int(max_new_tokens), image_keep=[keep],
+                          progress=False)
+        return full + masked, keep.tolist()
 
     # ------------------------------------------------------------ compare runs and benchmarks
 
@@ -582,6 +594,8 @@ def _live_tab(app: Inspector):
             with gr.Row():
                 seed = gr.Number(0, label="mask seed", precision=0)
                 tokens = gr.Slider(8, MAX_NEW_TOKENS, value=64, step=8, label="max new tokens")
+            decoding = gr.Textbox("greedy", label="decoding of the full-image answers: greedy, vcd[:alpha=1,...], "
+                                  "pai[:alpha=0.2,...] (docs/decoding.md)", elem_id="live-decoding")
             run = gr.Button("Generate", variant="primary", elem_id="live-run")
     status = gr.Markdown(elem_id="live-status")
     with gr.Row():
@@ -593,7 +607,7 @@ def _live_tab(app: Inspector):
     with gr.Row():
         b_full, b_masked = _spans_box("B: full image", "live-b-full"), _spans_box("B: masked", "live-b-masked")
     checks = gr.Markdown(elem_id="live-checks")
-    run.click(app.live, [name, upload, question, model_a, model_b, rho, seed, tokens],
+    run.click(app.live, [name, upload, question, model_a, model_b, rho, seed, tokens, decoding],
               [full, masked, legend, a_full, a_masked, b_full, b_masked, checks, status])
     return model_a, model_b
 
