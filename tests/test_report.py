@@ -337,3 +337,29 @@ def test_training_needed_puts_decoding_points_beside_the_aligned_models_with_the
     assert table.loc["VCD, no training", "train min"] == 0 and table.loc["VCD, no training", "eval s/item"] == 0.25
     assert table.loc["DPO · POVID-like", "train min"] == 10.0                  # the one seed that recorded it
     assert np.isnan(table.loc["DPO · POVID-like", "eval s/item"])          # not recorded
+
+
+def test_pope_claims_are_read_net_of_the_yes_ratio_once_the_base_has_margins(runs_root):
+    """A model that is the base with its yes/no threshold moved differs from the base on POPE F1, but not net of
+    the yes-ratio: `better` reads POPE claims net of it when the base's margins exist, other columns as before."""
+    samples_of = lambda rel: io.read_jsonl(runs_root / rel / "eval" / "samples.jsonl")   # noqa: E731
+    base = samples_of("01_world_base")
+    pope = [s for s in base if s["benchmark"] == "pope"]
+    rng = np.random.default_rng(1)
+    margins = {(s["split"], s["question_id"]): (1.0 if s["label"] == "yes" else -1.0) + rng.normal(0, 1.2)
+               for s in pope}
+    io.write_jsonl(runs_root / "01_world_base" / "eval" / "yes_margins.jsonl",
+                   [{"split": k[0], "question_id": k[1], "margin": v} for k, v in margins.items()])
+    others = [s for s in base if s["benchmark"] != "pope"]
+    half = report.matched_samples([{**s, "pred": "yes" if i % 2 else "no"} for i, s in enumerate(pope)], margins)
+    io.write_jsonl(runs_root / "01_world_base" / "eval" / "samples.jsonl", half + others)  # answers by its margins
+    _run(runs_root, "07_ablations/shift/yes/s0", 0, 0.8)
+    more_yes = report.matched_samples([{**s, "pred": "yes" if i % 4 else "no"} for i, s in enumerate(pope)], margins)
+    io.write_jsonl(runs_root / "07_ablations/shift/yes/s0/eval/samples.jsonl", more_yes + others)
+    claims = report.Claims(report.collect(runs_root), n_boot=300)
+    raw = claims.paired("base", "shift/yes", "POPE F1")
+    net = claims.paired("base", "shift/yes", "POPE F1", net=True)
+    assert report.excludes_zero(raw) and (net["value"], net["low"], net["high"]) == (0.0, 0.0, 0.0)
+    mark, text = claims.better("shift/yes", "base", "POPE F1")
+    assert mark == "≈" and "POPE F1 net of yes-ratio shift/yes − base +0.00" in text
+    assert "net of yes-ratio" not in claims.better("dpo_povid", "base", "CHAIR_i")[1]

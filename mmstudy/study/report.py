@@ -339,6 +339,15 @@ def _read_samples(run_dir: str) -> list[dict]:
     return io.read_jsonl(path) if path.is_file() else []
 
 
+def _net(statistic):
+    """A statistic of rows that hold a model's row and, after it, the base's at the model's yes-ratio (`Claims._rows`
+    with net): the model's value minus the base's."""
+    def net(sums: np.ndarray) -> np.ndarray:
+        half = sums.shape[-1] // 2
+        return statistic(sums[..., :half]) - statistic(sums[..., half:])
+    return net
+
+
 def matched_samples(samples: Sequence[dict], margins: dict) -> list[dict]:
     """The base model's POPE answers at the per-split yes-ratio of a model's `samples`: its yes/no threshold moved
     (`answers_at_yes_ratio` over `margins`, {(split, question_id): log-odds}), as samples of the same questions
@@ -441,35 +450,52 @@ class Claims:
             return pairs if a == "base" else [(x, y) for y, x in pairs]
         return [(da[s], db[s]) for s in sorted(set(da) & set(db))]
 
-    def paired(self, a: str, b: str, column: str, resample_seeds: bool = True) -> dict | None:
+    def paired(self, a: str, b: str, column: str, resample_seeds: bool = True, net: bool = False) -> dict | None:
         """`column` of b minus a in the column's units (points for percentages), with its hierarchical-bootstrap
         interval; None when either model did not run or they share no paired item. resample_seeds=False holds the
-        seeds' runs fixed and resamples the items only (`power_table`'s item share)."""
-        key = (a, b, column, resample_seeds)
+        seeds' runs fixed and resamples the items only (`power_table`'s item share). net=True (POPE columns, with
+        the base's margins): each model's value net of the base's at that model's yes-ratio (`matched_samples`),
+        so that a difference in how often the two say "yes" does not count."""
+        key = (a, b, column, resample_seeds, net)
         if key not in self._paired:
             self._paired[key] = None
             if a in self.dirs and b in self.dirs:
-                rows = [(item_rows(self.samples(run_a), column), item_rows(self.samples(run_b), column))
+                rows = [(self._rows(run_a, column, net), self._rows(run_b, column, net))
                         for run_a, run_b in self._runs_by_seed(a, b)]
-                self._paired[key] = self._difference(rows, column, resample_seeds)
+                statistic = _net(ITEM_ROWS[column][2]) if net else ITEM_ROWS[column][2]
+                self._paired[key] = self._difference(rows, column, resample_seeds, statistic)
         return self._paired[key]
 
-    def _difference(self, rows: list[tuple[dict, dict]], column: str, resample_seeds: bool = True) -> dict | None:
+    def _rows(self, run: str, column: str, net: bool) -> dict:
+        """{item: row} of a run for `column`; with `net`, each row followed by the base's row at the run's
+        yes-ratio (`_net` reads the difference)."""
+        own = item_rows(self.samples(run), column)
+        if not net:
+            return own
+        matched = item_rows(matched_samples(self.samples(run), self.margins()), column)
+        return {k: np.concatenate([own[k], matched[k]]) for k in own if k in matched}
+
+    def nets(self, column: str) -> bool:
+        """Whether claims on `column` are read net of the yes-ratio: a POPE column, with the base's margins."""
+        return ITEM_ROWS[column][0] == "pope" and bool(self.margins())
+
+    def _difference(self, rows: list[tuple[dict, dict]], column: str, resample_seeds: bool = True,
+                    statistic=None) -> dict | None:
         """b - a over (item rows of a, item rows of b) per seed, on the items every seed of both answered (items
         are crossed with seeds in the bootstrap), in the column's units, with a's own value ("reference", the mean
-        over seeds); None without a common item."""
+        over seeds); None without a common item. `statistic`: of summed rows (the column's by default)."""
+        statistic = statistic or ITEM_ROWS[column][2]
         common = sorted(set.intersection(*(set(ra) & set(rb) for ra, rb in rows)), key=repr) if rows else []
         if not common:
             return None
         xs = [np.array([ra[k] for k in common]) for ra, _ in rows]
         ys = [np.array([rb[k] for k in common]) for _, rb in rows]
-        d = hierarchical_paired_difference(xs, ys, ITEM_ROWS[column][2], n_boot=self.n_boot,
-                                           resample_seeds=resample_seeds)
+        d = hierarchical_paired_difference(xs, ys, statistic, n_boot=self.n_boot, resample_seeds=resample_seeds)
         if not np.isfinite(d["low"]):   # undefined: e.g. CHAIR_i with no mention
             return None
         scale = COLUMNS[column][1]
         return {**d, **{k: scale * d[k] for k in ("value", "low", "high", "se")},
-                "reference": scale * float(np.mean([ITEM_ROWS[column][2](x.sum(axis=0)) for x in xs]))}
+                "reference": scale * float(np.mean([statistic(x.sum(axis=0)) for x in xs]))}
 
     def margins(self) -> dict:
         """The base model's yes/no log-odds per POPE question, {(split, question_id): margin}, from the base run's
@@ -501,14 +527,15 @@ class Claims:
         for m in (a, b):
             if m not in self.dirs or _mean(self.summary, m, column) is None:
                 return None, f"{column}: {m} not run"
-        d = self.paired(b, a, column)
+        net = self.nets(column)
+        d = self.paired(b, a, column, net=net)
         if d is None:
             return None, f"{column}: {a} and {b} share no seed with per-item samples"
         sign = COLUMNS[column][2] or 1
         low, high = sorted((sign * d["low"], sign * d["high"]))
         mark = "✓" if low > 0 else "✗" if high < 0 else "~" if sign * d["value"] > 0 else "≈"
-        return mark, (f"{column} {a} − {b} {d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] "
-                      f"({d['n_seeds']} seed{'s' * (d['n_seeds'] > 1)}, {d['n_items']} items)")
+        return mark, (f"{column}{' net of yes-ratio' * net} {a} − {b} {d['value']:+.2f} [{d['low']:+.2f}, "
+                      f"{d['high']:+.2f}] ({d['n_seeds']} seed{'s' * (d['n_seeds'] > 1)}, {d['n_items']} items)")
 
     def not_worse(self, a: str, b: str, column: str) -> tuple[str | None, str]:
         """Model a is not worse than model b: "✓" when a's estimate is at least b's, "~" when it is worse within the
