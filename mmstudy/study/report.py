@@ -472,8 +472,12 @@ class Claims:
         own = item_rows(self.samples(run), column)
         if not net:
             return own
-        matched = item_rows(matched_samples(self.samples(run), self.margins()), column)
+        matched = self._matched_rows(run, column)
         return {k: np.concatenate([own[k], matched[k]]) for k in own if k in matched}
+
+    def _matched_rows(self, run: str, column: str) -> dict:
+        """{item: row} for `column` of the base's answers at the run's per-split yes-ratio (`matched_samples`)."""
+        return item_rows(matched_samples(self.samples(run), self.margins()), column)
 
     def nets(self, column: str) -> bool:
         """Whether claims on `column` are read net of the yes-ratio: a POPE column, with the base's margins."""
@@ -511,12 +515,10 @@ class Claims:
         """`column` (a POPE column) of `model` minus the base model's at the same yes-ratio (`matched_samples`: the
         base's threshold moved to the model's per-split yes-ratio, seed by seed), paired per item with the
         hierarchical bootstrap; "reference" holds the baseline's value. None without the base's margins."""
-        if ITEM_ROWS[column][0] != "pope" or model not in self.dirs or not self.margins():
+        if not self.nets(column) or model not in self.dirs:
             return None
-        rows = []
-        for _, run in sorted(self.dirs[model].items()):
-            own = self.samples(run)
-            rows.append((item_rows(matched_samples(own, self.margins()), column), item_rows(own, column)))
+        rows = [(self._matched_rows(run, column), self._rows(run, column, net=False))
+                for _, run in sorted(self.dirs[model].items())]
         return self._difference(rows, column)
 
     def better(self, a: str, b: str, column: str) -> tuple[str | None, str]:
