@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +53,8 @@ def cpu_threads(requested: int = 0) -> int:
 def use_cpu_threads(requested: int = 0) -> int:
     """Set torch's threads to `cpu_threads(requested)` and export them as OMP_NUM_THREADS, so that the processes
     this one starts (papermill kernels, data workers) use as many; returns the number."""
+    import torch  # here, not above: modules that only read runs (the report) stay free of torch
+
     n = cpu_threads(requested)
     torch.set_num_threads(n)
     os.environ["OMP_NUM_THREADS"] = str(n)
@@ -62,6 +63,8 @@ def use_cpu_threads(requested: int = 0) -> int:
 
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) in one place."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -90,6 +93,8 @@ def package_versions(names: tuple[str, ...] = MANIFEST_PACKAGES) -> dict[str, st
 
 def build_manifest(seed: int, command: str, params: dict | None = None) -> dict:
     """What produced a result: git commit, package versions, seed, command, machine and time."""
+    import torch
+
     return {
         "command": command,
         "seed": seed,

@@ -605,6 +605,7 @@ def _peak_rss_gb(pid: int) -> float:
     return int(line.split()[1]) / 2**20
 
 
+@pytest.mark.slow      # about 30 s: the app in its own process
 def test_the_api_serves_its_largest_allowed_inputs_in_bounded_memory(smoke_runs, smoke_world, tmp_path):
     """As an outside caller would, through gradio_client against `mmstudy app` in its own process: the largest
     inputs each handler allows (image tokens, an upload of the most pixels, the longest question, the most new

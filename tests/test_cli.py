@@ -4,8 +4,10 @@ Run: pytest tests/test_cli.py        (the default-profile acceptance run: pytest
 """
 
 import json
-import subprocess
+import runpy
 import sys
+
+import pytest
 
 from mmstudy.cli import main
 
@@ -39,7 +41,12 @@ def test_eval_refuses_a_model_that_is_not_llava(tmp_path, smoke_world, caplog):
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "samples.jsonl").exists()
 
 
-def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "mmstudy", "--help"], capture_output=True, text=True, check=True)
+def test_python_dash_m_entry_point(monkeypatch, capsys):
+    """What `python -m mmstudy --help` runs, in this process (the launcher tests start it in others)."""
+    monkeypatch.setattr(sys, "argv", ["mmstudy", "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("mmstudy", run_name="__main__")
+    assert done.value.code == 0
+    out = capsys.readouterr().out
     for command in ("world", "train-base", "eval"):
-        assert command in out.stdout
+        assert command in out

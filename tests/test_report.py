@@ -1,6 +1,9 @@
 """The report's numbers from run directories (mmstudy.study.report): collection, intervals over seeds, the paper's
 tables and the verdicts, on small run directories written here."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -58,6 +61,14 @@ def runs_root(tmp_path):
     io.write_json(tmp_path / "02_preference_data/s0/complete.json", {})
     io.write_json(tmp_path / "05_offline/bdhs/s0/metrics.json", {"eval/pope/macro/f1": 0.9})  # not complete
     return tmp_path
+
+
+def test_the_report_imports_without_torch():
+    """The report notebook reads run files only: its imports leave torch and transformers out (seconds per run)."""
+    code = ("import sys; from mmstudy import io, plots; from mmstudy.study import report; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_collect_names_model_runs_and_skips_data_stages_and_unfinished_runs(runs_root):

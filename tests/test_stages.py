@@ -1,6 +1,8 @@
 """Stage functions of the notebooks (mmstudy.study.stages) beyond what the smoke chain exercises: the paper profile's
 external checkpoint and converted data, training launched in other processes, and the paper profile's plan."""
 
+import os
+import shutil
 import sys
 
 import pytest
@@ -91,25 +93,31 @@ def test_launch_command_parses_back_to_the_same_configs():
             str(args.embedder), str(args.prompts)) == ("online_bdhs_avg", 2, 0.7, 33, 0.25, 0.98, 3, "emb", "p.jsonl")
 
 
-def test_align_launched_in_another_process_trains_the_same_model(base_dir, smoke_world, tmp_path):
-    """`align` with a launcher (here plain `python`, as `accelerate launch` would start it) trains through
-    `mmstudy train-dpo` and gives the weights of the in-process run."""
+def test_align_launched_on_two_processes_trains_the_same_model(base_dir, smoke_world, tmp_path, monkeypatch):
+    """`align` with a launcher, `accelerate launch` with two CPU processes (DDP over gloo), trains through
+    `mmstudy train-dpo`: each process takes half of every global batch, and the averaged gradients give the
+    weights of the in-process run."""
     base = tmp_path / "01"
     stages.link_external(base, base_dir, smoke_world)
     prefs = tmp_path / "prefs.jsonl"
     io.write_jsonl(prefs, povid_like_pairs(smoke_world, n=24, seed=0))
     dpo = DPOTrainConfig(lora_r=4, lora_alpha=8, lr=1e-3, epochs=1, batch_size=8, seed=3)
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    launcher = f"{accelerate} launch --cpu --num_processes 2 --num_machines 1 --mixed_precision no " \
+               "--dynamo_backend no"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")          # two processes on two cores
     runs = {}
     io.write_json(tmp_path / "launched" / "manifest.json", {"stage": "05_offline"})    # as `execute` writes it
-    for name, launch in (("here", ""), ("launched", sys.executable)):
+    for name, launch in (("here", ""), ("launched", launcher)):
         stages.align(tmp_path / name, base, prefs=prefs, dpo=dpo, max_pairs=16, benchmarks=["pope"], limit=8,
                      launch=launch, progress=False)
         runs[name] = load_file(str(tmp_path / name / "model" / "model.safetensors"))
     assert io.read_json(tmp_path / "launched" / "train_summary.json")["pairs"] == 16
     assert len(io.read_jsonl(tmp_path / "launched" / "train_prefs.jsonl")) == 16
+    assert [r["pairs"] for r in io.read_jsonl(tmp_path / "launched" / "metrics.jsonl")] == [8, 8]   # logged once
     here, launched = runs["here"], runs["launched"]
     assert set(here) == set(launched)
-    assert max((here[n] - launched[n]).abs().max().item() for n in here) < 1e-6
+    assert max((here[n] - launched[n]).abs().max().item() for n in here) < 1e-5
     assert (tmp_path / "launched" / "eval" / "results.json").is_file()
     assert io.read_json(tmp_path / "launched" / "manifest.json") == {"stage": "05_offline"}     # kept
     assert "train-dpo" in io.read_json(tmp_path / "launched" / "train_manifest.json")["command"]

@@ -135,6 +135,9 @@ def score_pope(answers: Sequence[str], questions: Sequence[dict], parser: str = 
     return {**metrics, "parser": parser, "version": POPE_VERSION}
 
 
+MARGINS_FILE = "yes_margins.jsonl"   # beside an evaluation's samples: the model's yes/no log-odds per question
+
+
 def answers_at_yes_ratio(margins: Sequence[float], yes_ratio: float) -> list[str]:
     """A model's POPE answers with its yes/no threshold moved (the control that arXiv 2504.10020 asks of decoding
     methods): "yes" for the round(yes_ratio x n) questions with the largest margins (the model's log-odds of "yes" over

@@ -24,7 +24,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from transformers import AutoTokenizer
 
 from mmstudy import io
 from mmstudy.benchmarks.chair import COCO_SYNONYMS_PATH, Synonyms, extract_objects, load_synonyms, parse_synonyms
@@ -201,6 +200,8 @@ def length_unit(tokenizer=None) -> str:
 
 def load_tokenizer(path: str | Path):
     """The Hugging Face tokenizer saved in a model directory (AutoTokenizer, offline)."""
+    from transformers import AutoTokenizer  # here: the report reads reviews without loading transformers
+
     if not Path(path).is_dir():
         raise io.DataError(f"{path}: tokenizer directory not found")
     try:

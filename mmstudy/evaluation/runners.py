@@ -292,9 +292,6 @@ def run_masked(model, processor, ctx: EvalContext, rho_th: float = 0.99) -> tupl
     return metrics, samples
 
 
-MARGINS_FILE = "yes_margins.jsonl"   # beside an evaluation's samples: the model's yes/no log-odds per POPE question
-
-
 def pope_margins(model, processor, data_dir: str | Path, samples: Sequence[dict], *, batch_size: int = 64,
                  progress: bool = True) -> list[dict]:
     """The model's log-odds of "yes" over "no" as its first answer token (`yes_no_margins`) on the POPE questions of

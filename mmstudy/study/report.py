@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 
 from mmstudy import io
+from mmstudy.benchmarks.pope import MARGINS_FILE, answers_at_yes_ratio
 from mmstudy.benchmarks.pope import SPLITS as POPE_SPLITS
-from mmstudy.benchmarks.pope import answers_at_yes_ratio
 from mmstudy.benchmarks.stats import hierarchical_paired_difference, minimal_detectable_effect, seed_interval
 from mmstudy.data.review import markdown_table as rows_table
-from mmstudy.evaluation.runners import MARGINS_FILE
 from mmstudy.training.rl_curves import CURVE_KEYS
 
 logger = logging.getLogger(__name__)

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from mmstudy import io
+from mmstudy.benchmarks.pope import MARGINS_FILE
 from mmstudy.converters import ConvertConfig, convert
 from mmstudy.data.bdhs import (
     BDHSConfig,
@@ -49,7 +50,7 @@ from mmstudy.editions.povid import povid_like_pairs
 from mmstudy.editions.sampled import EDITIONS, default_responders, own_responders, world_editions
 from mmstudy.evaluation.compare import compare_runs
 from mmstudy.evaluation.evaluate import evaluate
-from mmstudy.evaluation.runners import MARGINS_FILE, pope_margins
+from mmstudy.evaluation.runners import pope_margins
 from mmstudy.judges.base import check_judge_calls
 from mmstudy.judges.registry import make_judge
 from mmstudy.models.decoding import parse_decoding

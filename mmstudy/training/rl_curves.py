@@ -22,8 +22,6 @@ import math
 from collections import defaultdict
 from typing import Sequence
 
-from mmstudy.training.grpo import world_reward
-from mmstudy.training.rloo import distinct_trigram_ratio
 from mmstudy.world.scene import Scene
 
 MARGIN = 0.02            # hacking: an oracle rate worsening by more than 2 points while the reward rises
@@ -53,6 +51,9 @@ def rl_curve(samples: Sequence[dict], metrics: Sequence[dict], records: Sequence
     """One row per sampling step with samples (`CURVE_KEYS` and "step", "samples"): the samples' oracle counts
     (`world_reward` against the record's image scene and its chosen response as the reference) and the step's
     reward and KL from the metrics (their mean over the step's optimizer steps)."""
+    from mmstudy.training.grpo import world_reward  # here: the report imports CURVE_KEYS without torch
+    from mmstudy.training.rloo import distinct_trigram_ratio
+
     by_id = {str(r["id"]): r for r in records}
     per_step: dict[int, list[dict]] = defaultdict(list)
     for s in samples:
