@@ -1,8 +1,11 @@
 """Benchmark: mmstudy's DPO trainer against TRL's `DPOTrainer` (TRL is a benchmark-only dependency here).
 
-Same model, same pairs, same batch size, LoRA settings, learning rate and epochs; each trainer runs in its
-own subprocess (so peak memory, the processes' max RSS, is its own), all in this run. TRL runs twice: with the
-same LoRA settings, and as the two-model setup (full fine-tuning beside a frozen reference copy). On a tiny model
+Same model, same pairs, same batch size, LoRA settings, learning rate and epochs: the default profile's recipe
+(`DPOTrainConfig`'s defaults: LoRA r 16, alpha 32, 16 pairs per step, 4 epochs, so our reference log-probs,
+computed once, serve all four); each trainer runs in its own subprocess (so peak memory, the processes' max RSS,
+is its own), all in this run. TRL runs twice: with the same LoRA settings (its defaults otherwise: the
+reference recomputed at every step; TRL 1.16 refuses `precompute_ref_log_probs=True` for vision datasets), and as
+the two-model setup (full fine-tuning beside a frozen reference copy). On a tiny model
 the RSS is mostly the torch runtime, so the memory ratios only mean something for real checkpoints. Also measures
 this machine's fp32 matmul peak and our achieved training FLOP/s against it (language-model matmuls only: 2 N per
 token forward, 4 N backward, plus 2 N for the reference forward, N = language-model parameters without embeddings).
@@ -27,12 +30,15 @@ from pathlib import Path
 import torch
 from common import smoke_setup
 
-LORA_R, LORA_ALPHA, BATCH, LR = 8, 16, 8, 5e-5
+from mmstudy.training.dpo import DPOTrainConfig
+
+RECIPE = DPOTrainConfig()
+LORA_R, LORA_ALPHA, BATCH, LR, EPOCHS = RECIPE.lora_r, RECIPE.lora_alpha, RECIPE.batch_size, RECIPE.lr, RECIPE.epochs
 
 
 def run_ours(world: Path, model_dir: str, prefs: Path, out: Path, epochs: int) -> dict:
     from mmstudy.data.preferences import load_preferences
-    from mmstudy.training.dpo import DPOTrainConfig, train_dpo
+    from mmstudy.training.dpo import train_dpo
 
     pairs = load_preferences(prefs)
     cfg = DPOTrainConfig(lora_r=LORA_R, lora_alpha=LORA_ALPHA, batch_size=BATCH, lr=LR, projector_lr=LR,
@@ -114,7 +120,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--world", type=Path, default=None)
     parser.add_argument("--pairs", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--quick", action="store_true", help="64 pairs: a run under a minute")
     parser.add_argument("--worker", choices=["ours", "trl", "trl2"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prefs", type=Path, default=None, help=argparse.SUPPRESS)
@@ -149,7 +155,8 @@ def main() -> None:
     rate = {k: v["pairs"] / v["seconds"] for k, v in results.items()}
     print(f"pairs={n_pairs} epochs={args.epochs} batch={BATCH} lora_r={LORA_R} "  # noqa: T201
           f"threads={torch.get_num_threads()}")
-    for name, r in (("ours (LoRA, adapters-off reference)", ours), ("TRL  (LoRA, adapters-off reference)", trl),
+    for name, r in (("ours (LoRA, adapters-off reference, precomputed)", ours),
+                    ("TRL  (LoRA, adapters-off reference)", trl),
                     ("TRL  (two models: full fine-tuning + reference copy)", two)):
         print(f"{name}: {r['seconds']:.2f} s, {r['pairs'] / r['seconds']:.1f} pairs/s, "  # noqa: T201
               f"peak RSS {r['maxrss_mb']:.0f} MB")

@@ -214,18 +214,40 @@ def test_preference_loader_errors(tmp_path, smoke_world):
         load_preferences(path, image_root=smoke_world / "images")
 
 
+def _mixed_lengths(pairs: list[dict], n: int) -> list[dict]:
+    """`n` pairs whose chosen responses are 1 to 3 times as long: rows that `length_groups` splits."""
+    return [dict(p, chosen=" ".join([p["chosen"]] * (1 + i % 3))) for i, p in enumerate(pairs[:n])]
+
+
+def test_length_groups_pad_the_fewest_tokens():
+    from mmstudy.training.dpo import length_groups
+
+    lengths = [5, 50, 6, 48, 20]
+    assert length_groups(lengths, 1) == [[0, 2, 4, 3, 1]]        # 5 x 50 = 250 padded tokens
+    assert length_groups(lengths, 2) == [[0, 2, 4], [3, 1]]      # 3 x 20 + 2 x 50 = 160 (not 2 x 6 + 3 x 50 = 162)
+    assert length_groups(lengths, 3) == [[0, 2], [4], [3, 1]]    # 12 + 20 + 100 = 132
+    assert length_groups([7, 7, 7], 3) == [[0, 1, 2]]             # no tokens to save: one group
+    assert length_groups([3], 4) == [[0]]
+    with pytest.raises(ValueError, match="max_groups"):
+        length_groups([1], 0)
+
+
 def test_shared_prompt_log_probs_equal_a_plain_forward(smoke_model, pairs, smoke_world):
-    """The prompt runs once and both responses continue from its cache: same log-probs as two full forwards."""
+    """The prompt runs once and both responses continue from its cache, in length groups: same log-probs as two
+    full forwards."""
     from mmstudy.models.generation import chat_prompt
-    from mmstudy.training.dpo import PairScorer, collate, encode_pairs
+    from mmstudy.training.dpo import PairScorer, collate, encode_pairs, length_groups
 
     model, processor, _ = smoke_model
-    encoded, _ = encode_pairs(processor, pairs[:3], smoke_world / "images", 10**6, "error", False)
+    mixed = _mixed_lengths(pairs, 4)
+    encoded, _ = encode_pairs(processor, mixed, smoke_world / "images", 10**6, "error", False)
+    batch = collate(encoded, processor.tokenizer.pad_token_id)
+    assert len(length_groups(batch["response_mask"].sum(-1).tolist())) > 1
     with torch.no_grad():
-        shared = PairScorer(model)(**collate(encoded, processor.tokenizer.pad_token_id)).tolist()
+        shared = PairScorer(model)(**batch).tolist()
         plain = []
         for k in range(2):
-            for pair, enc in zip(pairs[:3], encoded):
+            for pair, enc in zip(mixed, encoded):
                 image = io.load_image(smoke_world / "images" / pair["image"])
                 inputs = processor(images=[image], text=[chat_prompt(processor, pair["prompt"])], return_tensors="pt")
                 ids = torch.cat([inputs["input_ids"], torch.tensor([enc.responses[k]])], dim=1)
@@ -233,6 +255,28 @@ def test_shared_prompt_log_probs_equal_a_plain_forward(smoke_model, pairs, smoke
                 token = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)
                 plain.append(token[-len(enc.responses[k]):].sum().item())
     assert shared == pytest.approx(plain, abs=1e-4)
+
+
+def test_length_groups_give_the_gradients_of_one_padded_forward(smoke_model, pairs, smoke_world):
+    from mmstudy.training.dpo import collate, encode_pairs, shared_prefix_hidden
+
+    model, processor, _ = smoke_model
+    encoded, _ = encode_pairs(processor, _mixed_lengths(pairs, 4), smoke_world / "images", 10**6, "error", False)
+    batch = collate(encoded, processor.tokenizer.pad_token_id)
+    weights = torch.randn(*batch["response_ids"].shape, model.config.text_config.hidden_size,
+                          generator=torch.Generator().manual_seed(0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    found = []
+    for groups in (1, 4):
+        last, hidden = shared_prefix_hidden(model, groups=groups, **batch)
+        grads = torch.autograd.grad((hidden * weights).sum() + last.sum(), params, allow_unused=True)
+        found.append((hidden.detach(), [g for g in grads if g is not None]))
+    (one, g_one), (grouped, g_grouped) = found
+    assert torch.equal(one == 0, grouped == 0) and (one != 0).any()    # 0 exactly at padding, in both
+    torch.testing.assert_close(grouped, one, atol=1e-5, rtol=1e-5)
+    assert len(g_one) == len(g_grouped) > 10
+    for a, b in zip(g_grouped, g_one):     # float sums in another order: equal to 1e-5 of each gradient's norm
+        assert float((a - b).norm()) <= 1e-5 * float(b.norm()) + 1e-7
 
 
 def test_povid_like_pairs_on_fresh_scenes(smoke_world, tmp_path):

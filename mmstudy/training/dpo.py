@@ -7,8 +7,9 @@
     reference  under LoRA the same model with its adapters disabled (no second copy); under full fine-tuning a
                frozen copy; optionally precomputed once per dataset (`precompute_ref`), which removes a forward
                pass per step
-    batches    each pair's image goes through the vision tower and projector once; its features are scattered
-               into the chosen and the rejected (and second rejected) sequences
+    batches    each pair's prompt (image tokens included) runs once; its chosen and rejected (and second
+               rejected) responses continue from its KV cache, in forwards of rows of similar length
+               (`length_groups`), and the vocabulary's log-softmax is taken at the response tokens only
     lengths    never truncated: a pair longer than `max_length` is an error, or skipped and counted
                (`on_too_long="skip"`); a pair whose chosen and rejected are the same text is dropped and
                counted (`skipped_identical`)
@@ -213,28 +214,71 @@ def text_max_length(model) -> int:
     return int(getattr(config, "text_config", config).max_position_embeddings)
 
 
+RESPONSE_GROUPS = 4   # response rows run in up to this many length groups (`length_groups`)
+
+
+def length_groups(lengths: Sequence[int], max_groups: int = RESPONSE_GROUPS) -> list[list[int]]:
+    """Rows (indices into `lengths`) split into at most `max_groups` groups of similar length so that the padded
+    tokens, sum over groups of (rows x the group's longest), are fewest: an exact dynamic programme over the rows
+    sorted by (length, index). Groups come shortest first, each in that order; the fewest groups win a tie."""
+    if max_groups < 1:
+        raise ValueError(f"max_groups must be >= 1, got {max_groups}")
+    order = sorted(range(len(lengths)), key=lambda r: (lengths[r], r))
+    size = [lengths[r] for r in order]
+    n, inf = len(order), float("inf")
+    cost = [[0.0] + [inf] * n]            # cost[k][j]: fewest padded tokens of the first j sorted rows in k groups
+    start: list[list[int]] = [[0] * (n + 1)]
+    for k in range(1, max_groups + 1):
+        row, cut = [inf] * (n + 1), [0] * (n + 1)
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):
+                c = cost[k - 1][i] + (j - i) * size[j - 1]
+                if c < row[j]:
+                    row[j], cut[j] = c, i
+        cost.append(row)
+        start.append(cut)
+    best = min(range(1, max_groups + 1), key=lambda k: (cost[k][n], k)) if n else 0
+    groups, j = [], n
+    for k in range(best, 0, -1):
+        i = start[k][j]
+        groups.append(order[i:j])
+        j = i
+    return groups[::-1]
+
+
 def shared_prefix_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
-                         image_sizes=None) -> tuple[torch.Tensor, torch.Tensor]:
+                         image_sizes=None, groups: int = RESPONSE_GROUPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states of `collate` batches: the prompt rows (B, P) (left-padded, image tokens included) run
     once through the LLaVA's own forward, which encodes and places the image features (LLaVA-NeXT's AnyRes
     included); the n_responses x B response rows (right-padded; all first responses, then all second, ...) continue
-    from the prompt's KV cache. Returns (hidden of each prompt's last token (B, H), response hiddens (nB, L, H)),
-    after the LM's final norm. `model` is a LLaVA, bare or wrapped by peft."""
+    from the prompt's KV cache, in up to `groups` forwards of rows of similar length (`length_groups`: a batch of
+    short answers and long descriptions is not padded to its longest row). Returns (hidden of each prompt's last
+    token (B, H), response hiddens (nB, L, H), 0 at padding), after the LM's final norm. `model` is a LLaVA, bare
+    or wrapped by peft."""
     llava = unwrap_llava(model)
     name = cache_keyword(llava.model)
     kwargs = {"image_sizes": image_sizes} if image_sizes is not None else {}
     prompt = llava.model(input_ids=prompt_ids, pixel_values=pixel_values.to(llava.dtype), attention_mask=prompt_mask,
                          position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **kwargs)
     cache = prompt[name] if name in prompt else prompt["past_key_values"]
-    shared = DynamicCache()
-    for i, layer in enumerate(cache.layers):
-        shared.update(layer.keys.repeat(n_responses, 1, 1, 1), layer.values.repeat(n_responses, 1, 1, 1), i)
-    lengths = prompt_mask.sum(-1).repeat(n_responses)
-    positions = lengths[:, None] + torch.arange(response_ids.shape[1], device=response_ids.device)
-    attention = torch.cat([prompt_mask.repeat(n_responses, 1), response_mask], dim=1)
-    out = llava.model(input_ids=response_ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                      **{name: shared})
-    return prompt.last_hidden_state[:, -1], out.last_hidden_state
+    lengths = response_mask.sum(-1)
+    width = response_ids.shape[1]
+    parts, placed = [], []
+    for rows in length_groups(lengths.tolist(), groups):
+        index = torch.tensor(rows, device=response_ids.device)
+        source = index % prompt_ids.shape[0]            # the prompt row each response continues
+        longest = int(lengths[index].max())
+        shared = DynamicCache()
+        for i, layer in enumerate(cache.layers):
+            shared.update(layer.keys[source], layer.values[source], i)
+        positions = prompt_mask[source].sum(-1, keepdim=True) + torch.arange(longest, device=response_ids.device)
+        attention = torch.cat([prompt_mask[source], response_mask[index, :longest]], dim=1)
+        out = llava.model(input_ids=response_ids[index, :longest], attention_mask=attention, position_ids=positions,
+                          use_cache=True, **{name: shared})
+        parts.append(torch.nn.functional.pad(out.last_hidden_state, (0, 0, 0, width - longest)))
+        placed.extend(rows)
+    hidden = torch.cat(parts)[torch.argsort(torch.tensor(placed, device=response_ids.device))]
+    return prompt.last_hidden_state[:, -1], hidden * response_mask[..., None].to(hidden.dtype)
 
 
 class PairScorer(torch.nn.Module):
@@ -251,10 +295,14 @@ class PairScorer(torch.nn.Module):
 
     def forward(self, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
                 image_sizes=None) -> torch.Tensor:
-        logp = response_log_probs(self.model, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values,
-                                  n_responses, image_sizes, self.temperature)
-        token = logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-        return (token * response_mask).sum(-1)
+        last, hidden = shared_prefix_hidden(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                            pixel_values, n_responses, image_sizes)
+        h = torch.cat([last[:, None].repeat(n_responses, 1, 1), hidden[:, :-1]], dim=1)
+        real = response_mask.bool()            # the vocabulary's log-softmax at the response tokens only
+        logits = unwrap_llava(self.model).lm_head(h[real]).float() / self.temperature
+        token = torch.log_softmax(logits, dim=-1).gather(-1, response_ids[real].unsqueeze(-1)).squeeze(-1)
+        row = torch.arange(len(response_ids), device=token.device)[:, None].expand_as(real)[real]
+        return torch.zeros(len(response_ids), device=token.device, dtype=token.dtype).index_add(0, row, token)
 
 
 def response_log_probs(model, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
