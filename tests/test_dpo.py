@@ -277,6 +277,8 @@ def test_length_groups_give_the_gradients_of_one_padded_forward(smoke_model, pai
     assert len(g_one) == len(g_grouped) > 10
     for a, b in zip(g_grouped, g_one):     # float sums in another order: equal to 1e-5 of each gradient's norm
         assert float((a - b).norm()) <= 1e-5 * float(b.norm()) + 1e-7
+    with pytest.raises(ValueError, match="8 response rows for 4 prompts and n_responses=3: expected 12"):
+        shared_prefix_hidden(model, **{**batch, "n_responses": 3})
 
 
 def test_povid_like_pairs_on_fresh_scenes(smoke_world, tmp_path):

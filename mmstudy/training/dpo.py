@@ -255,6 +255,9 @@ def shared_prefix_hidden(model, prompt_ids, prompt_mask, response_ids, response_
     short answers and long descriptions is not padded to its longest row). Returns (hidden of each prompt's last
     token (B, H), response hiddens (nB, L, H), 0 at padding), after the LM's final norm. `model` is a LLaVA, bare
     or wrapped by peft."""
+    if len(response_ids) != n_responses * len(prompt_ids):
+        raise ValueError(f"{len(response_ids)} response rows for {len(prompt_ids)} prompts and n_responses="
+                         f"{n_responses}: expected {n_responses * len(prompt_ids)}")
     llava = unwrap_llava(model)
     name = cache_keyword(llava.model)
     kwargs = {"image_sizes": image_sizes} if image_sizes is not None else {}
@@ -281,6 +284,12 @@ def shared_prefix_hidden(model, prompt_ids, prompt_mask, response_ids, response_
     return prompt.last_hidden_state[:, -1], hidden * response_mask[..., None].to(hidden.dtype)
 
 
+def predicting_hidden(last: torch.Tensor, hidden: torch.Tensor, n_responses: int) -> torch.Tensor:
+    """The hidden state that predicts each response token (nB, L, H), from `shared_prefix_hidden`'s outputs: the
+    prompt's last position for token 0, response position t - 1 for token t."""
+    return torch.cat([last[:, None].repeat(n_responses, 1, 1), hidden[:, :-1]], dim=1)
+
+
 class PairScorer(torch.nn.Module):
     """Summed response log-probs of every response row of a batch. The prompt of a pair (its image tokens
     included) runs once: its image is encoded once, and its chosen and rejected responses both continue from its
@@ -295,9 +304,8 @@ class PairScorer(torch.nn.Module):
 
     def forward(self, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values, n_responses: int,
                 image_sizes=None) -> torch.Tensor:
-        last, hidden = shared_prefix_hidden(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
-                                            pixel_values, n_responses, image_sizes)
-        h = torch.cat([last[:, None].repeat(n_responses, 1, 1), hidden[:, :-1]], dim=1)
+        h = predicting_hidden(*shared_prefix_hidden(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                                    pixel_values, n_responses, image_sizes), n_responses)
         real = response_mask.bool()            # the vocabulary's log-softmax at the response tokens only
         logits = unwrap_llava(self.model).lm_head(h[real]).float() / self.temperature
         token = torch.log_softmax(logits, dim=-1).gather(-1, response_ids[real].unsqueeze(-1)).squeeze(-1)
@@ -309,9 +317,8 @@ def response_log_probs(model, prompt_ids, prompt_mask, response_ids, response_ma
                        image_sizes=None, temperature: float = 1.0) -> torch.Tensor:
     """Next-token log-probs (nB, L, V) at every position of the response rows of a `collate` batch: token 0 of a
     response is predicted by the prompt's last position, token t by response position t - 1."""
-    last, hidden = shared_prefix_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask, pixel_values,
-                                        n_responses, image_sizes)
-    h = torch.cat([last[:, None].repeat(n_responses, 1, 1), hidden[:, :-1]], dim=1)
+    h = predicting_hidden(*shared_prefix_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                                pixel_values, n_responses, image_sizes), n_responses)
     return torch.log_softmax(unwrap_llava(model).lm_head(h).float() / temperature, dim=-1)
 
 
