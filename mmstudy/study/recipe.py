@@ -139,7 +139,8 @@ def run_grid(base_run: str | Path, pairs: Sequence[dict], grid: RecipeGrid, out_
             train_dpo(base_model, chosen, cfg, run, world / "images", device=device, progress=progress)
         metrics = evaluate_into(run / "model", selection, run / "eval", SELECTION_BENCHMARKS, seed=seed,
                                 device=device, progress=progress)
-        shift = shift_into(run / "eval", base_run, device, base_eval=base_eval, image_root=selection / "images")
+        shift = shift_into(run / "eval", base_run, device, base_eval=base_eval, image_root=selection / "images",
+                           progress=progress)
         summary = io.read_json(run / "train_summary.json")
         rows.append({**point, "pairs": summary["pairs"], "steps": summary["steps"],
                      "train_seconds": summary["seconds"], **selection_row(metrics, shift, where=str(run / "eval"))})

@@ -403,7 +403,7 @@ def training_needed_table(claims: "Claims", rows: Sequence[tuple[str, str]] = TR
                           ) -> pd.DataFrame:
     """Each row's model minus the base per column, paired per item with its 95 % interval (`Claims.paired`), its
     POPE F1 beyond the base at the same yes-ratio (`Claims.beyond_matched`), and its costs (`COSTS`, means over
-    its seeds); models that did not run are left out."""
+    its seeds, to 3 significant digits); models that did not run are left out."""
     out = []
     for label, model in rows:
         if model not in claims.dirs:
@@ -411,7 +411,7 @@ def training_needed_table(claims: "Claims", rows: Sequence[tuple[str, str]] = TR
         row = {"model": label, **{c: _interval(claims.paired("base", model, c)) for c in columns},
                "POPE F1 beyond yes-matched": _interval(claims.beyond_matched(model))}
         runs = claims.runs[claims.runs["model"] == model]
-        row |= {cost: float(runs[cost].mean()) if runs[cost].notna().any() else None for cost in COSTS}
+        row |= {cost: float(f"{runs[cost].mean():.3g}") if runs[cost].notna().any() else None for cost in COSTS}
         out.append(row)
     return pd.DataFrame(out).set_index("model") if out else pd.DataFrame()
 

@@ -318,7 +318,8 @@ def align(run_dir: str | Path, base_run: str | Path, *, prefs: str | Path, dpo: 
     summary = io.read_json(run_dir / "train_summary.json")
     metrics = evaluate_into(run_dir / "model", world, run_dir / "eval", benchmarks, limit, dpo.seed, judge, device,
                             progress)
-    metrics |= {f"shift/{k}": v for k, v in shift_into(run_dir / "eval", base_run, device).items()}
+    shift = shift_into(run_dir / "eval", base_run, device, progress=progress)
+    metrics |= {f"shift/{k}": v for k, v in shift.items()}
     train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     online_stats = {k: v for k, v in (summary.get("online") or {}).items() if isinstance(v, (int, float))}
     return {**train, **online_stats, **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
@@ -385,7 +386,8 @@ def reinforce(run_dir: str | Path, base_run: str | Path, *, prompts: str | Path,
     io.write_json(run_dir / "collapse.json", flags)
     metrics = evaluate_into(run_dir / "model", world, run_dir / "eval", benchmarks, limit, rl.seed, judge, device,
                             progress)
-    metrics |= {f"shift/{k}": v for k, v in shift_into(run_dir / "eval", base_run, device).items()}
+    shift = shift_into(run_dir / "eval", base_run, device, progress=progress)
+    metrics |= {f"shift/{k}": v for k, v in shift.items()}
     train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     collapse = {f"rl/{k}": float(v) if isinstance(v, bool) else v for k, v in flags.items() if v is not None}
     return {**train, **found, **collapse,
@@ -430,7 +432,7 @@ def _reward_model(run_dir: Path, model_dir: Path, images: Path, reward_prefs: Pa
 
 
 def shift_into(eval_dir: str | Path, base_run: str | Path, device: str = "cpu", base_eval: str | Path | None = None,
-               image_root: str | Path | None = None) -> dict:
+               image_root: str | Path | None = None, progress: bool = True) -> dict:
     """How far the model evaluated in `eval_dir` (its model/ beside it) moved from the base model of `base_run`
     (`mmstudy.training.shift`: KL per token on the caption prompts, share of changed answers), into eval_dir/shift.json
     (kept when there). The base's answers on the same items are in `base_eval` (default base_run/eval), their
@@ -445,7 +447,7 @@ def shift_into(eval_dir: str | Path, base_run: str | Path, device: str = "cpu", 
     policy, processor = load_llava(eval_dir.parent / "model", device=device)
     base, _ = load_llava(base_run / "model", device=device)
     found = shift_metrics(policy, base, processor, io.read_jsonl(eval_dir / "samples.jsonl"),
-                          io.read_jsonl(base_samples), image_root or base_run / "world" / "images")
+                          io.read_jsonl(base_samples), image_root or base_run / "world" / "images", progress)
     io.write_json(out, found)
     return found
 

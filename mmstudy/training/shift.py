@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mmstudy.progress import progress_bar
 from mmstudy.training.dpo import collate, encode_pairs, response_log_probs, text_max_length
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def changed_shares(policy_samples: Sequence[dict], base_samples: Sequence[dict])
 
 @torch.no_grad()
 def kl_per_token(policy, base, processor, records: Sequence[dict], image_root: str | Path,
-                 batch_size: int = 16) -> float:
+                 batch_size: int = 16, progress: bool = False) -> float:
     """Mean KL(policy || base) per answer token (EOS included) over `records` ({"id", "image", "prompt",
     "answer"}), the answer teacher-forced after the chat prompt and image; both models are LLaVAs sharing
     `processor`."""
@@ -56,7 +57,8 @@ def kl_per_token(policy, base, processor, records: Sequence[dict], image_root: s
         p.responses = p.responses[:1]
     pad = processor.tokenizer.pad_token_id
     total, count = 0.0, 0
-    for start in range(0, len(encoded), batch_size):
+    for start in progress_bar(range(0, len(encoded), batch_size), desc="KL to the base", unit="batch",
+                              disable=not progress):
         batch = collate(encoded[start:start + batch_size], pad, device=policy.device)
         logp = [response_log_probs(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
                                    batch["response_mask"], batch["pixel_values"], 1, batch.get("image_sizes"))
@@ -69,13 +71,14 @@ def kl_per_token(policy, base, processor, records: Sequence[dict], image_root: s
 
 
 def shift_metrics(policy, base, processor, policy_samples: Sequence[dict], base_samples: Sequence[dict],
-                  image_root: str | Path) -> dict:
+                  image_root: str | Path, progress: bool = False) -> dict:
     """`kl_per_token` along the policy's caption answers (its CHAIR samples) and `changed_shares` against the
     base's samples, flat: {"kl_per_token", "changed_share", "<benchmark>/changed_share", ...}."""
     captions = [{"id": str(s["image_id"]), "image": s["image"], "prompt": s["prompt"], "answer": s["answer"]}
                 for s in policy_samples if s.get("benchmark") == "chair"]
     out = changed_shares(policy_samples, base_samples)
-    out["kl_per_token"] = kl_per_token(policy, base, processor, captions, image_root) if captions else float("nan")
+    out["kl_per_token"] = kl_per_token(policy, base, processor, captions, image_root,
+                                                    progress=progress) if captions else float("nan")
     out["kl_prompts"] = len(captions)
     logger.info("shift from the base: KL %.4f per token, %.1f %% of answers changed", out["kl_per_token"],
                 100 * out["changed_share"])
