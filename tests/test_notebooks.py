@@ -289,8 +289,12 @@ def test_pipeline_plan_wires_stages_and_profiles(tmp_path):
     assert shared_params["05_offline/oracle/s1"]["seed"] == 1
     assert shared_params["05_offline/bdhs/s1"]["prefs"] == str(tmp_path / "smoke" / "03_bdhs" / "s0" / "bdhs.jsonl")
     assert shared_params["06_online/mixed/s1"]["prefs"] == str(first / "povid.jsonl")
-    with pytest.raises(ValueError, match="first seed"):
-        plan("default", [0, 1], tmp_path, only=["07_ablations"], ablation_seeds=[1])
+    sweep = {str(d.relative_to(tmp_path / "default")): p for _, d, p, _ in
+             plan("default", [0, 1], tmp_path, only=["07_ablations"], ablation_seeds=[0, 1], points=["rl/grpo"])}
+    first, second = sweep["07_ablations/rl/grpo/s0"], sweep["07_ablations/rl/grpo/s1"]
+    assert "data_seed" not in first and (first["seed"], second["seed"], second["data_seed"]) == (0, 1, 0)
+    assert first["shared_dir"] == second["shared_dir"] == str(tmp_path / "default" / "07_ablations" / "data" / "s0")
+    assert second["data_run"] == str(tmp_path / "default" / "02_preference_data" / "s0")
     io.write_json(tmp_path / "smoke" / "pipeline.json", {"shared_data": False, "stages": {}})
     with pytest.raises(ValueError, match="made with --data-draws per-seed"):   # before anything executes
         run_pipeline("smoke", [0], tmp_path, only=["09_report"])

@@ -95,10 +95,10 @@ def _parser_run(sub) -> None:
     p.add_argument("--points", nargs="*", default=[], metavar="AXIS[/POINT]",
                    help="with --only 07_ablations: run these axes or points of the sweep (default: all)")
     p.add_argument("--data-draws", choices=["shared", "per-seed"], default="shared",
-                   help="shared (default): the preference data is built once, with the first seed, and every seed "
-                        "trains on it (seeds differ in training alone, as the paper has one dataset per method); "
-                        "per-seed: each seed draws its own data (claims hold over draws of the data, with less "
-                        "power). A run id keeps the setting it was made with")
+                   help="shared (default): the preference data (the sweep points' too) is built once, with the "
+                        "first seed, and every seed trains on it (seeds differ in training alone, as the paper has "
+                        "one dataset per method); per-seed: each seed draws its own data (claims hold over draws of "
+                        "the data, with less power). A run id keeps the setting it was made with")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
     p.add_argument("--run-id", default=None, help="run id (default: the profile's name)")
     p.set_defaults(func=_run)

@@ -104,7 +104,8 @@ def sweep_points(stage: str, profile: str, params_dir: Path = ROOT / "params",
 def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Sequence[int], profile: str,
           shared_data: bool) -> dict:
     """The params the driver sets: the upstream run directories and files a stage reads, and its variant. With
-    `shared_data`, every seed trains on the first seed's preference data (02, 03)."""
+    `shared_data`, every seed trains on the first seed's preference data (02, 03), and a sweep point on the data
+    the first seed's point builds (`data_seed`, `07_ablations/data/s<first seed>/`)."""
     base = _run_dir(root, _BY_NAME["01_world_base"], seeds[0])
     data_seed = seeds[0] if shared_data else seed
     data = _run_dir(root, _BY_NAME["02_preference_data"], data_seed)
@@ -130,7 +131,9 @@ def _wire(stage: Stage, variant: str | None, root: Path, seed: int, seeds: Seque
         axis, point = variant.split("/")
         wired = {"axis": axis, "point": point, "base_run": str(base), "data_run": str(data),
                  "bdhs_run": str(_run_dir(root, _BY_NAME["03_bdhs"], data_seed)),
-                 "shared_dir": str(root / stage.name / "data" / f"s{seed}")}
+                 "shared_dir": str(root / stage.name / "data" / f"s{data_seed}")}
+        if data_seed != seed:   # the first seed's draw of what the point builds; seeds differ in training alone
+            wired["data_seed"] = data_seed
     if stage.name == "08_evaluation":
         models = {m: (s, v) for m, (s, v) in CORE_MODELS.items() if _has_variant(_BY_NAME[s], v, profile)}
         wired |= {"names": list(models), "world": str(base / "world"),
@@ -166,10 +169,10 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
          shared_data: bool = True, points: Sequence[str] = ()) -> list[tuple[str, Path, dict, bool]]:
     """(notebook, run directory, params, always) per execution, in order. The ablation sweep runs only when named
     in `only`, with `ablation_seeds` (default: the first seed), at its `points` (axes or "<axis>/<point>"; default:
-    all, `sweep_points`). `shared_data` (the default): build the preference
-    data (02, 03) with the first seed only and train every seed on it, as the paper has one dataset per method,
-    so that seeds differ in training alone; False draws new data per seed (claims then hold over draws of the
-    data, at a cost in power: docs/sensitivity.md)."""
+    all, `sweep_points`). `shared_data` (the default): build the preference data (02, 03, and what sweep points
+    build) with the first seed only and train every seed on it, as the paper has one dataset per method, so that
+    seeds differ in training alone; False draws new data per seed (claims then hold over draws of the data, at a
+    cost in power: docs/sensitivity.md)."""
     unknown = set(only) - {s.name for s in STAGES}
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; the stages are {[s.name for s in STAGES]}")
@@ -179,9 +182,6 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | Path, run_id: str |
     if missing:
         raise ValueError(f"ablation seeds {missing} are not among the seeds {list(seeds)}: the sweep reads their "
                          "02_preference_data and 03_bdhs runs")
-    if shared_data and "07_ablations" in only and list(ablation_seeds or seeds[:1]) != list(seeds[:1]):
-        raise ValueError(f"with shared data the ablation sweep runs with the first seed ({seeds[0]}) only: the "
-                         "data its points build is drawn per seed")
     if points and "07_ablations" not in only:
         raise ValueError("sweep points select points of 07_ablations: name it in --only")
     root = Path(runs_dir) / (run_id or profile)
