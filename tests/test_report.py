@@ -262,6 +262,9 @@ def test_finding_6_table_7_and_the_collapse_flags(runs_root):
     for seed in range(3):
         _rl_run(runs_root, "rloo_povid", seed, 0.70, 0.12, True, {"povid": 0.9 + 0.01 * seed, "ranking": 0.5})
         _rl_run(runs_root, "rloo_ranking", seed, 0.84, 0.065, False, {"povid": 0.55, "ranking": 0.7})
+        metrics = runs_root / f"07_ablations/rl/rloo_ranking/s{seed}/metrics.json"   # says no at greedy decoding
+        io.write_json(metrics, {**io.read_json(metrics), "eval/pope/macro/yes_ratio": 0.01 * seed,
+                                "eval/chair/recall": 0.9})
     runs = report.collect(runs_root)
     sixth = report.verdicts(runs).iloc[5]
     # collapse as claimed; povid-RM RLOO worse than the base and than the ranking one on POPE F1 and CHAIR_i; the
@@ -274,6 +277,9 @@ def test_finding_6_table_7_and_the_collapse_flags(runs_root):
     flags = report.collapse_table(runs)
     assert flags.loc["rl/rloo_povid", "collapsed"] == 3 and flags.loc["rl/rloo_ranking", "collapsed"] == 0
     assert flags.loc["rl/rloo_povid", "oracle/hallucination_rate last"] == pytest.approx(0.3)
+    ranking = flags.loc["rl/rloo_ranking"]                              # the evaluation beside the flags
+    assert (ranking["collapsed"], ranking["eval yes %"], ranking["eval Recall"]) == (0, 1.0, 90.0)
+    assert np.isnan(flags.loc["rl/rloo_povid", "eval yes %"])           # not recorded
     curves = report.rl_curves(runs)
     assert len(curves) == 12 and set(curves["model"]) == {"rl/rloo_povid", "rl/rloo_ranking"}
     assert report.rl_curves_figure(curves) is not None

@@ -829,7 +829,8 @@ def reward_model_table(runs: pd.DataFrame) -> pd.DataFrame:
 def collapse_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per RL model: seeds run, and in how many the run collapsed, hacked its reward or degenerated
     (collapse.json), with the oracle's hallucination rate and the reward in the first and last quarter of the
-    steps (mean over seeds)."""
+    steps, and beside these training-time signals the evaluation's greedy yes % (POPE) and recall (means over
+    seeds): a policy can collapse at greedy decoding while its samples look healthy."""
     rows = {}
     for model, part in runs.groupby("model", sort=False):
         found = [io.read_json(Path(d) / "collapse.json") for d in part["run_dir"]
@@ -842,6 +843,7 @@ def collapse_table(runs: pd.DataFrame) -> pd.DataFrame:
             for side in ("first", "last"):
                 values = [f[f"{key}/{side}"] for f in found if f.get(f"{key}/{side}") is not None]
                 row[f"{key} {side}"] = round(float(np.mean(values)), 3) if values else None
+        row |= {f"eval {column}": round(float(part[column].mean()), 1) for column in ("yes %", "Recall")}
         rows[model] = row
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "model"
