@@ -316,13 +316,22 @@ def align(run_dir: str | Path, base_run: str | Path, *, prefs: str | Path, dpo: 
             train_dpo(base_run / "model", pairs, dpo, run_dir, world / "images", device=device, progress=progress,
                       online=source)
     summary = io.read_json(run_dir / "train_summary.json")
-    metrics = evaluate_into(run_dir / "model", world, run_dir / "eval", benchmarks, limit, dpo.seed, judge, device,
-                            progress)
-    shift = shift_into(run_dir / "eval", base_run, device, progress=progress)
-    metrics |= {f"shift/{k}": v for k, v in shift.items()}
-    train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    train, evaluated = _trained_and_evaluated(run_dir, base_run, summary, benchmarks, limit, dpo.seed, judge, device,
+                                              progress)
     online_stats = {k: v for k, v in (summary.get("online") or {}).items() if isinstance(v, (int, float))}
-    return {**train, **online_stats, **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    return {**train, **online_stats, **evaluated}
+
+
+def _trained_and_evaluated(run_dir: Path, base_run: Path, summary: dict, benchmarks: Sequence[str],
+                           limit: int | None, seed: int, judge: str, device: str, progress: bool
+                           ) -> tuple[dict, dict]:
+    """A trained run's numbers: `train/*` from its `summary` (train_summary.json), and `eval/*`: its model's
+    benchmarks into run_dir/eval (`evaluate_into`) with its shift from the base model (`shift_into`)."""
+    metrics = evaluate_into(run_dir / "model", base_run / "world", run_dir / "eval", benchmarks, limit, seed, judge,
+                            device, progress)
+    metrics |= {f"shift/{k}": v for k, v in shift_into(run_dir / "eval", base_run, device, progress=progress).items()}
+    train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return train, {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def decoded(run_dir: str | Path, base_run: str | Path, *, decoding: str, benchmarks: Sequence[str] = ("pope", "chair"),
@@ -384,14 +393,10 @@ def reinforce(run_dir: str | Path, base_run: str | Path, *, prompts: str | Path,
     io.write_jsonl(run_dir / "rl_curve.jsonl", curve)
     flags = collapse_flags(curve)
     io.write_json(run_dir / "collapse.json", flags)
-    metrics = evaluate_into(run_dir / "model", world, run_dir / "eval", benchmarks, limit, rl.seed, judge, device,
-                            progress)
-    shift = shift_into(run_dir / "eval", base_run, device, progress=progress)
-    metrics |= {f"shift/{k}": v for k, v in shift.items()}
-    train = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    train, evaluated = _trained_and_evaluated(run_dir, base_run, summary, benchmarks, limit, rl.seed, judge, device,
+                                              progress)
     collapse = {f"rl/{k}": float(v) if isinstance(v, bool) else v for k, v in flags.items() if v is not None}
-    return {**train, **found, **collapse,
-            **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    return {**train, **found, **collapse, **evaluated}
 
 
 def rl_config(mode: str, **fields) -> RLOOConfig | GRPOConfig:

@@ -77,8 +77,8 @@ def shift_metrics(policy, base, processor, policy_samples: Sequence[dict], base_
     captions = [{"id": str(s["image_id"]), "image": s["image"], "prompt": s["prompt"], "answer": s["answer"]}
                 for s in policy_samples if s.get("benchmark") == "chair"]
     out = changed_shares(policy_samples, base_samples)
-    out["kl_per_token"] = kl_per_token(policy, base, processor, captions, image_root,
-                                                    progress=progress) if captions else float("nan")
+    out["kl_per_token"] = (kl_per_token(policy, base, processor, captions, image_root, progress=progress)
+                           if captions else float("nan"))
     out["kl_prompts"] = len(captions)
     logger.info("shift from the base: KL %.4f per token, %.1f %% of answers changed", out["kl_per_token"],
                 100 * out["changed_share"])
