@@ -14,12 +14,15 @@ import platform
 import random
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
+# torch's CPU kernels (ATen's vectorized ops, MKL, oneDNN) capped at AVX2: docs/reliability.md
+PORTABLE_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+ISA_VARIABLES = tuple(PORTABLE_ISA)
 MANIFEST_PACKAGES = (
     "mmstudy", "torch", "transformers", "tokenizers", "peft", "accelerate", "trl", "numpy", "pillow",
     "sentence-transformers", "papermill", "gradio",
@@ -30,6 +33,19 @@ def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed from (seed, *parts) with a stable hash (Python's `hash()` of a str is salted per process)."""
     key = "\x1f".join([str(int(seed))] + [str(p) for p in parts]).encode("utf-8")
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def cap_vector_isa(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Cap torch's CPU kernels at AVX2 on x86-64 (`PORTABLE_ISA`), so that one seed trains the same model, bit for
+    bit, on AVX2 and AVX-512 machines (wider vectors sum floats in another order, and training amplifies the
+    difference). A variable already set is left alone; nothing is set off x86-64 or with MMSTUDY_NATIVE_ISA=1.
+    Works only before torch runs its first kernel (it picks its instructions once): `import mmstudy` calls it.
+    Returns the variables it set."""
+    if environ.get("MMSTUDY_NATIVE_ISA") == "1" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    added = {k: v for k, v in PORTABLE_ISA.items() if k not in environ}
+    environ.update(added)
+    return added
 
 
 def cpu_threads(requested: int = 0) -> int:
@@ -92,7 +108,9 @@ def package_versions(names: tuple[str, ...] = MANIFEST_PACKAGES) -> dict[str, st
 
 
 def build_manifest(seed: int, command: str, params: dict | None = None) -> dict:
-    """What produced a result: git commit, package versions, seed, command, machine and time."""
+    """What produced a result: git commit, package versions, seed, command, machine and time. On the CPU the
+    vector instructions torch's kernels use (`cpu_capability`, and the `ISA_VARIABLES` that cap them) change float
+    sums, so they are recorded too."""
     import torch
 
     return {
@@ -104,6 +122,8 @@ def build_manifest(seed: int, command: str, params: dict | None = None) -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_caps": {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ},
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

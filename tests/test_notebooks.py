@@ -405,6 +405,20 @@ def test_smoke_chain_runs_and_resumes(tmp_path, two_threads):
     assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.ipynb") if "09_report" not in str(p)}
     assert _same_metrics(root, leave_out=("07_ablations", "09_report")) == []   # the report: after the sweep
     _every_notebook_shows_a_figure(root)
+    _report_rebuilds_from_the_archive(tmp_path, main)
+
+
+def _report_rebuilds_from_the_archive(runs: Path, main) -> None:
+    """`mmstudy archive` keeps what the report reads: the report executed on the archive alone (no world, no
+    weights) writes the same tables, verdicts and power."""
+    results = runs / "archive"
+    assert main(["-q", "archive", "--runs", str(runs), "--run-id", "smoke", "--to", str(results)]) == 0
+    assert not list(results.rglob("*.safetensors")) and not (results / "smoke" / "01_world_base" / "world").exists()
+    assert main(["-q", "run", "--profile", "smoke", "--seeds", "0", "--runs", str(results), "--only",
+                 "09_report"]) == 0
+    for name in ("tables.md", "verdicts.csv", "power.csv", "diagnostics.csv", "yes_ratio.csv"):
+        rebuilt, original = (root / "smoke" / "09_report" / name for root in (results, runs))
+        assert rebuilt.read_text() == original.read_text(), name
 
 
 def _data_review_checks(run: Path, metrics: dict) -> None:

@@ -44,3 +44,40 @@ def test_use_cpu_threads_sets_torch_and_exports_the_number_to_child_processes(re
 def test_the_cli_refuses_a_negative_thread_count(tmp_path, caplog, restore_threads):
     assert cli.main(["--threads", "-1", "world", "--out", str(tmp_path / "w"), "--profile", "smoke"]) == 2
     assert "threads must be >= 0" in caplog.text and not (tmp_path / "w").exists()
+
+
+def test_manifest_records_the_vector_instructions_behind_the_float_sums(monkeypatch):
+    """Another instruction set sums floats in another order, so the same seed can train another model: the
+    manifest says which one ran, and which caps were set."""
+    for name in runs.ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    manifest = runs.build_manifest(0, "test")
+    assert manifest["isa_caps"] == {"ATEN_CPU_CAPABILITY": "avx2"}
+    assert manifest["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+
+
+def test_cap_vector_isa_sets_what_is_unset_on_x86_only(monkeypatch):
+    monkeypatch.setattr(runs.platform, "machine", lambda: "x86_64")
+    env = {"MKL_ENABLE_INSTRUCTIONS": "AVX512"}
+    assert runs.cap_vector_isa(env) == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert env["MKL_ENABLE_INSTRUCTIONS"] == "AVX512"                      # the user's own setting wins
+    assert runs.cap_vector_isa({"MMSTUDY_NATIVE_ISA": "1"}) == {}
+    monkeypatch.setattr(runs.platform, "machine", lambda: "aarch64")
+    assert runs.cap_vector_isa({}) == {}
+
+
+def test_importing_mmstudy_caps_torch_kernels_in_a_fresh_process():
+    """What makes the default study the same on AVX2 and AVX-512 machines (docs/reliability.md)."""
+    import platform
+    import subprocess
+    import sys
+
+    code = "import torch, mmstudy; torch.ones(2).softmax(0); print(torch.backends.cpu.get_cpu_capability())"
+    env = {k: v for k, v in os.environ.items() if k not in (*runs.ISA_VARIABLES, "MMSTUDY_NATIVE_ISA")}
+    capped, native = (subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True
+                                     ).stdout.strip() for e in (env, {**env, "MMSTUDY_NATIVE_ISA": "1"}))
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert capped in ("AVX2", "DEFAULT") and native in ("AVX2", "AVX512", "DEFAULT")
+    else:
+        assert capped == native

@@ -1,4 +1,5 @@
-"""The study commands: execute a notebook, run the chain, choose the recipe, open the inspector."""
+"""The study commands: execute a notebook, run the chain, archive its results, choose the recipe, open the
+inspector."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mmstudy import io
 from mmstudy.commands.common import manifest_of, number_list
 from mmstudy.data.preferences import load_preferences
 from mmstudy.plots import recipe_figure
+from mmstudy.study.archive import archive_runs
 from mmstudy.study.notebooks import execute, load_params
 from mmstudy.study.pipeline import run_pipeline
 from mmstudy.study.recipe import RecipeGrid, choose_recipe, grid_report, keeps, point_name, run_grid
@@ -37,6 +39,10 @@ def _run(args) -> None:
     results = run_pipeline(args.profile, seeds, args.runs, args.run_id, args.only, ablation_seeds,
                            progress=not args.quiet, shared_data=args.data_draws == "shared", points=args.points)
     logger.info("ran %d stage executions into %s", len(results), args.runs / (args.run_id or args.profile))
+
+
+def _archive(args) -> None:
+    archive_runs(args.runs / args.run_id, args.to / args.run_id)
 
 
 def _recipe_grid(args) -> None:
@@ -104,6 +110,15 @@ def _parser_run(sub) -> None:
     p.set_defaults(func=_run)
 
 
+def _parser_archive(sub) -> None:
+    p = sub.add_parser("archive", help="copy a run id's results without weights (params, manifests, metrics, "
+                       "per-sample outputs of every complete run) into <to>/<run id>/, to keep or share")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
+    p.add_argument("--run-id", required=True, help="the run id to archive (e.g. default)")
+    p.add_argument("--to", type=Path, required=True, help="archive directory (e.g. results)")
+    p.set_defaults(func=_archive)
+
+
 def _parser_recipe_grid(sub) -> None:
     p = sub.add_parser("recipe-grid", help="choose the alignment recipe: DPO on the positive control's pairs over a "
                        "grid, scored on a selection split of new scenes (docs/alignment.md)")
@@ -140,5 +155,6 @@ def _parser_app(sub) -> None:
 def add_commands(sub) -> None:
     _parser_execute(sub)
     _parser_run(sub)
+    _parser_archive(sub)
     _parser_recipe_grid(sub)
     _parser_app(sub)
