@@ -10,6 +10,7 @@ the field when its input is malformed.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -208,11 +210,25 @@ def _surrogate_field(obj: Any, at: str = "") -> str | None:
     return None
 
 
+def stored(path: str | os.PathLike) -> Path | None:
+    """`path` when it is a file, else its gzipped form `<path>.gz` when that is (how `mmstudy archive` keeps
+    JSON-lines files), else None."""
+    path = Path(path)
+    packed = path.with_name(path.name + ".gz")
+    return path if path.is_file() else packed if packed.is_file() else None
+
+
 def _read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return path.read_text(encoding="utf-8")
+        if path.suffix != ".gz":
+            return path.read_text(encoding="utf-8")
+        try:
+            data = gzip.decompress(path.read_bytes())
+        except (OSError, EOFError, zlib.error) as e:    # truncated or not gzip at all
+            raise DataError(f"{path}: not a readable gzip file: {e}") from None
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
 
@@ -242,8 +258,9 @@ def check_fields(record: Any, required: Sequence[str], where: str) -> dict:
 
 
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
-    """Read a JSON-lines file; blank lines are skipped, anything else malformed raises DataError."""
-    path = Path(path)
+    """Read a JSON-lines file (or its gzipped form `<path>.gz`, `stored`); blank lines are skipped, anything else
+    malformed raises DataError."""
+    path = stored(path) or Path(path)
     records = []
     for lineno, line in enumerate(_read_text(path).split("\n"), start=1):   # not splitlines: U+2028 is text
         if line.strip():

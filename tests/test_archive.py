@@ -1,5 +1,7 @@
-"""The archive of a study's results: what it keeps, what it leaves out, and that it never rewrites or nests."""
+"""The archive of a study's results: what it keeps, what it leaves out, that JSON lines come back from their
+gzipped form, and that it never rewrites or nests."""
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ def _tree(root: Path) -> None:
         "05_offline/povid/s0/rm_run/train_summary.json": "{}",
         "05_offline/bdhs/s0/metrics.json": "{}",                 # interrupted: no complete.json
         "07_ablations/data/s0/bdhs_rho0.jsonl": "{}\n",          # shared data, not a run directory
+        "07_ablations/data/s0/bdhs_rho0.stats.json": "{}",       # ... but its statistics are kept
         "outer/complete.json": "{}", "outer/inner/complete.json": "{}", "outer/inner/metrics.json": "{}",
     }
     for name, text in files.items():
@@ -38,19 +41,29 @@ def test_archive_keeps_the_small_files_of_complete_runs_only(tmp_path):
         "01_world_base/eval/samples.jsonl",
         "05_offline/povid/s0/complete.json", "05_offline/povid/s0/metrics.jsonl",
         "05_offline/povid/s0/rm_run/train_summary.json",
-        "outer/complete.json", "outer/inner/complete.json", "outer/inner/metrics.json"}
+        "outer/complete.json", "outer/inner/complete.json", "outer/inner/metrics.json",
+        "07_ablations/data/s0/bdhs_rho0.stats.json"}
 
 
-def test_archive_copies_once_and_keeps_the_layout(tmp_path):
+def test_archive_copies_once_keeps_the_layout_and_gzips_json_lines(tmp_path):
     _tree(tmp_path / "runs")
+    (tmp_path / "runs" / "01_world_base" / "eval" / "samples.jsonl").write_text('{"a": 1}\n{"a": 2}\n')
     written = archive_runs(tmp_path / "runs", tmp_path / "results")
-    assert len(written) == 10
-    copied = tmp_path / "results" / "01_world_base" / "eval" / "samples.jsonl"
-    assert copied.read_text() == "{}\n"
+    assert len(written) == 11 and Path("01_world_base/eval/samples.jsonl.gz") in written
+    packed = tmp_path / "results" / "01_world_base" / "eval" / "samples.jsonl"
+    assert not packed.exists() and io.stored(packed) == packed.with_name("samples.jsonl.gz")
+    assert io.read_jsonl(packed) == [{"a": 1}, {"a": 2}]                    # read through its gzipped form
     assert archive_runs(tmp_path / "runs", tmp_path / "results") == []       # nothing changed: nothing written
     (tmp_path / "runs" / "01_world_base" / "metrics.json").write_text('{"a": 1}')
     assert archive_runs(tmp_path / "runs", tmp_path / "results") == [Path("01_world_base/metrics.json")]
     assert io.read_json(tmp_path / "results" / "01_world_base" / "metrics.json") == {"a": 1}
+
+
+def test_a_corrupt_gzipped_json_lines_file_is_a_data_error(tmp_path):
+    (tmp_path / "x.jsonl.gz").write_bytes(gzip.compress(b'{"a": 1}\n')[:-6])
+    with pytest.raises(io.DataError, match="x.jsonl.gz: not a readable gzip file"):
+        io.read_jsonl(tmp_path / "x.jsonl")
+    assert io.stored(tmp_path / "y.jsonl") is None
 
 
 def test_archive_refuses_an_empty_root_and_a_destination_inside_it(tmp_path):

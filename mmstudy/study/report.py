@@ -334,8 +334,8 @@ def item_rows(samples: Sequence[dict], column: str) -> dict:
 
 
 def _read_samples(run_dir: str) -> list[dict]:
-    path = Path(run_dir) / "eval" / "samples.jsonl"
-    return io.read_jsonl(path) if path.is_file() else []
+    path = io.stored(Path(run_dir) / "eval" / "samples.jsonl")
+    return io.read_jsonl(path) if path else []
 
 
 def _net(statistic):
@@ -505,8 +505,8 @@ class Claims:
         eval/yes_margins.jsonl (`stages.yes_margins`); {} when there is none."""
         if self._margins is None:
             base = self.dirs.get("base")
-            path = Path(next(iter(base.values()))) / "eval" / MARGINS_FILE if base else None
-            rows = io.read_jsonl(path, required=("split", "question_id", "margin")) if path and path.is_file() else []
+            path = io.stored(Path(next(iter(base.values()))) / "eval" / MARGINS_FILE) if base else None
+            rows = io.read_jsonl(path, required=("split", "question_id", "margin")) if path else []
             self._margins = {(r["split"], r["question_id"]): r["margin"] for r in rows}
         return self._margins
 
@@ -854,8 +854,8 @@ def rl_curves(runs: pd.DataFrame) -> pd.DataFrame:
     """Every RL run's curve (rl_curve.jsonl): columns model, seed, step and `rl_curves.CURVE_KEYS`."""
     rows = []
     for _, r in runs.iterrows():
-        path = Path(r["run_dir"]) / "rl_curve.jsonl"
-        if path.is_file():
+        path = io.stored(Path(r["run_dir"]) / "rl_curve.jsonl")
+        if path:
             rows += [{"model": r["model"], "seed": r["seed"], **row} for row in io.read_jsonl(path)]
     return pd.DataFrame(rows, columns=["model", "seed", "step", "samples", *CURVE_KEYS])
 
@@ -884,8 +884,8 @@ def training_curves(runs: pd.DataFrame, models: Sequence[str], key: str = "rewar
     value."""
     rows = []
     for _, r in runs[runs["model"].isin(models)].iterrows():
-        log = Path(r["run_dir"]) / "metrics.jsonl"
-        if not log.is_file():
+        log = io.stored(Path(r["run_dir"]) / "metrics.jsonl")
+        if not log:
             continue
         rows += [{"model": r["model"], "seed": r["seed"], "step": m["step"], "value": m[key]}
                  for m in io.read_jsonl(log) if key in m]
