@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 if cap_vector_isa() and "torch" in sys.modules:
     import torch
 
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "DEFAULT"):
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "DEFAULT"):
         logging.getLogger(__name__).warning(
             "torch was imported before mmstudy and already runs %s kernels: results may differ from an AVX2 "
-            "machine's (import mmstudy first; docs/reliability.md)", torch.backends.cpu.get_cpu_capability())
+            "machine's (import mmstudy first; docs/reliability.md)", capability)

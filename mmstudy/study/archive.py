@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 from pathlib import Path
 
 from mmstudy import io
@@ -29,26 +30,21 @@ MARKER = "complete.json"
 
 def archived_files(runs_root: str | Path) -> list[Path]:
     """The files an archive of `runs_root` keeps, relative to it: under each directory holding `complete.json`
-    (a finished run), those with a text suffix (`KEPT_SUFFIXES`) outside the `SKIPPED_DIRS`, and not inside
-    another run directory below it (that one is archived on its own); and the `SHARED_FILES`."""
+    (a finished run), those with a text suffix (`KEPT_SUFFIXES`) outside the `SKIPPED_DIRS` (never walked into:
+    the world alone holds tens of thousands of images), each kept once, by the innermost run holding it; and the
+    `SHARED_FILES`."""
     root = Path(runs_root)
-    runs = sorted(m.parent for m in root.glob(f"**/{MARKER}"))
-    if not runs:
-        raise io.DataError(f"{root}: no complete run directories (none holds {MARKER})")
     kept = [p for pattern in SHARED_FILES for p in sorted(root.glob(pattern))]
-    for run in runs:
-        for path in sorted(run.rglob("*")):
-            inner = path.relative_to(run).parts
-            if not path.is_file() or path.suffix not in KEPT_SUFFIXES or path.name.startswith("."):
-                continue
-            if SKIPPED_DIRS.intersection(inner[:-1]) or _in_inner_run(run, inner):
-                continue
-            kept.append(path)
+    in_run: dict[Path, bool] = {}     # directory -> whether a finished run holds it (walked top-down)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
+        here = Path(dirpath)
+        in_run[here] = MARKER in filenames or in_run.get(here.parent, False)
+        if in_run[here]:
+            kept += [here / f for f in sorted(filenames) if Path(f).suffix in KEPT_SUFFIXES and not f.startswith(".")]
+    if not any(p.name == MARKER for p in kept):
+        raise io.DataError(f"{root}: no complete run directories (none holds {MARKER})")
     return [p.relative_to(root) for p in kept]
-
-
-def _in_inner_run(run: Path, inner: tuple[str, ...]) -> bool:
-    return any((run.joinpath(*inner[:k]) / MARKER).is_file() for k in range(1, len(inner)))
 
 
 def archived_name(rel: Path) -> Path:
