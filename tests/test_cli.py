@@ -41,6 +41,17 @@ def test_eval_refuses_a_model_that_is_not_llava(tmp_path, smoke_world, caplog):
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "samples.jsonl").exists()
 
 
+def test_eval_help_names_every_benchmark_it_runs(capsys):
+    """`mmstudy eval --help` lists the benchmarks from the runners themselves (headroom was once left out)."""
+    from mmstudy.evaluation.evaluate import RUNNERS
+
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "--help"])
+    assert done.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(name in help_text for name in RUNNERS) and "headroom" in help_text
+
+
 def test_python_dash_m_entry_point(monkeypatch, capsys):
     """What `python -m mmstudy --help` runs, in this process (the launcher tests start it in others)."""
     monkeypatch.setattr(sys, "argv", ["mmstudy", "--help"])
