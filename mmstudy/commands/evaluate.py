@@ -9,9 +9,10 @@ from pathlib import Path
 from mmstudy import io
 from mmstudy.benchmarks.amber import score_amber_files
 from mmstudy.benchmarks.llava_bench import load_reviews, score_reviews
+from mmstudy.benchmarks.registry import REGISTRY
 from mmstudy.commands.common import add_judge_limits, judge_limits, manifest_of
 from mmstudy.evaluation.compare import compare_runs, comparison_table
-from mmstudy.evaluation.evaluate import RUNNERS, evaluate, summary_table
+from mmstudy.evaluation.evaluate import evaluate, summary_table
 from mmstudy.evaluation.files import score_chair_file, score_mmhal_file, score_objhal_file, score_pope_file
 from mmstudy.judges.base import check_judge_calls
 from mmstudy.judges.registry import make_judge
@@ -89,7 +90,7 @@ def _parser_eval(sub) -> None:
     p.add_argument("--data", "--world", dest="data", required=True, type=Path,
                    help="data directory: a world, or real releases in the same layout (see docs/benchmarks.md)")
     p.add_argument("--benchmarks", default="pope,chair",
-                   help=f"comma list of: {', '.join(RUNNERS)}")
+                   help=f"comma list of: {', '.join(REGISTRY)}")
     p.add_argument("--judge", default=None,
                    help="for mmhal, mmhal_v, llava_w: oracle[:ERROR_RATE], local:MODEL_DIR or http:URL#MODEL")
     p.add_argument("--judge-cache", type=Path, default=None, help="on-disk cache of an http judge's replies")
