@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmstudy.data.llava import conversation_turns, load_llava_instruct
 from mmstudy.training import base
 from mmstudy.training.base import BaseTrainConfig, StageConfig, normalise, tokenize_turns, train_base
 from mmstudy.world.layout import load_scenes
@@ -118,6 +119,43 @@ def test_image_attention_dropout_hides_image_tokens(fresh, smoke_world, monkeypa
     sees = seen["attention_mask"][:, 0].any(dim=1)   # (R, W): some position attends to this key
     assert is_image.any() and not sees[is_image].any()
     assert sees[~is_image & (seen["input_ids"] != 0)].all()
+
+
+def test_image_sequences_group_records_by_image_in_first_appearance_order():
+    records = [{"image": "b.png"}, {"image": "a.png"}, {"image": "b.png"}, {"image": "c.png"}, {"image": "a.png"}]
+    assert base.image_sequences(records) == [[0, 2], [1, 4], [3]]
+
+
+def _segments(batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, labels) of each packed sequence of a batch: a row splits where its positions restart."""
+    out = []
+    for ids, labels, pos in zip(batch["input_ids"], batch["labels"], batch["position_ids"]):
+        starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]
+        out += [(ids[a:b], labels[a:b]) for a, b in zip(starts, starts[1:])]
+    return out
+
+
+def test_per_image_reads_each_image_once_with_all_its_conversations(fresh, smoke_world, monkeypatch):
+    model, processor, cfg = fresh
+    names = [f"{s.image_id}.png" for s in load_scenes(smoke_world, "train")]
+    images = base.load_images_uint8(smoke_world, names, progress=False)
+    records = load_llava_instruct(smoke_world / "llava_instruct_train.json")
+    assert min(map(len, base.image_sequences(records))) >= 2   # the smoke world has several records per image
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **kw: seen.append(kw) or forward(*a, **kw))
+    cfg = dataclasses.replace(cfg, instruct=StageConfig(1, 4, 1e-3), p_blind=0.0, per_image=True)
+    base.stage_instruct(model, processor.tokenizer, smoke_world, images, {n: i for i, n in enumerate(names)}, cfg,
+                        False)
+    (batch,) = seen
+    sequences = [ids.tolist() for ids, _ in _segments(batch) if ids[0] == processor.tokenizer.bos_token_id]
+    assert len(sequences) == len(batch["mm_encoder_outputs"]["image"].pooler_output) == 4   # 4 images a step
+    per_image = {tuple(tokenize_turns(processor.tokenizer, [t for i in g for t in conversation_turns(records[i])],
+                                      model.config.image_seq_length)[0])
+                 for g in base.image_sequences(records)}
+    for ids in sequences:   # each is one image's conversations in full, its image tokens once
+        assert tuple(ids) in per_image
+        assert ids.count(model.config.image_token_id) == model.config.image_seq_length
 
 
 def test_training_is_deterministic_and_resumable(smoke_world, tmp_path):

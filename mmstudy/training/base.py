@@ -11,7 +11,8 @@ So, like LLaVA:
    of the object (and size) it shows (LLaVA's stage-1 feature alignment);
 4. `instruct`: freeze tower and projector, instruction-tune the LM on LLaVA-format conversations, with
    image-attention dropout (a share of examples see almost none of their image tokens) so the LM keeps a fluent
-   prior that BDHS can sample from.
+   prior that BDHS can sample from. With `per_image`, the conversations of one image are one sequence, its image
+   tokens read once (docs/world.md, "A base in 7 minutes?").
 
     >>> model, processor, report = train_base("world", BaseTrainConfig.for_profile("smoke"))
 """
@@ -80,6 +81,8 @@ class BaseTrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     pack_width: int = 160            # text stages pack a batch's sequences into rows of max(this, longest) positions
+    per_image: bool = False          # instruct: an image's conversations form one sequence (its tokens read once);
+                                     # instruct.batch_size then counts images
     threads: int = 0                 # torch CPU threads; 0: OMP_NUM_THREADS, else the cores allowed (runs.cpu_threads)
 
     def __post_init__(self):
@@ -125,6 +128,15 @@ def tokenize_turns(tokenizer, turns: list[tuple[str, str]], n_image_tokens: int)
         ids += prompt + answer
         labels += [IGNORE_INDEX] * len(prompt) + answer
     return ids, labels
+
+
+def image_sequences(records: list[dict]) -> list[list[int]]:
+    """Indices of `records` grouped by their image, in the order each image first appears: the conversations that
+    `stage_instruct` joins into one sequence with `per_image`."""
+    groups: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault(record["image"], []).append(i)
+    return list(groups.values())
 
 
 def load_images_uint8(world_dir: Path, names: list[str], progress: bool) -> torch.Tensor:
@@ -359,13 +371,15 @@ def _image_tokens(model, images: torch.Tensor, progress: bool, batch_size: int =
 def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cfg: BaseTrainConfig,
                    progress: bool) -> dict:
     records = load_llava_instruct(world_dir / "llava_instruct_train.json", image_dir=world_dir / "images")
-    n_img = model.config.image_seq_length
-    encoded = [tokenize_turns(tokenizer, conversation_turns(r), n_img) for r in records]
     unknown = next((r for r in records if r["image"] not in index_of), None)
     if unknown is not None:
         raise io.DataError(f"{world_dir / 'llava_instruct_train.json'}, id {unknown['id']}: field 'image' "
                            f"{unknown['image']!r} is not a training scene of scenes.jsonl")
-    image_idx = torch.tensor([index_of[r["image"]] for r in records])
+    n_img = model.config.image_seq_length
+    groups = image_sequences(records) if cfg.per_image else [[i] for i in range(len(records))]
+    encoded = [tokenize_turns(tokenizer, [t for i in g for t in conversation_turns(records[i])], n_img)
+               for g in groups]
+    image_idx = torch.tensor([index_of[records[g[0]]["image"]] for g in groups])
     image_id = model.config.image_token_id
     params = _set_trainable(model, model.model.language_model, model.lm_head)
     features = _image_tokens(model, images, progress)   # tower and projector are frozen: computed once
@@ -383,7 +397,7 @@ def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cf
         image = BaseModelOutputWithPooling(pooler_output=list(features[image_idx[idx[order]]]))
         return model(**batch, mm_encoder_outputs={"image": image}).loss, {}
 
-    return _run_stage("instruct", params, cfg.instruct, cfg, len(records), step, progress)
+    return _run_stage("instruct", params, cfg.instruct, cfg, len(encoded), step, progress)
 
 
 # --- driver ----------------------------------------------------------------------------------------------------
