@@ -100,21 +100,22 @@ def test_each_stage_trains_only_its_modules(fresh, smoke_world, stage):
             assert not changed, f"stage {stage} changed frozen {name}: {sorted(changed)[:3]}"
 
 
+def _instruct_batch(model, processor, world, cfg, monkeypatch) -> dict:
+    """The keyword arguments of the model's forward in a stage 4 of one step under `cfg`."""
+    names = [f"{s.image_id}.png" for s in load_scenes(world, "train")]
+    images = base.load_images_uint8(world, names, progress=False)
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **kw: seen.append(kw) or forward(*a, **kw))
+    base.stage_instruct(model, processor.tokenizer, world, images, {n: i for i, n in enumerate(names)},
+                        dataclasses.replace(cfg, instruct=dataclasses.replace(cfg.instruct, steps=1)), False)
+    return seen[-1]
+
+
 def test_image_attention_dropout_hides_image_tokens(fresh, smoke_world, monkeypatch):
     model, processor, cfg = fresh
     cfg = dataclasses.replace(cfg, instruct=StageConfig(1, 8, 1e-3), p_blind=1.0, blind_keep_max=0.0)
-    names = [f"{s.image_id}.png" for s in load_scenes(smoke_world, "train")]
-    images = base.load_images_uint8(smoke_world, names, progress=False)
-    seen = {}
-    forward = model.forward
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", spy)
-    base.stage_instruct(model, processor.tokenizer, smoke_world, images, {n: i for i, n in enumerate(names)}, cfg,
-                        False)
+    seen = _instruct_batch(model, processor, smoke_world, cfg, monkeypatch)
     is_image = seen["input_ids"] == model.config.image_token_id
     sees = seen["attention_mask"][:, 0].any(dim=1)   # (R, W): some position attends to this key
     assert is_image.any() and not sees[is_image].any()
@@ -126,29 +127,22 @@ def test_image_sequences_group_records_by_image_in_first_appearance_order():
     assert base.image_sequences(records) == [[0, 2], [1, 4], [3]]
 
 
-def _segments(batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(input_ids, labels) of each packed sequence of a batch: a row splits where its positions restart."""
+def _segments(batch) -> list[list[int]]:
+    """The input ids of each packed sequence of a batch: a row splits where its positions restart."""
     out = []
-    for ids, labels, pos in zip(batch["input_ids"], batch["labels"], batch["position_ids"]):
-        starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]
-        out += [(ids[a:b], labels[a:b]) for a, b in zip(starts, starts[1:])]
+    for ids, pos in zip(batch["input_ids"].tolist(), batch["position_ids"].tolist()):
+        starts = [k for k, p in enumerate(pos) if p == 0] + [len(pos)]
+        out += [ids[a:b] for a, b in zip(starts, starts[1:])]
     return out
 
 
 def test_per_image_reads_each_image_once_with_all_its_conversations(fresh, smoke_world, monkeypatch):
     model, processor, cfg = fresh
-    names = [f"{s.image_id}.png" for s in load_scenes(smoke_world, "train")]
-    images = base.load_images_uint8(smoke_world, names, progress=False)
     records = load_llava_instruct(smoke_world / "llava_instruct_train.json")
     assert min(map(len, base.image_sequences(records))) >= 2   # the smoke world has several records per image
-    seen = []
-    forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda *a, **kw: seen.append(kw) or forward(*a, **kw))
     cfg = dataclasses.replace(cfg, instruct=StageConfig(1, 4, 1e-3), p_blind=0.0, per_image=True)
-    base.stage_instruct(model, processor.tokenizer, smoke_world, images, {n: i for i, n in enumerate(names)}, cfg,
-                        False)
-    (batch,) = seen
-    sequences = [ids.tolist() for ids, _ in _segments(batch) if ids[0] == processor.tokenizer.bos_token_id]
+    batch = _instruct_batch(model, processor, smoke_world, cfg, monkeypatch)
+    sequences = [ids for ids in _segments(batch) if ids[0] == processor.tokenizer.bos_token_id]
     assert len(sequences) == len(batch["mm_encoder_outputs"]["image"].pooler_output) == 4   # 4 images a step
     per_image = {tuple(tokenize_turns(processor.tokenizer, [t for i in g for t in conversation_turns(records[i])],
                                       model.config.image_seq_length)[0])
