@@ -6,7 +6,8 @@ truth, and on any local Hugging Face LLaVA checkpoint at full scale. The sub-pac
 docs/package.md.
 
 Importing mmstudy caps torch's CPU kernels at AVX2 on x86-64 (`runs.cap_vector_isa`; MMSTUDY_NATIVE_ISA=1 keeps
-the machine's own), so that one seed trains the same model on every x86-64 machine; import it before torch.
+the machine's own), so that one seed trains the same model on AVX-512 and AVX2 machines alike (across CPU
+vendors it need not: docs/reliability.md); import it before torch.
 """
 
 import logging

@@ -127,29 +127,61 @@ def test_image_sequences_group_records_by_image_in_first_appearance_order():
     assert base.image_sequences(records) == [[0, 2], [1, 4], [3]]
 
 
-def _segments(batch) -> list[list[int]]:
-    """The input ids of each packed sequence of a batch: a row splits where its positions restart."""
-    out = []
-    for ids, pos in zip(batch["input_ids"].tolist(), batch["position_ids"].tolist()):
-        starts = [k for k, p in enumerate(pos) if p == 0] + [len(pos)]
-        out += [ids[a:b] for a, b in zip(starts, starts[1:])]
-    return out
-
-
 def test_per_image_reads_each_image_once_with_all_its_conversations(fresh, smoke_world, monkeypatch):
     model, processor, cfg = fresh
     records = load_llava_instruct(smoke_world / "llava_instruct_train.json")
     assert min(map(len, base.image_sequences(records))) >= 2   # the smoke world has several records per image
     cfg = dataclasses.replace(cfg, instruct=StageConfig(1, 4, 1e-3), p_blind=0.0, per_image=True)
     batch = _instruct_batch(model, processor, smoke_world, cfg, monkeypatch)
-    sequences = [ids for ids in _segments(batch) if ids[0] == processor.tokenizer.bos_token_id]
-    assert len(sequences) == len(batch["mm_encoder_outputs"]["image"].pooler_output) == 4   # 4 images a step
-    per_image = {tuple(tokenize_turns(processor.tokenizer, [t for i in g for t in conversation_turns(records[i])],
-                                      model.config.image_seq_length)[0])
-                 for g in base.image_sequences(records)}
-    for ids in sequences:   # each is one image's conversations in full, its image tokens once
-        assert tuple(ids) in per_image
-        assert ids.count(model.config.image_token_id) == model.config.image_seq_length
+    n_img, image_id = model.config.image_seq_length, model.config.image_token_id
+    assert len(batch["mm_encoder_outputs"]["image"].pooler_output) == 4   # 4 images a step
+    assert (batch["input_ids"] == image_id).sum() == 4 * n_img             # each image's tokens once
+    conversations = {tuple(tokenize_turns(processor.tokenizer, conversation_turns(r), n_img)[0]) for r in records}
+    mask, seen = batch["attention_mask"][:, 0], 0
+    for r in range(len(mask)):   # the context of each answer's last token is one whole conversation
+        for q in (batch["labels"][r] == processor.tokenizer.eos_token_id).nonzero().flatten().tolist():
+            assert tuple(batch["input_ids"][r][mask[r, q]].tolist()) in conversations
+            seen += 1
+    assert seen >= 8   # at least two conversations of each image
+
+
+def _loss_and_grads(model, batch, features):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model.zero_grad()
+    loss = model(**batch, mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=list(features))}).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_loss_and_grads(got, want):
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    assert got[1].keys() == want[1].keys()
+    for name in want[1]:
+        torch.testing.assert_close(got[1][name], want[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_shared_image_units_give_the_loss_and_gradients_of_separate_conversations(fresh, smoke_world):
+    model, processor, _ = fresh
+    tok, n_img = processor.tokenizer, model.config.image_seq_length
+    records = load_llava_instruct(smoke_world / "llava_instruct_train.json")
+    groups = base.image_sequences(records)[:3]
+    encoded = [[tokenize_turns(tok, conversation_turns(records[i]), n_img) for i in g] for g in groups]
+    images = base.load_images_uint8(smoke_world, [records[g[0]]["image"] for g in groups], progress=False)
+    features = base._image_tokens(model, images, progress=False)
+    model.train()
+    separate = [e for conversations in encoded for e in conversations]
+    of_image = [k for k, conversations in enumerate(encoded) for _ in conversations]
+    want = _loss_and_grads(model, base.pad_batch(*zip(*separate), tok.pad_token_id), features[of_image])
+    units = [base.shared_image_unit(e, 2 + n_img) for e in encoded]
+    packed, _, order = base.pack_units(units, tok.pad_token_id)
+    assert (packed["input_ids"] == model.config.image_token_id).sum() == len(groups) * n_img
+    _assert_same_loss_and_grads(_loss_and_grads(model, packed, features[order]), want)
+
+
+def test_shared_image_unit_refuses_conversations_that_open_differently():
+    with pytest.raises(ValueError, match="same 3 unlabelled tokens"):
+        base.shared_image_unit([([1, 2, 9, 4], [-100] * 3 + [4]), ([1, 2, 7, 5], [-100] * 3 + [5])], 3)
 
 
 def test_training_is_deterministic_and_resumable(smoke_world, tmp_path):
@@ -203,8 +235,6 @@ def _encoded_batch(model, processor, smoke_world, n=6):
 
 
 def test_a_packed_batch_gives_the_loss_and_gradients_of_the_padded_batch(fresh, smoke_world):
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
     model, processor, _ = fresh
     encoded, images = _encoded_batch(model, processor, smoke_world)
     seqs, labels = [e[0] for e in encoded], [e[1] for e in encoded]
@@ -212,36 +242,17 @@ def test_a_packed_batch_gives_the_loss_and_gradients_of_the_padded_batch(fresh, 
     model.train()
     drop_of = {1: 5, 4: 0}   # sequence -> an image token whose key is hidden (image-attention dropout)
 
-    def loss_and_grads(batch, order, hide):
-        model.zero_grad()
-        batch["attention_mask"] = hide(batch["attention_mask"])
-        image = BaseModelOutputWithPooling(pooler_output=list(features[order]))
-        loss = model(**batch, mm_encoder_outputs={"image": image}).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    def hide_padded(mask):
-        first = [s.index(model.config.image_token_id) for s in seqs]
-        for i, k in drop_of.items():
-            mask[i, first[i] + k] = 0
-        return mask
-
     padded = base.pad_batch(seqs, labels, processor.tokenizer.pad_token_id)
-    want, want_grads = loss_and_grads(padded, list(range(len(seqs))), hide_padded)
+    first = [s.index(model.config.image_token_id) for s in seqs]
+    for i, k in drop_of.items():
+        padded["attention_mask"][i, first[i] + k] = 0
+    want = _loss_and_grads(model, padded, features)
     packed, sequence, order = base.pack_batch(seqs, labels, processor.tokenizer.pad_token_id)
     assert packed["input_ids"].shape[0] < len(seqs) and (sequence >= 0).sum() == sum(map(len, seqs))
-
-    def hide_packed(mask):
-        for i, k in drop_of.items():
-            r, c = torch.nonzero((sequence == i) & (packed["input_ids"] == model.config.image_token_id))[k]
-            mask[r, 0, :, c] = False
-        return mask
-
-    got, got_grads = loss_and_grads(packed, order, hide_packed)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert got_grads.keys() == want_grads.keys()
-    for name in want_grads:
-        torch.testing.assert_close(got_grads[name], want_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    for i, k in drop_of.items():
+        r, c = torch.nonzero((sequence == i) & (packed["input_ids"] == model.config.image_token_id))[k]
+        packed["attention_mask"][r, 0, :, c] = False
+    _assert_same_loss_and_grads(_loss_and_grads(model, packed, features[order]), want)
 
 
 def test_pack_batch_refuses_a_first_label_that_would_be_learned_across_sequences():

@@ -321,13 +321,32 @@ def _stored_form(root: Path, leave_out: tuple[str, ...] = ()) -> dict:
     return found
 
 
-def _same_metrics(root: Path, leave_out: tuple[str, ...] = ()) -> list[str]:
-    """Where the smoke chain's metrics differ from the stored copy (`SMOKE_METRICS`, written by this chain and its
-    sweep). A change that moves the numbers on purpose (float sums in another order count) rewrites the copy with
-    the slow sweep test: `MMSTUDY_WRITE_SMOKE_METRICS=1 python -m pytest -q -m slow tests/test_notebooks.py -k
-    sweep`, then the default tier checks the chain against it."""
+# Metrics that follow a path from the same start amplify the last bits in which CPUs' float sums differ (docs/
+# reliability.md). Seen on two x86-64 machines, both on AVX2 kernels, that trained the same smoke models to the
+# digit: the headroom probes (L-BFGS on a non-convex loss, a few hundred smoke scenes, the best source chosen on a
+# held-out set) gave probe accuracies up to 9 of 60 items apart, and the KL of two nearly equal models (about 1e-7
+# per token) 2 % apart. So a probe metric must be there and finite (tests/test_headroom.py checks the probes
+# themselves), a KL within 5 %, and everything else the same to the last digit.
+PATH_SENSITIVE = {"eval/headroom/": None, "eval/shift/kl_per_token": dict(rel_tol=0.05)}
+
+
+def _agree(key: str, a, b) -> bool:
     import math
 
+    if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+        return True
+    prefix = next((p for p in PATH_SENSITIVE if key.startswith(p)), None)
+    if prefix is None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)):
+        return False
+    return PATH_SENSITIVE[prefix] is None or math.isclose(a, b, **PATH_SENSITIVE[prefix])
+
+
+def _same_metrics(root: Path, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """Where the smoke chain's metrics differ from the stored copy (`SMOKE_METRICS`, written by this chain and its
+    sweep): exactly, but for `PATH_SENSITIVE` ones, within their tolerance. A change that moves the numbers on
+    purpose (float sums in another order count) rewrites the copy with the slow sweep test:
+    `MMSTUDY_WRITE_SMOKE_METRICS=1 python -m pytest -q -m slow tests/test_notebooks.py -k sweep`, then the default
+    tier checks the chain against it."""
     found = _stored_form(root, leave_out)
     if not leave_out and os.environ.get("MMSTUDY_WRITE_SMOKE_METRICS") == "1":
         io.write_json(SMOKE_METRICS, found)
@@ -336,7 +355,7 @@ def _same_metrics(root: Path, leave_out: tuple[str, ...] = ()) -> list[str]:
     for stage in set(stored) & set(found):
         for key in set(stored[stage]) | set(found[stage]):
             a, b = stored[stage].get(key), found[stage].get(key)
-            if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+            if not _agree(key, a, b):
                 differ.append(f"{stage}: {key} {a!r} -> {b!r}")
     return differ
 

@@ -11,8 +11,9 @@ So, like LLaVA:
    of the object (and size) it shows (LLaVA's stage-1 feature alignment);
 4. `instruct`: freeze tower and projector, instruction-tune the LM on LLaVA-format conversations, with
    image-attention dropout (a share of examples see almost none of their image tokens) so the LM keeps a fluent
-   prior that BDHS can sample from. With `per_image`, the conversations of one image are one sequence, its image
-   tokens read once (docs/world.md, "A base in 7 minutes?").
+   prior that BDHS can sample from. With `per_image`, the conversations of one image share one copy of its
+   opening and image tokens, each still seeing only the image and itself (`pack_units`; docs/world.md, "A base
+   in 7 minutes?").
 
     >>> model, processor, report = train_base("world", BaseTrainConfig.for_profile("smoke"))
 """
@@ -81,8 +82,8 @@ class BaseTrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     pack_width: int = 160            # text stages pack a batch's sequences into rows of max(this, longest) positions
-    per_image: bool = False          # instruct: an image's conversations form one sequence (its tokens read once);
-                                     # instruct.batch_size then counts images
+    per_image: bool = False          # instruct: an image's conversations share its image tokens (read once, each
+                                     # conversation masked to the image and itself); instruct.batch_size counts images
     threads: int = 0                 # torch CPU threads; 0: OMP_NUM_THREADS, else the cores allowed (runs.cpu_threads)
 
     def __post_init__(self):
@@ -132,7 +133,7 @@ def tokenize_turns(tokenizer, turns: list[tuple[str, str]], n_image_tokens: int)
 
 def image_sequences(records: list[dict]) -> list[list[int]]:
     """Indices of `records` grouped by their image, in the order each image first appears: the conversations that
-    `stage_instruct` joins into one sequence with `per_image`."""
+    share one copy of their image tokens with `per_image`."""
     groups: dict[str, list[int]] = {}
     for i, record in enumerate(records):
         groups.setdefault(record["image"], []).append(i)
@@ -186,27 +187,59 @@ def pack_batch(seqs: list[list[int]], labels: list[list[int]], pad_id: int,
     Returns the model inputs (input_ids, labels, position_ids; attention_mask (R, 1, W, W), True = may attend),
     `sequence` (R, W): the batch index of the sequence at each position, -1 on padding, and the batch indices in
     the order the rows hold them (the order of their images)."""
-    if any(target[0] != IGNORE_INDEX for target in labels):
+    return pack_units([([], [(s, t)]) for s, t in zip(seqs, labels)], pad_id, width)
+
+
+Unit = tuple[list[int], list[tuple[list[int], list[int]]]]   # (shared prefix ids, [(part ids, part labels), ...])
+
+
+def pack_units(units: list[Unit], pad_id: int, width: int = 0) -> tuple[dict, torch.Tensor, list[int]]:
+    """`pack_batch` for sequences that share a prefix: unit i stands for the sequences prefix + part for each of
+    its parts. The prefix is laid out once, then the parts one after another, each part positioned as if it
+    followed the prefix directly and masked to see only the prefix and its own earlier tokens. So every part gets
+    the logits and loss it would get as the separate sequence prefix + part, and the prefix is computed once (its
+    labels are ignored). Every part's first label must be IGNORE_INDEX. Returns what `pack_batch` returns, with
+    `sequence` and the order counting units."""
+    if any(not part or target[0] != IGNORE_INDEX for _, parts in units for part, target in parts):
         raise ValueError("pack_batch: every sequence's first label must be IGNORE_INDEX")
-    width = max(width, *map(len, seqs))
-    rows = pack_rows(list(map(len, seqs)), width)
+    lengths = [len(prefix) + sum(len(part) for part, _ in parts) for prefix, parts in units]
+    width = max(width, *lengths)
+    rows = pack_rows(lengths, width)
     ids = torch.full((len(rows), width), pad_id)
     lab = torch.full((len(rows), width), IGNORE_INDEX)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     sequence = torch.full((len(rows), width), -1)
+    branch = torch.zeros((len(rows), width), dtype=torch.long)   # -1 on a prefix, else the part's index
     for r, members in enumerate(rows):
         at = 0
         for i in members:
-            n = len(seqs[i])
-            ids[r, at:at + n], lab[r, at:at + n] = torch.tensor(seqs[i]), torch.tensor(labels[i])
-            positions[r, at:at + n], sequence[r, at:at + n] = torch.arange(n), i
-            at += n
+            prefix, parts = units[i]
+            p = len(prefix)
+            ids[r, at:at + p] = torch.tensor(prefix, dtype=torch.long)
+            positions[r, at:at + p], sequence[r, at:at + p], branch[r, at:at + p] = torch.arange(p), i, -1
+            at += p
+            for k, (part, target) in enumerate(parts):
+                n = len(part)
+                ids[r, at:at + n], lab[r, at:at + n] = torch.tensor(part), torch.tensor(target)
+                positions[r, at:at + n], sequence[r, at:at + n], branch[r, at:at + n] = torch.arange(p, p + n), i, k
+                at += n
         positions[r, at:] = torch.arange(width - at)   # the padding is one more (ignored) sequence
-    block = sequence.masked_fill(sequence < 0, len(seqs))
+    block = sequence.masked_fill(sequence < 0, len(units))
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    mask = (block[:, :, None] == block[:, None, :]) & causal
+    mask = (block[:, :, None] == block[:, None, :]) & causal & \
+        ((branch[:, :, None] == branch[:, None, :]) | (branch[:, None, :] < 0))
     batch = {"input_ids": ids, "labels": lab, "attention_mask": mask[:, None], "position_ids": positions}
     return batch, sequence, [i for members in rows for i in members]
+
+
+def shared_image_unit(encoded: list[tuple[list[int], list[int]]], prefix_len: int) -> Unit:
+    """The conversations of one image (ids and labels from `tokenize_turns`) as one unit of `pack_units`: their
+    common opening of `prefix_len` tokens (`<s>USER: <image>*n`, no labels) is the prefix, the rest of each
+    conversation a part."""
+    prefix = encoded[0][0][:prefix_len]
+    if any(ids[:prefix_len] != prefix or set(labels[:prefix_len]) != {IGNORE_INDEX} for ids, labels in encoded):
+        raise ValueError(f"the conversations of one image must open with the same {prefix_len} unlabelled tokens")
+    return prefix, [(ids[prefix_len:], labels[prefix_len:]) for ids, labels in encoded]
 
 
 # --- optimisation helpers --------------------------------------------------------------------------------------
@@ -377,8 +410,8 @@ def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cf
                            f"{unknown['image']!r} is not a training scene of scenes.jsonl")
     n_img = model.config.image_seq_length
     groups = image_sequences(records) if cfg.per_image else [[i] for i in range(len(records))]
-    encoded = [tokenize_turns(tokenizer, [t for i in g for t in conversation_turns(records[i])], n_img)
-               for g in groups]
+    encoded = [[tokenize_turns(tokenizer, conversation_turns(records[i]), n_img) for i in g] for g in groups]
+    units = [shared_image_unit(e, 2 + n_img) if cfg.per_image else ([], e) for e in encoded]  # <s>USER: <image>*n
     image_idx = torch.tensor([index_of[records[g[0]]["image"]] for g in groups])
     image_id = model.config.image_token_id
     params = _set_trainable(model, model.model.language_model, model.lm_head)
@@ -386,8 +419,7 @@ def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cf
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "blind"))
 
     def step(idx):
-        batch, sequence, order = pack_batch([encoded[i][0] for i in idx], [encoded[i][1] for i in idx],
-                                            tokenizer.pad_token_id, cfg.pack_width)
+        batch, sequence, order = pack_units([units[i] for i in idx], tokenizer.pad_token_id, cfg.pack_width)
         blind = torch.rand(len(idx), generator=g) < cfg.p_blind
         if blind.any():   # image-attention dropout: no token sees the dropped image tokens of its sequence
             keep_p = torch.rand(len(idx), generator=g) * cfg.blind_keep_max
@@ -397,7 +429,7 @@ def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cf
         image = BaseModelOutputWithPooling(pooler_output=list(features[image_idx[idx[order]]]))
         return model(**batch, mm_encoder_outputs={"image": image}).loss, {}
 
-    return _run_stage("instruct", params, cfg.instruct, cfg, len(encoded), step, progress)
+    return _run_stage("instruct", params, cfg.instruct, cfg, len(units), step, progress)
 
 
 # --- driver ----------------------------------------------------------------------------------------------------
