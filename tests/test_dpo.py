@@ -275,8 +275,10 @@ def test_length_groups_give_the_gradients_of_one_padded_forward(smoke_model, pai
     assert torch.equal(one == 0, grouped == 0) and (one != 0).any()    # 0 exactly at padding, in both
     torch.testing.assert_close(grouped, one, atol=1e-5, rtol=1e-5)
     assert len(g_one) == len(g_grouped) > 10
-    for a, b in zip(g_grouped, g_one):     # float sums in another order: equal to 1e-5 of each gradient's norm
-        assert float((a - b).norm()) <= 1e-5 * float(b.norm()) + 1e-7
+    largest = max(float(g.norm()) for g in g_one)
+    for a, b in zip(g_grouped, g_one):     # float sums in another order: equal to 1e-5 of each gradient's norm,
+        # give or take 1e-8 of the largest (a few gradients are float noise themselves: norms near 1e-7, largest 150)
+        assert float((a - b).norm()) <= 1e-5 * float(b.norm()) + 1e-8 * largest
     with pytest.raises(ValueError, match="8 response rows for 4 prompts and n_responses=3: expected 12"):
         shared_prefix_hidden(model, **{**batch, "n_responses": 3})
 
