@@ -137,12 +137,13 @@ def test_per_image_reads_each_image_once_with_all_its_conversations(fresh, smoke
     assert len(batch["mm_encoder_outputs"]["image"].pooler_output) == 4   # 4 images a step
     assert (batch["input_ids"] == image_id).sum() == 4 * n_img             # each image's tokens once
     conversations = {tuple(tokenize_turns(processor.tokenizer, conversation_turns(r), n_img)[0]) for r in records}
-    mask, seen = batch["attention_mask"][:, 0], 0
-    for r in range(len(mask)):   # the context of each answer's last token is one whole conversation
+    mask, pos, ends = batch["attention_mask"][:, 0], batch["position_ids"], 0
+    for r in range(len(mask)):   # a conversation's last token (its positions stop running on) sees it all, alone
         for q in (batch["labels"][r] == processor.tokenizer.eos_token_id).nonzero().flatten().tolist():
-            assert tuple(batch["input_ids"][r][mask[r, q]].tolist()) in conversations
-            seen += 1
-    assert seen >= 8   # at least two conversations of each image
+            if q + 1 == pos.shape[1] or pos[r, q + 1] != pos[r, q] + 1:
+                assert tuple(batch["input_ids"][r][mask[r, q]].tolist()) in conversations
+                ends += 1
+    assert ends >= 8   # at least two conversations of each image
 
 
 def _loss_and_grads(model, batch, features):
