@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmstudy.data.llava import conversation_turns, load_llava_instruct
 from mmstudy.training import base
@@ -147,8 +148,6 @@ def test_per_image_reads_each_image_once_with_all_its_conversations(fresh, smoke
 
 
 def _loss_and_grads(model, batch, features):
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
     model.zero_grad()
     loss = model(**batch, mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=list(features))}).loss
     loss.backward()
@@ -223,8 +222,6 @@ def test_pack_rows_places_every_sequence_once_within_the_longest():
 
 
 def _encoded_batch(model, processor, smoke_world, n=6):
-    from mmstudy.data.llava import conversation_turns, load_llava_instruct
-
     records = load_llava_instruct(smoke_world / "llava_instruct_train.json")[:60]
     encoded = [tokenize_turns(processor.tokenizer, conversation_turns(r), model.config.image_seq_length)
                for r in records]
@@ -262,10 +259,6 @@ def test_pack_batch_refuses_a_first_label_that_would_be_learned_across_sequences
 
 
 def test_instruct_image_tokens_computed_once_give_the_loss_of_the_pixel_path(fresh, smoke_world):
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    from mmstudy.data.llava import conversation_turns, load_llava_instruct
-
     model, processor, _ = fresh
     names = [f"{s.image_id}.png" for s in load_scenes(smoke_world, "train")]
     images = base.load_images_uint8(smoke_world, names, progress=False)

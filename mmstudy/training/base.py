@@ -235,9 +235,9 @@ def pack_units(units: list[Unit], pad_id: int, width: int = 0) -> tuple[dict, to
 def shared_image_unit(encoded: list[tuple[list[int], list[int]]], prefix_len: int) -> Unit:
     """The conversations of one image (ids and labels from `tokenize_turns`) as one unit of `pack_units`: their
     common opening of `prefix_len` tokens (`<s>USER: <image>*n`, no labels) is the prefix, the rest of each
-    conversation a part."""
-    prefix = encoded[0][0][:prefix_len]
-    if any(ids[:prefix_len] != prefix or set(labels[:prefix_len]) != {IGNORE_INDEX} for ids, labels in encoded):
+    conversation a part (with `prefix_len` 0, each conversation is a sequence of its own)."""
+    prefix, unlabelled = encoded[0][0][:prefix_len], [IGNORE_INDEX] * prefix_len
+    if any(ids[:prefix_len] != prefix or labels[:prefix_len] != unlabelled for ids, labels in encoded):
         raise ValueError(f"the conversations of one image must open with the same {prefix_len} unlabelled tokens")
     return prefix, [(ids[prefix_len:], labels[prefix_len:]) for ids, labels in encoded]
 
@@ -410,8 +410,9 @@ def stage_instruct(model, tokenizer, world_dir: Path, images, index_of: dict, cf
                            f"{unknown['image']!r} is not a training scene of scenes.jsonl")
     n_img = model.config.image_seq_length
     groups = image_sequences(records) if cfg.per_image else [[i] for i in range(len(records))]
-    encoded = [[tokenize_turns(tokenizer, conversation_turns(records[i]), n_img) for i in g] for g in groups]
-    units = [shared_image_unit(e, 2 + n_img) if cfg.per_image else ([], e) for e in encoded]  # <s>USER: <image>*n
+    shared = 2 + n_img if cfg.per_image else 0   # <s>USER: <image>*n, laid out once per image
+    units = [shared_image_unit([tokenize_turns(tokenizer, conversation_turns(records[i]), n_img) for i in g], shared)
+             for g in groups]
     image_idx = torch.tensor([index_of[records[g[0]]["image"]] for g in groups])
     image_id = model.config.image_token_id
     params = _set_trainable(model, model.model.language_model, model.lm_head)
